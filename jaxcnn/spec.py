@@ -1,0 +1,649 @@
+"""Typed, frozen specs for models and runs; parsing from TOML/JSON/dicts and validation.
+
+Nothing here imports JAX: a spec can be checked, printed and diffed anywhere.
+
+A model is a `ModelSpec`: an input shape (H, W, C), a number of classes and a tuple of
+layer specs (`ConvSpec`, `PoolSpec`, ...). A run is a `RunConfig`: which model, which data,
+which optimiser and how to train. Both round-trip exactly through `to_dict`/`from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+from jaxcnn.errors import SpecError
+
+ACTIVATIONS = (
+    "relu",
+    "leaky_relu",
+    "elu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "identity",
+)
+POOL_KINDS = ("max", "avg", "sum", "lp", "geometric", "harmonic")
+GLOBAL_POOL_KINDS = ("max", "avg")
+NORM_KINDS = ("batch", "layer", "group")
+
+Activation = Literal[
+    "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "identity"
+]
+Pair = tuple[int, int]
+# "valid", "same", or explicit symmetric zero padding (rows, cols)
+Padding = Literal["valid", "same"] | tuple[int, int]
+
+
+# --------------------------------------------------------------------------- coercion
+def _type_name(tp: Any) -> str:
+    if tp == Pair:
+        return "an int or [h, w] pair of ints"
+    if tp == Padding:
+        return '"valid", "same", an int or an [h, w] pair of ints'
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(json.dumps(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null (omit it)"
+    return {int: "an int", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Converts a parsed TOML/JSON value to `tp`, or raises _Mismatch."""
+    if tp is Any:
+        return value
+    if tp == Pair:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value, value)
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return (_coerce(value[0], int), _coerce(value[1], int))
+        raise _Mismatch
+    if tp == Padding:
+        if value in ("valid", "same"):
+            return value
+        return _coerce(value, Pair)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str | bool | int):
+            return value
+        raise _Mismatch
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise _Mismatch
+        return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+    if origin in (dict, Mapping) or tp is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _Mismatch
+    raise TypeError(f"unsupported spec field type {tp!r}")
+
+
+def _fields_from_dict(cls: type, data: Mapping[str, Any], where: str, skip=()) -> dict:
+    """Checks keys and types of `data` against the dataclass `cls`; returns kwargs."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    valid = [n for n in fields if n not in skip]
+    kwargs = {}
+    for key, value in data.items():
+        if key in skip:
+            continue
+        if key not in fields or key in skip:
+            raise SpecError(
+                f"{where}: unknown key {key!r}; valid keys are {', '.join(valid)}"
+            )
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except _Mismatch:
+            raise SpecError(
+                f"{where}: field {key!r} must be {_type_name(hints[key])}, "
+                f"got {json.dumps(value, default=str)}"
+            ) from None
+    return kwargs
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so that dicts print as JSON/TOML would."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise SpecError(message)
+
+
+def _positive_pair(name: str, value: Pair) -> None:
+    _check(
+        value[0] >= 1 and value[1] >= 1,
+        f"field {name!r} must be >= 1, got {list(value)}",
+    )
+
+
+def _padding_ok(padding: Padding) -> None:
+    if isinstance(padding, tuple):
+        _check(
+            padding[0] >= 0 and padding[1] >= 0,
+            f"field 'padding' must be >= 0, got {list(padding)}",
+        )
+
+
+# --------------------------------------------------------------------------- layers
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """Base class of every layer spec; `type` is the key used in spec files."""
+
+    type: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple) and value and isinstance(value[0], LayerSpec):
+                out[f.name] = [v.to_dict() for v in value]
+            else:
+                out[f.name] = _plain(value)
+        return out
+
+    def describe(self) -> str:
+        """Short human label, e.g. 'conv 3x3 valid' (used in error messages)."""
+        return self.type
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec(LayerSpec):
+    """2-D convolution, NHWC. Output = floor((W - D(K-1) - 1 + 2P) / S) + 1 per axis."""
+
+    type: ClassVar[str] = "conv"
+    filters: int
+    kernel: Pair = (3, 3)
+    stride: Pair = (1, 1)
+    padding: Padding = "valid"
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    activation: Activation = "identity"
+    use_bias: bool = True
+
+    def __post_init__(self):
+        _check(self.filters >= 1, f"field 'filters' must be >= 1, got {self.filters}")
+        for name in ("kernel", "stride", "dilation"):
+            _positive_pair(name, getattr(self, name))
+        _padding_ok(self.padding)
+        _check(self.groups >= 1, f"field 'groups' must be >= 1, got {self.groups}")
+        _check(
+            self.filters % self.groups == 0,
+            f"field 'filters'={self.filters} must be divisible by groups={self.groups}",
+        )
+
+    def describe(self) -> str:
+        pad = self.padding if isinstance(self.padding, str) else f"pad {list(self.padding)}"
+        extra = f" stride {self.stride[0]}x{self.stride[1]}" if self.stride != (1, 1) else ""
+        return f"conv {self.kernel[0]}x{self.kernel[1]} {pad}{extra}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec(LayerSpec):
+    """Windowed pooling; `stride` defaults to the window. `p` is used by `lp` only."""
+
+    type: ClassVar[str] = "pool"
+    pool: Literal["max", "avg", "sum", "lp", "geometric", "harmonic"] = "max"
+    window: Pair = (2, 2)
+    stride: Pair | None = None
+    padding: Padding = "valid"
+    p: float = 2.0
+
+    def __post_init__(self):
+        _positive_pair("window", self.window)
+        if self.stride is None:
+            object.__setattr__(self, "stride", self.window)
+        _positive_pair("stride", self.stride)
+        _padding_ok(self.padding)
+        _check(self.p > 0, f"field 'p' must be > 0, got {self.p}")
+
+    def describe(self) -> str:
+        pad = self.padding if isinstance(self.padding, str) else f"pad {list(self.padding)}"
+        return f"{self.pool} pool {self.window[0]}x{self.window[1]} {pad}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalPoolSpec(LayerSpec):
+    """Reduces H and W away: [batch, H, W, C] -> [batch, C]."""
+
+    type: ClassVar[str] = "global_pool"
+    pool: Literal["max", "avg"] = "avg"
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec(LayerSpec):
+    """Batch, layer or group normalisation over channels (`groups` for group norm)."""
+
+    type: ClassVar[str] = "norm"
+    norm: Literal["batch", "layer", "group"] = "batch"
+    groups: int = 8
+    momentum: float = 0.99  # batch-norm running average decay, as in Keras
+
+    def __post_init__(self):
+        _check(self.groups >= 1, f"field 'groups' must be >= 1, got {self.groups}")
+        _check(
+            0.0 <= self.momentum < 1.0,
+            f"field 'momentum' must be in [0, 1), got {self.momentum}",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutSpec(LayerSpec):
+    """Drops a fraction `rate` of activations while training."""
+
+    type: ClassVar[str] = "dropout"
+    rate: float = 0.5
+
+    def __post_init__(self):
+        _check(0.0 <= self.rate < 1.0, f"field 'rate' must be in [0, 1), got {self.rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSpec(LayerSpec):
+    type: ClassVar[str] = "activation"
+    activation: Activation = "relu"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlattenSpec(LayerSpec):
+    type: ClassVar[str] = "flatten"
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec(LayerSpec):
+    """Fully connected layer on a flat [batch, features] input."""
+
+    type: ClassVar[str] = "dense"
+    units: int
+    activation: Activation = "identity"
+    use_bias: bool = True
+
+    def __post_init__(self):
+        _check(self.units >= 1, f"field 'units' must be >= 1, got {self.units}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualSpec(LayerSpec):
+    """y = activation(f(x) + skip(x)); skip is identity, or a 1x1 conv when shapes differ."""
+
+    type: ClassVar[str] = "residual"
+    layers: tuple[LayerSpec, ...] = ()
+    activation: Activation = "identity"
+
+    def __post_init__(self):
+        _check(len(self.layers) >= 1, "field 'layers' must hold at least one layer")
+
+
+LAYER_TYPES: dict[str, type[LayerSpec]] = {
+    cls.type: cls
+    for cls in (
+        ConvSpec,
+        PoolSpec,
+        GlobalPoolSpec,
+        NormSpec,
+        DropoutSpec,
+        ActivationSpec,
+        FlattenSpec,
+        DenseSpec,
+        ResidualSpec,
+    )
+}
+
+
+def layer_from_dict(data: Mapping[str, Any], where: str = "layer") -> LayerSpec:
+    """Parses one layer table, e.g. {"type": "conv", "filters": 32, "kernel": 3}.
+
+    Raises:
+      SpecError naming `where` (e.g. "layer 3 (conv)"), the field and the bad value.
+    """
+    if isinstance(data, LayerSpec):
+        return data
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: expected a table like {{type = \"conv\", ...}}, got {data!r}")
+    kind = data.get("type")
+    if kind not in LAYER_TYPES:
+        raise SpecError(
+            f"{where}: unknown layer type {kind!r}; valid types are "
+            f"{', '.join(LAYER_TYPES)}"
+        )
+    cls = LAYER_TYPES[kind]
+    where = f"{where} ({kind})"
+    kwargs = _fields_from_dict(cls, data, where, skip=("type", "layers"))
+    if cls is ResidualSpec:
+        inner = data.get("layers", [])
+        if not isinstance(inner, Sequence) or isinstance(inner, str):
+            raise SpecError(f"{where}: field 'layers' must be a list of layer tables")
+        kwargs["layers"] = tuple(
+            layer_from_dict(d, f"{where[: -len(kind) - 3]}.{j}") for j, d in enumerate(inner)
+        )
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING and f.name not in kwargs:
+            raise SpecError(f"{where}: missing required field {f.name!r}")
+    try:
+        return cls(**kwargs)
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+# --------------------------------------------------------------------------- model
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A whole network: input (H, W, C), number of classes and layers in order.
+
+    The last layer must produce [batch, num_classes] logits (checked by `shapes.infer`).
+    """
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    layers: tuple[LayerSpec, ...]
+    name: str = "custom"
+
+    def __post_init__(self):
+        _check(
+            len(self.input_shape) == 3 and all(d >= 1 for d in self.input_shape),
+            f"input_shape must be [H, W, C] of positive ints, got {list(self.input_shape)}",
+        )
+        _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        _check(len(self.layers) >= 1, "a model needs at least one layer")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        if not isinstance(data, Mapping):
+            raise SpecError(f"a model spec must be a table/object, got {type(data).__name__}")
+        kwargs = _fields_from_dict(cls, data, "model spec", skip=("layers",))
+        for key in ("input_shape", "num_classes", "layers"):
+            if key not in data:
+                raise SpecError(f"model spec: missing required key {key!r}")
+        layers = data["layers"]
+        if not isinstance(layers, Sequence) or isinstance(layers, str):
+            raise SpecError("model spec: 'layers' must be a list of layer tables")
+        kwargs["layers"] = tuple(layer_from_dict(d, f"layer {i}") for i, d in enumerate(layers))
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def read_table(path: str | pathlib.Path) -> dict[str, Any]:
+    """Reads a .toml or .json file into a dict, with a clear error when it can't."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            return json.loads(text)
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    raise SpecError(f"{path}: unknown file type {path.suffix!r}; use .toml or .json")
+
+
+def load_spec_file(path: str | pathlib.Path) -> ModelSpec:
+    """Reads a model spec from a .toml or .json file."""
+    data = read_table(path)
+    try:
+        spec = ModelSpec.from_dict(data)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+    if "name" not in data:
+        spec = dataclasses.replace(spec, name=pathlib.Path(path).stem)
+    return spec
+
+
+# --------------------------------------------------------------------------- run config
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model: a preset, a family (`simple_cnn`) with `args`, a spec file, or inline.
+
+    `args` holds family fields (filters=64, stride=2, ...) and, for any model,
+    `input_shape`/`num_classes` overrides. `spec`, when given, is the model itself.
+    """
+
+    name: str = "digits_cnn"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    spec: ModelSpec | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"  # any TFDS image-classification name; "digits" is embedded
+    data_dir: str | None = None  # TFDS data directory (default: TFDS's own)
+    manual_dir: str | None = None  # folder of raw downloads to build the dataset from
+    val_split: str | None = None  # None: the dataset's validation split, else carved
+    val_fraction: float = 0.1  # carved from the end of train when there is no val split
+    test_split: str = "test"
+    train_examples: int | None = None  # use only the first N training examples
+    standardize: bool = False  # per-channel mean/std from the train split
+    augment_crop: int = 0  # random crop after zero padding by this many pixels
+    augment_flip: bool = False  # random horizontal flip
+    device_limit_mb: int = 4096  # larger datasets stream from tf.data instead
+
+    def __post_init__(self):
+        _check(
+            0.0 < self.val_fraction < 1.0,
+            f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
+        _check(
+            self.train_examples is None or self.train_examples >= 1,
+            f"data.train_examples must be >= 1, got {self.train_examples}",
+        )
+        _check(self.augment_crop >= 0, f"data.augment_crop must be >= 0, got {self.augment_crop}")
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "onecycle")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # for momentum / nesterov / rmsprop
+    weight_decay: float = 0.0  # decoupled for adamw, added to the gradient otherwise
+    schedule: Literal["constant", "cosine", "warmup_cosine", "step", "onecycle"] = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: tuple[int, ...] = ()  # "step": multiply lr by step_factor at these epochs
+    step_factor: float = 0.1
+    clip_norm: float | None = None  # clip the global gradient norm
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}",
+        )
+        _check(
+            self.clip_norm is None or self.clip_norm > 0,
+            f"optim.clip_norm must be > 0, got {self.clip_norm}",
+        )
+        _check(self.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    seed: int = 0
+    steps_per_dispatch: int = 0  # 0: chosen automatically per backend
+    patience: int = 0  # early stopping on val accuracy; 0 = off
+    checkpoint_every: int = 1  # epochs between checkpoints
+    keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
+    kernels: Literal["auto", "xla", "fast"] = "auto"  # conv/pool implementation
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every",
+                     "keep_checkpoints"):
+            value = getattr(self, name)
+            _check(value >= 1, f"train.{name} must be >= 1, got {value}")
+        _check(self.patience >= 0, f"train.patience must be >= 0, got {self.patience}")
+        _check(
+            self.steps_per_dispatch >= 0,
+            f"train.steps_per_dispatch must be >= 0 (0 = auto), got {self.steps_per_dispatch}",
+        )
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; `config.json` in a workdir is `to_dict()`."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        unknown = set(data) - set(_SECTIONS) - {"model_spec"}
+        if unknown:
+            raise SpecError(
+                f"run config: unknown section {sorted(unknown)[0]!r}; valid sections are "
+                f"{', '.join(_SECTIONS)}"
+            )
+        sections = {}
+        for name, section_cls in _SECTIONS.items():
+            table = data.get(name, {})
+            if name == "model" and isinstance(table, str):
+                table = {"name": table}
+            if not isinstance(table, Mapping):
+                raise SpecError(f"run config: [{name}] must be a table, got {table!r}")
+            table = dict(table)
+            spec = table.pop("spec", None) if name == "model" else None
+            kwargs = _fields_from_dict(section_cls, table, f"[{name}]")
+            if spec is not None:
+                kwargs["spec"] = ModelSpec.from_dict(spec)
+            try:
+                sections[name] = section_cls(**kwargs)
+            except SpecError as e:
+                raise SpecError(f"[{name}]: {e}") from None
+        return cls(**sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            table = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+            if name == "model":
+                table["spec"] = self.model.spec.to_dict() if self.model.spec else None
+            out[name] = table
+        return out
+
+    def override(self, path: str, value: Any) -> RunConfig:
+        """Returns a copy with one field changed, e.g. override("optim.lr", 0.01).
+
+        `model.<field>` that is not a ModelConfig field goes to `model.args`, so a family
+        knob reads `model.filters`. Values are type-checked like a config file's.
+        """
+        section, _, field = path.partition(".")
+        if section not in _SECTIONS or not field:
+            raise SpecError(
+                f"cannot set {path!r}: paths look like section.field with section one of "
+                f"{', '.join(_SECTIONS)} (e.g. optim.lr, train.epochs, model.filters)"
+            )
+        if section == "model" and field.startswith("args."):
+            field = field[len("args.") :]
+        if section == "model" and field not in ("name", "args", "spec"):
+            args = {**self.model.args, field: value}
+            return dataclasses.replace(self, model=dataclasses.replace(self.model, args=args))
+        data = self.to_dict()
+        data[section][field] = value
+        if section == "model" and data["model"]["spec"] is None:
+            data["model"].pop("spec")
+        return RunConfig.from_dict(data)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        config = self
+        for path, value in overrides.items():
+            config = config.override(path, value)
+        return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parses a `--set key=value` item; the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set expects key=value (e.g. optim.lr=0.01), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def load_run_config(path: str | pathlib.Path) -> RunConfig:
+    """Reads a run config (.toml/.json with [model] [data] [optim] [train] tables)."""
+    try:
+        return RunConfig.from_dict(read_table(path))
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
