@@ -1,0 +1,47 @@
+"""Shared fixtures: strict numpy rank promotion, tiny specs, and real datasets built once."""
+
+import fcntl
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout holds the raw MNIST / Fashion-MNIST files (CI has it).
+SHARED_DATA = pathlib.Path(os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data"))
+# Built TFDS datasets live outside the repo and survive between sessions.
+TFDS_CACHE = pathlib.Path(
+    os.environ.get("JAXCNN_TEST_TFDS_DIR", pathlib.Path.home() / ".cache" / "jaxcnn-tests" / "tfds")
+)
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The folder of raw MNIST / Fashion-MNIST downloads (see its README)."""
+    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"raw datasets not found in {SHARED_DATA}; set JAXCNN_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(shared_data) -> pathlib.Path:
+    """A TFDS data_dir with mnist and fashion_mnist prepared, built once per machine.
+
+    A file lock keeps parallel pytest workers from building the same dataset twice.
+    """
+    from jaxcnn import data
+
+    TFDS_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(TFDS_CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in ("mnist", "fashion_mnist"):
+            data.prepare_dataset(name, data_dir=str(TFDS_CACHE), manual_dir=str(shared_data / name))
+    return TFDS_CACHE
