@@ -1,0 +1,264 @@
+"""Optimisers, learning-rate schedules and the classification loss (the only optax user).
+
+`make_optimizer` turns an `OptimConfig` into an optax transformation plus the schedule it
+uses, so the trainer can log the learning rate of every step.
+
+The chain applied to the gradients of trainable parameters is, in order:
+
+1. ``optax.clip_by_global_norm(clip_norm)`` when ``clip_norm`` is set; the norm covers the
+   trainable parameters only.
+2. Weight decay: ``adamw`` decouples it (``optax.adamw(weight_decay=...)``); every other
+   optimiser adds ``weight_decay * param`` to the gradient first
+   (``optax.add_decayed_weights``, i.e. L2 regularisation). Either way only parameters with
+   ``ndim > 1`` (convolution and dense kernels) are decayed: biases and normalisation
+   scales/offsets are left alone, as is usual for CNNs.
+3. The optimiser itself, scaled by the schedule.
+
+Frozen parameters (``trainable`` mask False) go through ``optax.set_to_zero`` inside an
+``optax.multi_transform``: their update is exactly zero, so they stay bit-identical
+(``p + 0.0 == p`` for every finite ``p`` except ``-0.0``, which becomes ``+0.0``), and the
+optimiser keeps no state for them (``optax.MaskedNode`` placeholders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import OptimConfig
+
+PyTree = Any
+
+_TRAIN, _FREEZE = "trainable", "frozen"
+
+
+def _path_str(path: tuple) -> str:
+    """`conv_0/kernel` for a JAX key path; nnx `Variable.value` attribute keys are dropped."""
+    parts = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            parts.append(str(entry.key))
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            parts.append(str(entry.idx))
+        elif isinstance(entry, jax.tree_util.GetAttrKey):
+            if entry.name != "value":
+                parts.append(entry.name)
+        else:  # FlattenedIndexKey and custom keys
+            parts.append(str(getattr(entry, "key", entry)))
+    return "/".join(parts)
+
+
+def make_schedule(
+    config: OptimConfig, *, steps_per_epoch: int, epochs: int
+) -> optax.Schedule:
+    """The learning rate as a function of the optimiser step.
+
+    ``warmup_epochs`` means "epochs of linearly rising learning rate (from 0 to ``lr``)"
+    for ``constant``, ``cosine``, ``warmup_cosine`` and ``step``; for ``onecycle`` it sets
+    the rising phase (``pct_start``; 30 % of training when 0). ``step_epochs`` are epoch
+    numbers: at the start of each, the rate is multiplied by ``step_factor``.
+
+    Raises:
+      SpecError: for combinations that cannot describe a schedule.
+    """
+    if steps_per_epoch < 1 or epochs < 1:
+        raise SpecError(
+            f"make_optimizer needs steps_per_epoch >= 1 and epochs >= 1, got "
+            f"steps_per_epoch={steps_per_epoch}, epochs={epochs}"
+        )
+    lr, name = config.lr, config.schedule
+    total = steps_per_epoch * epochs
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if config.warmup_epochs > 0 and config.warmup_epochs >= epochs:
+        raise SpecError(
+            f"optim.warmup_epochs={config.warmup_epochs} must be less than the number of "
+            f"epochs ({epochs}), or the learning rate never leaves the warmup"
+        )
+    if config.step_epochs and name != "step":
+        raise SpecError(
+            f"optim.step_epochs={list(config.step_epochs)} only applies to schedule='step', "
+            f"but schedule={name!r}; remove step_epochs or use schedule='step'"
+        )
+
+    if name == "onecycle":
+        pct_start = config.warmup_epochs / epochs if config.warmup_epochs > 0 else 0.3
+        return optax.cosine_onecycle_schedule(
+            transition_steps=total, peak_value=lr, pct_start=pct_start
+        )
+    if name == "warmup_cosine" and warmup == 0:
+        raise SpecError(
+            f"optim.schedule='warmup_cosine' needs optim.warmup_epochs > 0 (at least one "
+            f"step: {steps_per_epoch} steps per epoch), got {config.warmup_epochs}; use "
+            f"schedule='cosine' for no warmup"
+        )
+    if name in ("cosine", "warmup_cosine"):
+        if warmup == 0:
+            return optax.cosine_decay_schedule(init_value=lr, decay_steps=total)
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total
+        )
+    if name == "constant":
+        after = optax.constant_schedule(lr)
+    elif name == "step":
+        after = _step_schedule(
+            config, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup=warmup
+        )
+    else:
+        raise SpecError(
+            f"optim.schedule={name!r} is not known; valid: constant, cosine, "
+            f"warmup_cosine, step, onecycle"
+        )
+    if warmup == 0:
+        return after
+    rise = optax.linear_schedule(init_value=0.0, end_value=lr, transition_steps=warmup)
+    return optax.join_schedules([rise, after], boundaries=[warmup])
+
+
+def _step_schedule(
+    config: OptimConfig, *, steps_per_epoch: int, epochs: int, warmup: int
+) -> optax.Schedule:
+    epochs_at = list(config.step_epochs)
+    if not epochs_at:
+        raise SpecError(
+            "optim.schedule='step' needs optim.step_epochs, the epochs at which the learning "
+            f"rate is multiplied by step_factor={config.step_factor}, e.g. step_epochs = "
+            f"[{max(1, epochs // 2)}]"
+        )
+    if not config.step_factor > 0:
+        raise SpecError(f"optim.step_factor must be > 0, got {config.step_factor}")
+    if (
+        epochs_at != sorted(set(epochs_at))
+        or not 0 < epochs_at[0]
+        or epochs_at[-1] >= epochs
+    ):
+        raise SpecError(
+            f"optim.step_epochs={epochs_at} must be strictly increasing epoch numbers "
+            f"between 1 and {epochs - 1} (training runs {epochs} epochs)"
+        )
+    if epochs_at[0] * steps_per_epoch <= warmup:
+        raise SpecError(
+            f"optim.step_epochs={epochs_at} starts inside the warmup "
+            f"(warmup_epochs={config.warmup_epochs}); put the first step after it"
+        )
+    # join_schedules hands the second schedule the step count since the warmup ended.
+    boundaries = {e * steps_per_epoch - warmup: config.step_factor for e in epochs_at}
+    return optax.piecewise_constant_schedule(
+        init_value=config.lr, boundaries_and_scales=boundaries
+    )
+
+
+def _decay_mask(params: PyTree) -> PyTree:
+    """True for kernels (ndim > 1); biases and norm scales are not decayed."""
+    return jax.tree_util.tree_map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _base_optimizer(
+    config: OptimConfig, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    name, momentum = config.optimizer, config.momentum
+    if name == "sgd":
+        return optax.sgd(schedule)
+    if name == "momentum":
+        return optax.sgd(schedule, momentum=momentum)
+    if name == "nesterov":
+        return optax.sgd(schedule, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return optax.adam(schedule)
+    if name == "adamw":
+        # Pass weight_decay explicitly: optax's default (1e-4) would decay with 0 configured.
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
+    if name == "rmsprop":
+        return optax.rmsprop(schedule, momentum=momentum)
+    raise SpecError(
+        f"optim.optimizer={name!r} is not known; valid: sgd, momentum, nesterov, adam, "
+        f"adamw, rmsprop"
+    )
+
+
+def _labels_fn(
+    trainable: Callable[[PyTree], PyTree] | PyTree,
+) -> Callable[[PyTree], PyTree]:
+    """multi_transform labels aligned to the params by path (so a dict mask fits nnx.State)."""
+
+    def labels(params: PyTree) -> PyTree:
+        mask = trainable(params) if callable(trainable) else trainable
+        flags = {
+            _path_str(p): bool(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]
+        }
+
+        def label(path, _):
+            key = _path_str(path)
+            if key not in flags:
+                raise SpecError(
+                    f"trainable mask has no entry for parameter {key}; the mask must have "
+                    f"the parameters' structure (mask entries: {sorted(flags)[:8]})"
+                )
+            return _TRAIN if flags[key] else _FREEZE
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return labels
+
+
+def make_optimizer(
+    config: OptimConfig,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    trainable: Callable[[PyTree], PyTree] | PyTree | None = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Builds the optimiser described by `config`.
+
+    Args:
+      config: the optimiser section of the run config.
+      steps_per_epoch: optimiser steps per epoch (schedules are given in epochs).
+      epochs: length of training in epochs (cosine / one-cycle end there).
+      trainable: optional mask with the parameters' structure (or a function of the
+        parameters returning one); False leaves are frozen: zero update, no state.
+
+    Returns:
+      (tx, schedule): the gradient transformation and ``schedule(step) -> lr``.
+
+    Raises:
+      SpecError: for an unknown optimiser/schedule or a combination that does not fit.
+    """
+    schedule = make_schedule(config, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    parts = []
+    if config.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    if config.weight_decay > 0 and config.optimizer != "adamw":
+        parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
+    parts.append(_base_optimizer(config, schedule))
+    tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
+    if trainable is not None:
+        tx = optax.multi_transform(
+            {_TRAIN: tx, _FREEZE: optax.set_to_zero()}, _labels_fn(trainable)
+        )
+    return tx, schedule
+
+
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Softmax cross-entropy per example.
+
+    Args:
+      logits: [batch, num_classes] unnormalised scores.
+      labels: [batch] int class ids.
+      label_smoothing: alpha; the target becomes (1 - alpha) * one_hot + alpha / num_classes.
+
+    Returns:
+      [batch] loss per example (average it yourself, e.g. with a mask for padding).
+    """
+    if label_smoothing == 0.0:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing
+    )
+    return optax.softmax_cross_entropy(logits, targets)

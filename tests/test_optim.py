@@ -1,0 +1,290 @@
+"""Optimisers, schedules, frozen masks and the loss."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxcnn import optim
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import OptimConfig
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
+SCHEDULES = [
+    dict(schedule="constant"),
+    dict(schedule="constant", warmup_epochs=1),
+    dict(schedule="cosine"),
+    dict(schedule="warmup_cosine", warmup_epochs=1),
+    dict(schedule="step", step_epochs=(2, 3)),
+    dict(schedule="onecycle"),
+]
+
+
+def _quadratic_params():
+    return {"w": jnp.array([[2.0, -1.5], [0.5, 3.0]]), "b": jnp.array([1.0, -2.0])}
+
+
+def _loss(params):
+    return jnp.sum(params["w"] ** 2) + jnp.sum((params["b"] - 0.5) ** 2)
+
+
+def _run(tx, params, steps):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(_loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize(
+    "sched", SCHEDULES, ids=lambda s: s["schedule"] + str(s.get("warmup_epochs", ""))
+)
+def test_every_optimizer_and_schedule_reduces_a_quadratic(name, sched):
+    config = OptimConfig(
+        optimizer=name, lr=0.05, weight_decay=1e-3, clip_norm=5.0, **sched
+    )
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch=10, epochs=4)
+    params = _quadratic_params()
+    new_params, _ = _run(tx, params, 40)
+    assert float(_loss(new_params)) < 0.7 * float(_loss(params))
+    assert all(
+        bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(new_params)
+    )
+    assert float(schedule(0)) >= 0.0
+
+
+def _cfg(**kw):
+    return OptimConfig(lr=0.1, **kw)
+
+
+def test_schedule_values_at_known_steps():
+    spe, epochs = 10, 5
+    sched = optim.make_schedule(
+        _cfg(schedule="constant"), steps_per_epoch=spe, epochs=epochs
+    )
+    assert float(sched(0)) == pytest.approx(0.1) and float(sched(49)) == pytest.approx(
+        0.1
+    )
+
+    sched = optim.make_schedule(
+        _cfg(schedule="cosine"), steps_per_epoch=spe, epochs=epochs
+    )
+    assert float(sched(0)) == pytest.approx(0.1)
+    assert float(sched(25)) == pytest.approx(0.05, rel=1e-5)  # halfway down the cosine
+    assert float(sched(50)) == pytest.approx(0.0, abs=1e-7)
+
+    sched = optim.make_schedule(
+        _cfg(schedule="warmup_cosine", warmup_epochs=1),
+        steps_per_epoch=spe,
+        epochs=epochs,
+    )
+    assert float(sched(0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(sched(5)) == pytest.approx(0.05, rel=1e-5)
+    assert float(sched(10)) == pytest.approx(0.1, rel=1e-5)  # warmup end = peak
+    assert float(sched(30)) == pytest.approx(
+        0.05, rel=1e-5
+    )  # halfway through the decay
+    assert float(sched(50)) == pytest.approx(0.0, abs=1e-7)
+
+    sched = optim.make_schedule(
+        _cfg(schedule="step", step_epochs=(2, 4), step_factor=0.5),
+        steps_per_epoch=spe,
+        epochs=epochs,
+    )
+    assert [float(sched(s)) for s in (0, 19, 20, 39, 40, 49)] == pytest.approx(
+        [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    )
+
+    sched = optim.make_schedule(
+        _cfg(schedule="step", step_epochs=(3,), warmup_epochs=1),
+        steps_per_epoch=spe,
+        epochs=epochs,
+    )
+    assert [float(sched(s)) for s in (0, 5, 10, 29, 30)] == pytest.approx(
+        [0.0, 0.05, 0.1, 0.1, 0.01]
+    )
+
+    sched = optim.make_schedule(
+        _cfg(schedule="constant", warmup_epochs=0.5), steps_per_epoch=spe, epochs=epochs
+    )
+    assert [float(sched(s)) for s in (0, 5, 20)] == pytest.approx([0.0, 0.1, 0.1])
+
+    sched = optim.make_schedule(
+        _cfg(schedule="onecycle"), steps_per_epoch=spe, epochs=epochs
+    )
+    assert float(sched(15)) == pytest.approx(0.1, rel=1e-5)  # peak at pct_start=0.3
+    assert float(sched(0)) == pytest.approx(0.1 / 25, rel=1e-5)
+    assert float(sched(50)) < 1e-5
+
+
+def test_make_optimizer_returns_the_schedule_it_uses():
+    config = OptimConfig(
+        optimizer="sgd", lr=0.1, schedule="step", step_epochs=(1,), step_factor=0.1
+    )
+    tx, sched = optim.make_optimizer(config, steps_per_epoch=2, epochs=2)
+    params = {"x": jnp.array(0.0)}
+    state = tx.init(params)
+    grads = {"x": jnp.array(1.0)}
+    moves = []
+    for _ in range(4):
+        updates, state = tx.update(grads, state, params)
+        moves.append(float(updates["x"]))
+    assert moves == pytest.approx([-0.1, -0.1, -0.01, -0.01])
+    assert float(sched(2)) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(schedule="step"), "needs optim.step_epochs"),
+        (dict(schedule="step", step_epochs=(3, 2)), "strictly increasing"),
+        (dict(schedule="step", step_epochs=(5,)), "between 1 and 4"),
+        (dict(schedule="cosine", step_epochs=(2,)), "only applies to schedule='step'"),
+        (dict(schedule="warmup_cosine"), "needs optim.warmup_epochs > 0"),
+        (
+            dict(schedule="cosine", warmup_epochs=5),
+            "must be less than the number of epochs",
+        ),
+        (dict(schedule="step", step_epochs=(1,), warmup_epochs=2), "inside the warmup"),
+        (
+            dict(schedule="step", step_epochs=(1,), step_factor=0.0),
+            "step_factor must be > 0",
+        ),
+    ],
+)
+def test_bad_combinations_raise_spec_error(kwargs, match):
+    with pytest.raises(SpecError, match=match):
+        optim.make_optimizer(OptimConfig(**kwargs), steps_per_epoch=10, epochs=5)
+
+
+def test_unknown_optimizer_raises_spec_error():
+    config = OptimConfig.__new__(OptimConfig)
+    object.__setattr__(
+        config, "__dict__", {**OptimConfig().__dict__, "optimizer": "lion"}
+    )
+    with pytest.raises(SpecError, match="optimizer='lion' is not known"):
+        optim.make_optimizer(config, steps_per_epoch=1, epochs=1)
+
+
+def test_weight_decay_skips_biases_and_adamw_decay_is_decoupled():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for name in ("sgd", "adamw"):
+        tx, _ = optim.make_optimizer(
+            OptimConfig(optimizer=name, lr=0.1, weight_decay=0.5),
+            steps_per_epoch=1,
+            epochs=1,
+        )
+        updates, _ = tx.update(zero, tx.init(params), params)
+        # zero gradient: only weight decay moves the kernel (-lr * wd * w); the bias stays
+        np.testing.assert_allclose(updates["w"], -0.05 * np.ones((2, 2)), rtol=1e-6)
+        np.testing.assert_array_equal(updates["b"], np.zeros(2))
+    # adamw with weight_decay=0 must not fall back to optax's default decay
+    tx, _ = optim.make_optimizer(
+        OptimConfig(optimizer="adamw", lr=0.1), steps_per_epoch=1, epochs=1
+    )
+    updates, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_array_equal(updates["w"], np.zeros((2, 2)))
+
+
+def test_clip_norm_bounds_the_update():
+    config = OptimConfig(optimizer="sgd", lr=1.0, clip_norm=1.0)
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=1, epochs=1)
+    params = {"x": jnp.zeros(2)}
+    updates, _ = tx.update({"x": jnp.array([30.0, 40.0])}, tx.init(params), params)
+    np.testing.assert_allclose(updates["x"], [-0.6, -0.8], rtol=1e-6)
+
+
+class _Tiny(nnx.Module):
+    def __init__(self, rngs):
+        self.conv_0 = nnx.Conv(1, 3, (3, 3), rngs=rngs)
+        self.dense_1 = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.dense_1(nnx.relu(self.conv_0(x)).mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize("mask_kind", ["tree", "callable"])
+def test_frozen_leaves_stay_bit_identical_and_have_no_state(mask_kind):
+    model = _Tiny(nnx.Rngs(0))
+    frozen_before = jax.tree_util.tree_map(
+        np.array, nnx.to_pure_dict(nnx.state(model.conv_0))
+    )
+    dense_before = np.array(model.dense_1.kernel[...])
+    if mask_kind == "tree":
+        trainable = {
+            "conv_0": {"kernel": False, "bias": False},
+            "dense_1": {"kernel": True, "bias": True},
+        }
+    else:
+
+        def trainable(params):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: not optim._path_str(path).startswith("conv"), params
+            )
+
+    config = OptimConfig(optimizer="adamw", lr=0.05, weight_decay=0.1, clip_norm=1.0)
+    tx, _ = optim.make_optimizer(
+        config, steps_per_epoch=5, epochs=1, trainable=trainable
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    x = jax.random.normal(jax.random.key(1), (4, 6, 6, 1))
+    y = jnp.array([0, 1, 0, 1])
+
+    @nnx.jit
+    def step(model, optimizer):
+        def loss_fn(model):
+            return optim.cross_entropy(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    after = nnx.to_pure_dict(nnx.state(model.conv_0))
+    for name in ("kernel", "bias"):
+        assert np.array_equal(np.asarray(after[name]), frozen_before[name])
+        assert np.asarray(after[name]).tobytes() == frozen_before[name].tobytes()
+    assert not np.array_equal(np.asarray(model.dense_1.kernel[...]), dense_before)
+
+    # the optimiser state holds arrays for the 2 dense leaves only (mu and nu each), plus counts
+    state_leaves = jax.tree_util.tree_flatten_with_path(
+        nnx.to_pure_dict(nnx.state(optimizer))
+    )[0]
+    paths = [optim._path_str(p) for p, _ in state_leaves]
+    assert not any("conv_0" in p for p in paths), paths
+    assert sum("dense_1" in p for p in paths) == 4, paths
+
+
+def test_mask_missing_a_parameter_names_it():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    tx, _ = optim.make_optimizer(
+        OptimConfig(), steps_per_epoch=1, epochs=1, trainable={"a": True}
+    )
+    with pytest.raises(SpecError, match="no entry for parameter b"):
+        tx.init(params)
+
+
+def test_cross_entropy_hand_computed():
+    logits = jnp.array([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
+    labels = jnp.array([1], dtype=jnp.int32)
+    loss = optim.cross_entropy(logits, labels)
+    assert loss.shape == (1,)
+    assert float(loss[0]) == pytest.approx(-math.log(0.75), rel=1e-6)
+    # alpha=0.2, 2 classes: target = [0.1, 0.9]
+    smoothed = optim.cross_entropy(logits, labels, label_smoothing=0.2)
+    expected = -(0.1 * math.log(0.25) + 0.9 * math.log(0.75))
+    assert float(smoothed[0]) == pytest.approx(expected, rel=1e-6)
