@@ -173,6 +173,16 @@ def _positive_pair(name: str, value: Pair) -> None:
     )
 
 
+def _normalize_pairs(spec: Any, *names: str) -> None:
+    """Lets Python callers write kernel=3 or padding=[1, 1]: stores (3, 3) / (1, 1)."""
+    for name in names:
+        value = getattr(spec, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(spec, name, (value, value))
+        elif isinstance(value, list):
+            object.__setattr__(spec, name, tuple(value))
+
+
 def _padding_ok(padding: Padding) -> None:
     if isinstance(padding, tuple):
         _check(
@@ -218,6 +228,7 @@ class ConvSpec(LayerSpec):
     use_bias: bool = True
 
     def __post_init__(self):
+        _normalize_pairs(self, "kernel", "stride", "dilation", "padding")
         _check(self.filters >= 1, f"field 'filters' must be >= 1, got {self.filters}")
         for name in ("kernel", "stride", "dilation"):
             _positive_pair(name, getattr(self, name))
@@ -246,6 +257,7 @@ class PoolSpec(LayerSpec):
     p: float = 2.0
 
     def __post_init__(self):
+        _normalize_pairs(self, "window", "stride", "padding")
         _positive_pair("window", self.window)
         if self.stride is None:
             object.__setattr__(self, "stride", self.window)
@@ -327,6 +339,7 @@ class ResidualSpec(LayerSpec):
     activation: Activation = "identity"
 
     def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
         _check(len(self.layers) >= 1, "field 'layers' must hold at least one layer")
 
 
@@ -364,7 +377,8 @@ def layer_from_dict(data: Mapping[str, Any], where: str = "layer") -> LayerSpec:
         )
     cls = LAYER_TYPES[kind]
     where = f"{where} ({kind})"
-    kwargs = _fields_from_dict(cls, data, where, skip=("type", "layers"))
+    skip = ("type", "layers") if cls is ResidualSpec else ("type",)
+    kwargs = _fields_from_dict(cls, data, where, skip=skip)
     if cls is ResidualSpec:
         inner = data.get("layers", [])
         if not isinstance(inner, Sequence) or isinstance(inner, str):
@@ -395,8 +409,16 @@ class ModelSpec:
     name: str = "custom"
 
     def __post_init__(self):
+        # Python callers may pass lists or layer dicts; keep the spec hashable and typed.
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        object.__setattr__(
+            self,
+            "layers",
+            tuple(layer_from_dict(d, f"layer {i}") for i, d in enumerate(self.layers)),
+        )
         _check(
-            len(self.input_shape) == 3 and all(d >= 1 for d in self.input_shape),
+            len(self.input_shape) == 3
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.input_shape),
             f"input_shape must be [H, W, C] of positive ints, got {list(self.input_shape)}",
         )
         _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")

@@ -1,0 +1,353 @@
+"""Flax NNX building blocks built from layer specs: conv, pooling, residual block, the model.
+
+Every block is built from a `shapes.Summary` row, so the static shapes in `shapes.py` and
+the real ones agree by construction (padding comes from `shapes.resolve_padding`).
+Module attributes are named `<type>_<index>`, so parameter paths read `conv_0/kernel`,
+`dense_7/bias`, `residual_3/conv_1/kernel`, `residual_3/proj/kernel`.
+
+Images are NHWC float32: [batch, H, W, C].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from jaxcnn import shapes
+from jaxcnn.spec import (
+    ActivationSpec,
+    ConvSpec,
+    DenseSpec,
+    DropoutSpec,
+    FlattenSpec,
+    GlobalPoolSpec,
+    LayerSpec,
+    ModelSpec,
+    NormSpec,
+    PoolSpec,
+    ResidualSpec,
+)
+
+Kernels = Literal["auto", "xla", "fast"]
+KERNELS = ("auto", "xla", "fast")
+POOL_EPS = 1e-6  # keeps log / reciprocal finite in geometric and harmonic pooling
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)  # exact erf form, as Keras and PyTorch
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,  # negative slope 0.01
+    "elu": jax.nn.elu,
+    "gelu": _gelu,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "identity": lambda x: x,
+}
+
+
+def activate(x: jax.Array, name: str) -> jax.Array:
+    """Applies the activation called `name` (one of spec.ACTIVATIONS)."""
+    return ACTIVATIONS[name](x)
+
+
+# --------------------------------------------------------------------------- conv
+def conv2d(layer: nnx.Conv, x: jax.Array, kernels: Kernels = "auto") -> jax.Array:
+    """The single convolution call site: [batch, H, W, Cin] -> [batch, Ho, Wo, filters].
+
+    `kernels` picks the implementation; today every value runs flax's nnx.Conv (XLA conv).
+    """
+    del kernels  # "fast" kernels plug in here
+    return nnx.Conv.__call__(layer, x)
+
+
+class Conv(nnx.Conv):
+    """nnx.Conv with explicit padding resolved by shapes.py and a fused activation."""
+
+    def __init__(
+        self,
+        spec: ConvSpec,
+        input_shape: tuple[int, int, int],
+        *,
+        kernels: Kernels = "auto",
+        rngs: nnx.Rngs,
+    ):
+        padding = shapes.resolve_padding(
+            spec.padding, input_shape[:2], spec.kernel, spec.stride, spec.dilation
+        )
+        super().__init__(
+            input_shape[2],
+            spec.filters,
+            spec.kernel,
+            spec.stride,
+            padding=padding,
+            kernel_dilation=spec.dilation,
+            feature_group_count=spec.groups,
+            use_bias=spec.use_bias,
+            rngs=rngs,
+        )
+        self.activation = spec.activation
+        self.kernels = kernels
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[batch, H, W, Cin] -> [batch, Ho, Wo, filters]."""
+        return activate(conv2d(self, x, self.kernels), self.activation)
+
+
+class Dense(nnx.Linear):
+    """nnx.Linear with a fused activation: [batch, in] -> [batch, units]."""
+
+    def __init__(self, spec: DenseSpec, in_features: int, *, rngs: nnx.Rngs):
+        super().__init__(in_features, spec.units, use_bias=spec.use_bias, rngs=rngs)
+        self.activation = spec.activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return activate(super().__call__(x), self.activation)
+
+
+# --------------------------------------------------------------------------- pooling
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def max_pool(
+    x: jax.Array,
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Pads,
+    kernels: Kernels = "auto",
+) -> jax.Array:
+    """The single max-pool call site; padded cells are -inf, so they never win."""
+    del kernels  # "fast" kernels plug in here
+    return nnx.max_pool(x, window, strides, padding)
+
+
+def _mean_pool(x, window, strides, padding):
+    # Keras convention: padded cells are excluded from the count.
+    return nnx.avg_pool(x, window, strides, padding, count_include_pad=False)
+
+
+def _safe_pow(x: jax.Array, power: float) -> jax.Array:
+    """x**power for x >= 0, with a zero (not NaN) gradient where x == 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.where(positive, x, 1.0) ** power, 0.0)
+
+
+def pool2d(
+    x: jax.Array,
+    kind: str,
+    window: tuple[int, int],
+    strides: tuple[int, int],
+    padding: Pads,
+    p: float = 2.0,
+    kernels: Kernels = "auto",
+) -> jax.Array:
+    """Windowed pooling over H and W: [batch, H, W, C] -> [batch, Ho, Wo, C].
+
+    Kinds, with n = number of real (unpadded) cells in the window:
+      max: maximum; padding never wins.
+      avg: sum / n (padding excluded from the count, as in Keras).
+      sum: sum (zero padding adds nothing).
+      lp: (sum |x|^p / n)^(1/p); p=1 is the mean absolute value, large p approaches max.
+      geometric: exp(mean(log(max(x, 0) + eps))). Domain: x >= 0; negative inputs are
+        clamped to 0 first, so put it after relu/sigmoid-like activations.
+      harmonic: n / sum(1 / (max(x, 0) + eps)). Domain and clamping as geometric.
+    eps = POOL_EPS = 1e-6 keeps the log and reciprocal finite at 0.
+    """
+    if kind == "max":
+        return max_pool(x, window, strides, padding, kernels)
+    if kind == "avg":
+        return _mean_pool(x, window, strides, padding)
+    if kind == "sum":
+        return nnx.pool(x, 0.0, lax.add, window, strides, padding)
+    if kind == "lp":
+        return _safe_pow(
+            _mean_pool(_safe_pow(jnp.abs(x), p), window, strides, padding), 1 / p
+        )
+    clamped = jnp.maximum(x, 0.0) + POOL_EPS
+    if kind == "geometric":
+        return jnp.exp(_mean_pool(jnp.log(clamped), window, strides, padding))
+    if kind == "harmonic":
+        return 1.0 / _mean_pool(1.0 / clamped, window, strides, padding)
+    raise ValueError(f"unknown pool kind {kind!r}")
+
+
+class Pool(nnx.Module):
+    """A pooling layer from a PoolSpec (see `pool2d` for the kinds)."""
+
+    def __init__(
+        self,
+        spec: PoolSpec,
+        input_shape: tuple[int, int, int],
+        *,
+        kernels: Kernels = "auto",
+    ):
+        self.kind = spec.pool
+        self.window = tuple(spec.window)
+        self.strides = tuple(spec.stride)
+        self.padding = shapes.resolve_padding(
+            spec.padding, input_shape[:2], spec.window, spec.stride
+        )
+        self.p = spec.p
+        self.kernels = kernels
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return pool2d(
+            x, self.kind, self.window, self.strides, self.padding, self.p, self.kernels
+        )
+
+
+class GlobalPool(nnx.Module):
+    """[batch, H, W, C] -> [batch, C] by max or mean over H and W."""
+
+    def __init__(self, spec: GlobalPoolSpec):
+        self.kind = spec.pool
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        reduce = jnp.max if self.kind == "max" else jnp.mean
+        return reduce(x, axis=(1, 2))
+
+
+class Flatten(nnx.Module):
+    """[batch, ...] -> [batch, features] (row-major, H then W then C)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[0], -1)
+
+
+class Activation(nnx.Module):
+    def __init__(self, spec: ActivationSpec):
+        self.activation = spec.activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return activate(x, self.activation)
+
+
+def make_norm(spec: NormSpec, channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """nnx.BatchNorm / LayerNorm / GroupNorm over the last (channel) axis.
+
+    Batch norm normalises over batch, H and W (running stats with `spec.momentum`);
+    layer norm over the channels of each position; group norm over H, W and the
+    channels of each of `spec.groups` groups.
+    """
+    if spec.norm == "batch":
+        return nnx.BatchNorm(channels, momentum=spec.momentum, rngs=rngs)
+    if spec.norm == "layer":
+        return nnx.LayerNorm(channels, rngs=rngs)
+    return nnx.GroupNorm(channels, num_groups=spec.groups, rngs=rngs)
+
+
+# --------------------------------------------------------------------------- blocks
+def make_layer(
+    spec: LayerSpec,
+    index: str,
+    summary: shapes.Summary,
+    *,
+    kernels: Kernels,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """The NNX module for the layer at `index` ("3", "3.1") of `summary`."""
+    info = summary.row(index)
+    shape = info.input_shape
+    if isinstance(spec, ConvSpec):
+        return Conv(spec, shape, kernels=kernels, rngs=rngs)
+    if isinstance(spec, PoolSpec):
+        return Pool(spec, shape, kernels=kernels)
+    if isinstance(spec, GlobalPoolSpec):
+        return GlobalPool(spec)
+    if isinstance(spec, FlattenSpec):
+        return Flatten()
+    if isinstance(spec, DenseSpec):
+        return Dense(spec, shape[0], rngs=rngs)
+    if isinstance(spec, NormSpec):
+        return make_norm(spec, shape[-1], rngs=rngs)
+    if isinstance(spec, DropoutSpec):
+        return nnx.Dropout(spec.rate, rngs=rngs)
+    if isinstance(spec, ActivationSpec):
+        return Activation(spec)
+    if isinstance(spec, ResidualSpec):
+        return Residual(spec, index, summary, kernels=kernels, rngs=rngs)
+    raise TypeError(f"unsupported layer spec {type(spec).__name__}")
+
+
+class Sequential(nnx.Module):
+    """Layers applied in order; each is an attribute named `<type>_<position>`."""
+
+    def _add_layers(self, specs, index_prefix, summary, *, kernels, rngs) -> None:
+        names = []
+        for i, spec in enumerate(specs):
+            name = f"{spec.type}_{i}"
+            layer = make_layer(
+                spec, f"{index_prefix}{i}", summary, kernels=kernels, rngs=rngs
+            )
+            setattr(self, name, layer)
+            names.append(name)
+        self.layer_names = tuple(names)
+
+    def named_layers(self) -> list[tuple[str, nnx.Module]]:
+        """(attribute name, module) in call order."""
+        return [(name, getattr(self, name)) for name in self.layer_names]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+        return x
+
+
+class Residual(Sequential):
+    """y = activation(layers(x) + skip(x)); skip is identity or the 1x1 conv `proj`."""
+
+    def __init__(
+        self,
+        spec: ResidualSpec,
+        index: str,
+        summary: shapes.Summary,
+        *,
+        kernels: Kernels = "auto",
+        rngs: nnx.Rngs,
+    ):
+        self._add_layers(spec.layers, f"{index}.", summary, kernels=kernels, rngs=rngs)
+        info = summary.row(index)
+        self.proj = (
+            Conv(info.projection, info.input_shape, kernels=kernels, rngs=rngs)
+            if info.projection is not None
+            else None
+        )
+        self.activation = spec.activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        skip = x if self.proj is None else self.proj(x)
+        return activate(super().__call__(x) + skip, self.activation)
+
+
+class CNN(Sequential):
+    """The network of a ModelSpec: [batch, H, W, C] float32 -> logits [batch, num_classes].
+
+    Owns `rngs`: stream `params` from the seed and `dropout` from a key derived from it,
+    so the dropout RNG state is part of `nnx.state(model)` and is checkpointed. Starts in
+    training mode (dropout active, batch norm using batch statistics); call
+    `model.eval()` for inference and `model.train()` to switch back.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        summary: shapes.Summary,
+        *,
+        seed: int = 0,
+        kernels: Kernels = "auto",
+    ):
+        self.spec = spec
+        self.kernels = kernels
+        self.rngs = nnx.Rngs(
+            params=seed, dropout=jax.random.fold_in(jax.random.key(seed), 1)
+        )
+        self._add_layers(spec.layers, "", summary, kernels=kernels, rngs=self.rngs)

@@ -1,0 +1,393 @@
+"""Presets, the sweepable `simple_cnn` family, spec loading and `build_model`.
+
+Importing this module does not import JAX: presets and `load_spec` serve
+`jaxcnn summary`, and `build_model` loads Flax on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pathlib
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from jaxcnn import shapes
+from jaxcnn import spec as spec_lib
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import (
+    ActivationSpec,
+    ConvSpec,
+    DenseSpec,
+    DropoutSpec,
+    FlattenSpec,
+    GlobalPoolSpec,
+    LayerSpec,
+    ModelConfig,
+    ModelSpec,
+    NormSpec,
+    Padding,
+    PoolSpec,
+    ResidualSpec,
+)
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+Shape3 = tuple[int, int, int]
+
+
+# --------------------------------------------------------------------------- presets
+def keras_mnist(input_shape: Shape3 = (28, 28, 1), num_classes: int = 10) -> ModelSpec:
+    """The classic Keras MNIST convnet: 93,322 parameters at 28x28x1.
+
+    Output shapes 26x26x32, 13x13x32, 11x11x64, 5x5x64, 3x3x64, 576, 64, 10.
+    """
+    return ModelSpec(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        name="keras_mnist",
+        layers=(
+            ConvSpec(filters=32, kernel=3, activation="relu"),
+            PoolSpec(pool="max", window=2),
+            ConvSpec(filters=64, kernel=3, activation="relu"),
+            PoolSpec(pool="max", window=2),
+            ConvSpec(filters=64, kernel=3, activation="relu"),
+            FlattenSpec(),
+            DenseSpec(units=64, activation="relu"),
+            DenseSpec(units=num_classes),
+        ),
+    )
+
+
+def lenet5(input_shape: Shape3 = (32, 32, 1), num_classes: int = 10) -> ModelSpec:
+    """LeCun et al. (1998) LeNet-5 with tanh and average pooling: 61,706 params at 32x32x1.
+
+    C1 conv 6@5x5 -> S2 avg pool 2 -> C3 conv 16@5x5 -> S4 avg pool 2 -> C5 conv 120@5x5
+    -> F6 dense 84 -> dense num_classes. Inputs smaller than 32x32 (e.g. 28x28 MNIST) get
+    'same' padding in C1, which reproduces the classic 28x28 C1 maps from a 28x28 image
+    (as LeNet's 2-pixel border did), so the rest of the network is unchanged.
+    """
+    small = input_shape[0] < 32 or input_shape[1] < 32
+    return ModelSpec(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        name="lenet5",
+        layers=(
+            ConvSpec(
+                filters=6,
+                kernel=5,
+                padding="same" if small else "valid",
+                activation="tanh",
+            ),
+            PoolSpec(pool="avg", window=2),
+            ConvSpec(filters=16, kernel=5, activation="tanh"),
+            PoolSpec(pool="avg", window=2),
+            ConvSpec(filters=120, kernel=5, activation="tanh"),
+            FlattenSpec(),
+            DenseSpec(units=84, activation="tanh"),
+            DenseSpec(units=num_classes),
+        ),
+    )
+
+
+def vgg_cifar(input_shape: Shape3 = (32, 32, 3), num_classes: int = 10) -> ModelSpec:
+    """VGG-style CIFAR net: conv3x3 same 64,64, pool, 128,128, pool, 256,256, pool, dense.
+
+    1,186,378 params and 305.6 MFLOPs forward per 32x32x3 image (about 917 MFLOPs per
+    training step, forward + backward = 3x forward).
+    """
+    layers: list[LayerSpec] = []
+    for filters in (64, 128, 256):
+        layers += [
+            ConvSpec(filters=filters, kernel=3, padding="same", activation="relu"),
+            ConvSpec(filters=filters, kernel=3, padding="same", activation="relu"),
+            PoolSpec(pool="max", window=2),
+        ]
+    layers += [FlattenSpec(), DenseSpec(units=num_classes)]
+    return ModelSpec(input_shape, num_classes, tuple(layers), name="vgg_cifar")
+
+
+def resnet_cifar(
+    input_shape: Shape3 = (32, 32, 3), num_classes: int = 10, blocks_per_stage: int = 3
+) -> ModelSpec:
+    """He et al. (2016) CIFAR ResNet: depth 6*blocks_per_stage + 2 (3 -> ResNet-20).
+
+    Stem conv 16 + batch norm + relu, three stages of basic blocks with 16, 32, 64 filters
+    (the first block of stages 2 and 3 has stride 2; its skip path is a 1x1 conv),
+    global average pooling and a dense classifier.
+    """
+    if blocks_per_stage < 1:
+        raise SpecError(
+            f"resnet_cifar: blocks_per_stage must be >= 1, got {blocks_per_stage}"
+        )
+
+    def conv(filters, stride=1):
+        return ConvSpec(
+            filters=filters, kernel=3, stride=stride, padding="same", use_bias=False
+        )
+
+    layers: list[LayerSpec] = [conv(16), NormSpec(norm="batch"), ActivationSpec("relu")]
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            body = (
+                conv(filters, stride),
+                NormSpec(norm="batch"),
+                ActivationSpec("relu"),
+                conv(filters),
+                NormSpec(norm="batch"),
+            )
+            layers.append(ResidualSpec(layers=body, activation="relu"))
+    layers += [GlobalPoolSpec(pool="avg"), DenseSpec(units=num_classes)]
+    return ModelSpec(input_shape, num_classes, tuple(layers), name="resnet_cifar")
+
+
+def digits_cnn(input_shape: Shape3 = (8, 8, 1), num_classes: int = 10) -> ModelSpec:
+    """Small convnet for scikit-learn's 8x8 digits (the embedded default): 43,050 params."""
+    return ModelSpec(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        name="digits_cnn",
+        layers=(
+            ConvSpec(filters=32, kernel=3, padding="same", activation="relu"),
+            ConvSpec(filters=32, kernel=3, padding="same", activation="relu"),
+            PoolSpec(pool="max", window=2),
+            FlattenSpec(),
+            DropoutSpec(rate=0.25),
+            DenseSpec(units=64, activation="relu"),
+            DenseSpec(units=num_classes),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- family
+def simple_cnn(
+    filters: int = 32,
+    kernel: int = 3,
+    stride: int = 1,
+    padding: Padding = "valid",
+    pool: Literal["max", "avg", "sum", "lp", "geometric", "harmonic", "none"] = "max",
+    pool_window: int = 2,
+    depth: int = 2,
+    width_multiplier: float = 1.0,
+    dense_units: int = 64,
+    dropout: float = 0.0,
+    activation: spec_lib.Activation = "relu",
+    input_shape: Shape3 = (28, 28, 1),
+    num_classes: int = 10,
+) -> ModelSpec:
+    """A plain convnet whose fields are the swept knobs.
+
+    `depth` stages of [conv(kernel, stride, padding, activation) -> pool(pool_window)];
+    stage i has round(filters * width_multiplier) * 2**i filters (doubling per stage, as in
+    keras_mnist). pool="none" drops the pooling layers. Then flatten, dense(dense_units,
+    activation) when dense_units > 0, dropout when dropout > 0, and dense(num_classes).
+    A combination that shrinks the feature map below a kernel or window fails in
+    `shapes.infer` with a SpecError naming the layer.
+    """
+    checks = (
+        (filters >= 1, f"filters must be >= 1, got {filters}"),
+        (depth >= 1, f"depth must be >= 1, got {depth}"),
+        (width_multiplier > 0, f"width_multiplier must be > 0, got {width_multiplier}"),
+        (
+            dense_units >= 0,
+            f"dense_units must be >= 0 (0 = no hidden dense), got {dense_units}",
+        ),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise SpecError(f"simple_cnn: {message}")
+    width = max(1, round(filters * width_multiplier))
+    layers: list[LayerSpec] = []
+    for i in range(depth):
+        layers.append(
+            ConvSpec(
+                filters=width * 2**i,
+                kernel=kernel,
+                stride=stride,
+                padding=padding,
+                activation=activation,
+            )
+        )
+        if pool != "none":
+            layers.append(PoolSpec(pool=pool, window=pool_window))
+    layers.append(FlattenSpec())
+    if dense_units > 0:
+        layers.append(DenseSpec(units=dense_units, activation=activation))
+    if dropout > 0:
+        layers.append(DropoutSpec(rate=dropout))
+    layers.append(DenseSpec(units=num_classes))
+    return ModelSpec(input_shape, num_classes, tuple(layers), name="simple_cnn")
+
+
+PRESETS: dict[str, Callable[..., ModelSpec]] = {
+    "keras_mnist": keras_mnist,
+    "lenet5": lenet5,
+    "vgg_cifar": vgg_cifar,
+    "resnet_cifar": resnet_cifar,
+    "digits_cnn": digits_cnn,
+}
+FAMILIES: dict[str, Callable[..., ModelSpec]] = {"simple_cnn": simple_cnn}
+
+
+def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> ModelSpec:
+    """Calls a preset/family with type-checked keyword args (from TOML, JSON or --set)."""
+    hints = typing.get_type_hints(fn)
+    valid = list(inspect.signature(fn).parameters)
+    kwargs = {}
+    for key, value in args.items():
+        if key not in valid:
+            raise SpecError(
+                f"model {name!r}: unknown argument {key!r}; valid arguments are {', '.join(valid)}"
+            )
+        try:
+            kwargs[key] = spec_lib._coerce(value, hints[key])
+        except spec_lib._Mismatch:
+            raise SpecError(
+                f"model {name!r}: argument {key!r} must be {spec_lib._type_name(hints[key])}, got {value!r}"
+            ) from None
+    try:
+        return fn(**kwargs)
+    except SpecError as e:
+        raise SpecError(f"model {name!r} with {kwargs}: {e}") from None
+
+
+def preset(name: str, **kwargs: Any) -> ModelSpec:
+    """The spec of a preset or family by name, e.g. preset("simple_cnn", filters=64)."""
+    table = {**PRESETS, **FAMILIES}
+    if name not in table:
+        raise SpecError(_unknown(name))
+    return _call(table[name], name, kwargs)
+
+
+def _unknown(name: str) -> str:
+    return (
+        f"unknown model {name!r}; presets are {', '.join(PRESETS)}; families are "
+        f"{', '.join(FAMILIES)}; or give a path to a .toml/.json spec file"
+    )
+
+
+def _with_overrides(spec: ModelSpec, input_shape, num_classes) -> ModelSpec:
+    """Replaces the input shape / class count of a finished spec.
+
+    A new num_classes also resizes a final dense layer whose units equal the old one
+    (the logits layer), so a file spec can be retargeted to another dataset.
+    """
+    changes: dict[str, Any] = {}
+    if input_shape is not None:
+        changes["input_shape"] = _coerce_arg(input_shape, Shape3, "input_shape")
+    if num_classes is not None:
+        changes["num_classes"] = n = _coerce_arg(num_classes, int, "num_classes")
+        last = spec.layers[-1]
+        if isinstance(last, DenseSpec) and last.units == spec.num_classes and n >= 1:
+            changes["layers"] = (*spec.layers[:-1], dataclasses.replace(last, units=n))
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _coerce_arg(value: Any, tp: Any, name: str) -> Any:
+    try:
+        return spec_lib._coerce(value, tp)
+    except spec_lib._Mismatch:
+        raise SpecError(
+            f"{name} must be {spec_lib._type_name(tp)}, got {value!r}"
+        ) from None
+
+
+def load_spec(
+    model: str | ModelSpec | ModelConfig,
+    *,
+    input_shape: Shape3 | None = None,
+    num_classes: int | None = None,
+) -> ModelSpec:
+    """Resolves a model reference to a ModelSpec.
+
+    Args:
+      model: a preset or family name, a path to a .toml/.json spec file, a ModelSpec, or
+        a ModelConfig (name + args, or an inline `spec`). `args` may hold family knobs
+        and, for any model, input_shape / num_classes.
+      input_shape, num_classes: overrides applied last (e.g. from --input-shape).
+
+    Raises:
+      SpecError: unknown name (listing presets and families), bad args, or a bad file.
+    """
+    if isinstance(model, ModelSpec):
+        return _with_overrides(model, input_shape, num_classes)
+    if isinstance(model, str):
+        model = ModelConfig(name=model)
+    if not isinstance(model, ModelConfig):
+        raise SpecError(
+            f"expected a model name, spec file, ModelSpec or ModelConfig, got {model!r}"
+        )
+    args = dict(model.args)
+    if model.spec is not None or model.name not in {**PRESETS, **FAMILIES}:
+        # Inline specs and files take only shape overrides from args.
+        shape_args = {
+            k: args.pop(k) for k in ("input_shape", "num_classes") if k in args
+        }
+        if args:
+            raise SpecError(
+                f"model {model.name!r}: unknown argument {sorted(args)[0]!r}; a spec file or "
+                "inline spec accepts only input_shape and num_classes"
+            )
+        if model.spec is not None:
+            spec = model.spec
+        elif (
+            pathlib.Path(model.name).suffix in (".toml", ".json")
+            or pathlib.Path(model.name).is_file()
+        ):
+            spec = spec_lib.load_spec_file(model.name)
+        else:
+            raise SpecError(_unknown(model.name))
+        spec = _with_overrides(
+            spec, shape_args.get("input_shape"), shape_args.get("num_classes")
+        )
+        return _with_overrides(spec, input_shape, num_classes)
+    # Presets and families size their layers from the shape (last dense = num_classes).
+    if input_shape is not None:
+        args["input_shape"] = input_shape
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    return preset(model.name, **args)
+
+
+# --------------------------------------------------------------------------- build
+def build_model(
+    spec: ModelSpec,
+    *,
+    seed: int = 0,
+    kernels: Literal["auto", "xla", "fast"] = "auto",
+) -> nnx.Module:
+    """Builds the Flax NNX model of `spec`, deterministically from `seed`.
+
+    The spec is checked by `shapes.infer` first, so an impossible network raises a
+    SpecError before anything reaches JAX. The model maps [batch, H, W, C] float32 to
+    logits [batch, num_classes]; it starts in training mode (`model.eval()` for
+    inference). `kernels` selects the conv / max-pool implementation (see layers.py).
+    """
+    if not isinstance(spec, ModelSpec):
+        spec = load_spec(spec)
+    if kernels not in ("auto", "xla", "fast"):
+        raise SpecError(f"kernels must be one of auto, xla, fast; got {kernels!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SpecError(f"seed must be an int, got {seed!r}")
+    summary = shapes.infer(spec)
+    from jaxcnn import layers  # Flax loads here, not at import time
+
+    return layers.CNN(spec, summary, seed=seed, kernels=kernels)
+
+
+def param_paths(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """Trainable parameter paths and shapes, e.g. {"conv_0/kernel": (3, 3, 1, 32), ...}.
+
+    These are the paths `--freeze` regexes are searched in. Batch-norm statistics and RNG
+    state are not parameters and are not listed.
+    """
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    return {
+        "/".join(str(part) for part in path): tuple(leaf.shape)
+        for path, leaf in nnx.to_flat_state(state)
+    }
