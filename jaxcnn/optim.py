@@ -73,7 +73,11 @@ def make_schedule(
         )
     lr, name = config.lr, config.schedule
     total = steps_per_epoch * epochs
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    # any positive warmup lasts at least one step (restores may build with steps_per_epoch=1)
+    warmup = max(
+        round(config.warmup_epochs * steps_per_epoch),
+        1 if config.warmup_epochs > 0 else 0,
+    )
     if config.warmup_epochs > 0 and config.warmup_epochs >= epochs:
         raise SpecError(
             f"optim.warmup_epochs={config.warmup_epochs} must be less than the number of "
@@ -92,9 +96,8 @@ def make_schedule(
         )
     if name == "warmup_cosine" and warmup == 0:
         raise SpecError(
-            f"optim.schedule='warmup_cosine' needs optim.warmup_epochs > 0 (at least one "
-            f"step: {steps_per_epoch} steps per epoch), got {config.warmup_epochs}; use "
-            f"schedule='cosine' for no warmup"
+            f"optim.schedule='warmup_cosine' needs optim.warmup_epochs > 0, got "
+            f"{config.warmup_epochs}; use schedule='cosine' for no warmup"
         )
     if name in ("cosine", "warmup_cosine"):
         if warmup == 0:

@@ -46,9 +46,19 @@ def _run(tx, params, steps):
     return params, state
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+# every optimiser with warmup+cosine, every schedule with momentum and adamw
+CASES = [(name, SCHEDULES[3]) for name in OPTIMIZERS] + [
+    (name, sched)
+    for name in ("momentum", "adamw")
+    for sched in SCHEDULES
+    if sched is not SCHEDULES[3]
+]
+
+
 @pytest.mark.parametrize(
-    "sched", SCHEDULES, ids=lambda s: s["schedule"] + str(s.get("warmup_epochs", ""))
+    "name, sched",
+    CASES,
+    ids=[f"{n}-{s['schedule']}{s.get('warmup_epochs', '')}" for n, s in CASES],
 )
 def test_every_optimizer_and_schedule_reduces_a_quadratic(name, sched):
     config = OptimConfig(
@@ -126,6 +136,12 @@ def test_schedule_values_at_known_steps():
     assert float(sched(15)) == pytest.approx(0.1, rel=1e-5)  # peak at pct_start=0.3
     assert float(sched(0)) == pytest.approx(0.1 / 25, rel=1e-5)
     assert float(sched(50)) < 1e-5
+
+
+def test_short_warmup_lasts_at_least_one_step():
+    config = _cfg(schedule="warmup_cosine", warmup_epochs=0.2)
+    sched = optim.make_schedule(config, steps_per_epoch=1, epochs=10)
+    assert float(sched(0)) == 0.0 and float(sched(1)) == pytest.approx(0.1)
 
 
 def test_make_optimizer_returns_the_schedule_it_uses():
