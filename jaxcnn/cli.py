@@ -47,6 +47,162 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train / eval / predict
+def _add_train(sub, common) -> None:
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model (no arguments: the embedded offline digits run)",
+        description="Train a model. With no arguments: digits_cnn on the 8x8 digits dataset "
+        "shipped with scikit-learn (offline). Rerunning with the same --workdir resumes.",
+    )
+    p.add_argument("--config", help="run config file (.toml/.json with [model] [data] [optim] [train])")
+    p.add_argument("--model", help="preset or family name, or a spec file (.toml/.json)")
+    p.add_argument("--dataset", help="TFDS dataset name (default: digits, embedded)")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--manual-dir", help="folder of raw downloads to build the dataset from offline")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", help="sgd, momentum, nesterov, adam, adamw, rmsprop")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workdir", help="run directory (default: runs/<model>-<dataset>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set optim.schedule=cosine "
+                   "--set model.filters=64 (repeatable)")
+    p.add_argument("--restart", action="store_true", help="discard checkpoints in --workdir")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_train)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The run config a `jaxcnn train` command line describes (file, then flags, then --set)."""
+    from jaxcnn import spec
+
+    config = spec.load_run_config(args.config) if args.config else spec.RunConfig()
+    flags = {
+        "model.name": args.model,
+        "data.dataset": args.dataset,
+        "data.data_dir": args.data_dir,
+        "data.manual_dir": args.manual_dir,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "optim.optimizer": args.optimizer,
+        "optim.lr": args.lr,
+        "train.seed": args.seed,
+    }
+    config = config.with_overrides({k: v for k, v in flags.items() if v is not None})
+    return config.with_overrides(dict(spec.parse_override(item) for item in args.set))
+
+
+def _cmd_train(args) -> int:
+    from jaxcnn import train
+
+    config = train_config_from_args(args)
+    train.fit(config, args.workdir, restart=args.restart, quiet=args.quiet)
+    return 0
+
+
+def _add_eval(sub, common) -> None:
+    p = sub.add_parser("eval", parents=[common], help="evaluate a run's best checkpoint on a split")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="test", help="test (default), val, train, or a TFDS split")
+    p.add_argument("--checkpoint", default="best", help="best (default), latest, or a step")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from jaxcnn import train
+
+    which = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    report = train.evaluate(args.workdir, args.split, which=which)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['split']}: {report['examples']} examples, checkpoint step {report['step']} "
+          f"(epoch {report['epoch']})")
+    print(f"loss {report['loss']:.4f}  accuracy {report['accuracy']:.4f}")
+    names = report["class_names"]
+    width = max(len(n) for n in names)
+    print("per-class accuracy:")
+    for name, acc in zip(names, report["per_class_accuracy"], strict=True):
+        print(f"  {name:>{width}}  {acc:.4f}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for name, row in zip(names, report["confusion_matrix"], strict=True):
+        print(f"  {name:>{width}}  " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def _add_predict(sub, common) -> None:
+    p = sub.add_parser("predict", parents=[common], help="classify PNG/JPEG images with a trained run")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from jaxcnn import train
+
+    results = train.predict(args.workdir, args.images, top_k=args.top_k)
+    failed = [r for r in results if "error" in r]
+    for r in results:
+        if "error" in r:
+            continue
+        if args.json:
+            print(json.dumps(r))
+        else:
+            tops = ", ".join(f"{t['name']} ({t['probability']:.3f})" for t in r["top"])
+            print(f"{r['source']}: {tops}")
+    for r in failed:
+        print(f"error: {r['source']}: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+# --------------------------------------------------------------------------- sweep
+def _add_sweep(sub, common) -> None:
+    p = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="run / resume a sweep, run one sweep worker, or report a sweep",
+        description="jaxcnn sweep CONFIG [--workdir DIR] [--storage URL] [--workers N]: run or "
+        "resume a sweep (CONFIG: .toml/.json sweep file, experiments/*.py, or a sweep dir). "
+        "jaxcnn sweep worker CONFIG --storage URL: one worker (start N of them, on any "
+        "machines sharing the storage and workdir). jaxcnn sweep report DIR: ranked table "
+        "and figures.",
+    )
+    p.add_argument("target", nargs="+", metavar="CONFIG | worker CONFIG | report DIR")
+    p.add_argument("--workdir", help="sweep directory (default runs/sweeps/<name>)")
+    p.add_argument("--storage", help="Optuna storage URL (default: a journal file in workdir)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--smoke", action="store_true", help="the sweep's seconds-long version")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from jaxcnn import sweep
+
+    action, rest = args.target[0], args.target[1:]
+    if action in ("report", "worker"):
+        if len(rest) != 1:
+            raise JaxcnnError(f"usage: jaxcnn sweep {action} {'DIR' if action == 'report' else 'CONFIG'}")
+        if action == "report":
+            from jaxcnn import sweep_report
+
+            print(sweep_report.report(rest[0]))
+            return 0
+        sweep.work(rest[0], args.workdir, storage=args.storage, smoke=args.smoke, quiet=args.quiet)
+        return 0
+    if rest:
+        raise JaxcnnError(f"jaxcnn sweep takes one CONFIG, got {args.target}")
+    sweep.run_sweep(action, args.workdir, storage=args.storage, workers=args.workers,
+                    smoke=args.smoke, quiet=args.quiet)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -85,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     p.set_defaults(func=cmd_summary)
+    for add in (_add_train, _add_eval, _add_predict):
+        add(sub, common)
+    _add_sweep(sub, common)
     return parser
 
 

@@ -39,6 +39,17 @@ Activation = Literal[
     "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "identity"
 ]
 Pair = tuple[int, int]
+# Conv kernel initialisers: Flax's default, or a classic kernel (jaxcnn.filters)
+ConvInit = Literal[
+    "default",
+    "vertical_edge",
+    "horizontal_edge",
+    "sobel_x",
+    "sobel_y",
+    "laplacian",
+    "box_blur",
+    "sharpen",
+]
 # "valid", "same", or explicit symmetric zero padding (rows, cols)
 Padding = Literal["valid", "same"] | tuple[int, int]
 
@@ -226,6 +237,9 @@ class ConvSpec(LayerSpec):
     groups: int = 1
     activation: Activation = "identity"
     use_bias: bool = True
+    # "default": random (Flax) init; else a classic 3x3 kernel from jaxcnn/filters.py
+    init: ConvInit = "default"
+    trainable: bool = True  # False: frozen while training (kept at its init)
 
     def __post_init__(self):
         _normalize_pairs(self, "kernel", "stride", "dilation", "padding")
@@ -237,6 +251,16 @@ class ConvSpec(LayerSpec):
         _check(
             self.filters % self.groups == 0,
             f"field 'filters'={self.filters} must be divisible by groups={self.groups}",
+        )
+        inits = typing.get_args(ConvInit)
+        _check(
+            self.init in inits,
+            f"field 'init' must be one of {', '.join(inits)}, got {self.init!r}",
+        )
+        _check(
+            self.init == "default" or self.kernel == (3, 3),
+            f"field 'init'={self.init!r} is a classic 3x3 kernel but field 'kernel' is "
+            f'{list(self.kernel)}; use kernel = 3 or init = "default"',
         )
 
     def describe(self) -> str:
@@ -551,8 +575,10 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
+    # The defaults train the embedded digits run to ~96% test accuracy in ~25 s on 2 CPU
+    # cores; larger datasets want fewer epochs (--epochs) and often larger batches.
+    epochs: int = 30
+    batch_size: int = 32  # Keras's default
     eval_batch_size: int = 1000
     seed: int = 0
     steps_per_dispatch: int = 0  # 0: chosen automatically per backend
@@ -560,6 +586,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
     kernels: Literal["auto", "xla", "fast"] = "auto"  # conv/pool implementation
+    init_from: str | None = None  # a finished run's workdir: start from its best weights
+    freeze: tuple[str, ...] = ()  # regexes searched in parameter paths (conv_0/kernel)
+    new_head: bool = False  # with init_from: re-initialise the last dense layer
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every",
