@@ -1,0 +1,770 @@
+"""Datasets: TFDS image classification datasets as arrays or streams, plus on-device augmentation.
+
+This is the only module that imports TensorFlow / TensorFlow Datasets, and it does so lazily.
+TensorFlow is a data engine here: it decodes, slices, resizes and streams on the CPU and sees
+no GPU, so JAX keeps the whole accelerator.
+
+Datasets are addressed by TFDS name (`mnist`, `fashion_mnist`, `cifar10`, `emnist/balanced`, ...)
+and read from a TFDS data directory (`data_dir`, default `$TFDS_DATA_DIR` or
+`~/tensorflow_datasets`). Nothing is fetched behind the user's back when there is no network:
+
+* `manual_dir` builds the standard TFDS dataset from raw downloads in a folder; TFDS checks
+  their names, sizes and sha256 against its registered checksums.
+* A dataset that is neither prepared nor buildable offline fails within seconds with a
+  `DataError` that says to use `--data-dir` or `--manual-dir` (TFDS alone retries for minutes).
+
+The embedded default `digits` is scikit-learn's bundled 8x8 handwritten digits (1,797 real
+images), registered as the TFDS builder `digits` so that it flows through the same pipeline:
+train = the first 1,500 images, test = the last 297 (sklearn's order; every class has 27-33
+test images). Pixel values 0..16 are stored as uint8 round(v * 255 / 16), so 16 -> 255.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import pathlib
+import socket
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.errors import DataError
+from jaxcnn.spec import DataConfig
+
+# TF's C++ logging (oneDNN banner, CPU feature guard, cloud auth probes) is noise for our users.
+# oneDNN only speeds up TF's own conv/matmul kernels, which this data engine never runs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+DIGITS = "digits"
+DIGITS_TRAIN_EXAMPLES = 1500  # of 1,797; the last 297 are the test split
+_PROBE_TIMEOUT_S = 3.0  # a reachable download host answers well within this
+_CONVERT_CHUNK = 4096  # images per eager TF call in convert_images (bounds peak memory)
+_SHUFFLE_BUFFER = 16384  # tf.data shuffle buffer for streamed splits
+
+
+class Batch(NamedTuple):
+    """One batch. Padding rows (only in the last batch) have mask 0 and zero images/labels.
+
+    images: [batch, height, width, channels] float32. labels: [batch] int32. mask: [batch] float32.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """A split held in host memory (the trainer places it on the device once).
+
+    images: [n, height, width, channels] float32 in [0, 1], or standardised.
+    labels: [n] int32.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(
+                f"Split needs images [n, H, W, C] and labels [n], got {self.images.shape} "
+                f"and {self.labels.shape}"
+            )
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = False,
+        drop_remainder: bool = False,
+    ) -> Iterator[Batch]:
+        """Yields batches in order, or in the order of `epoch_permutation(seed, epoch, n)`.
+
+        Without drop_remainder the last batch is padded to batch_size (mask 0), so every
+        example is seen exactly once and shapes stay static.
+        """
+        _check_batch_size(batch_size)
+        n = self.num_examples
+        order = (
+            np.asarray(epoch_permutation(seed, epoch, n)) if shuffle else np.arange(n)
+        )
+        stop = n - n % batch_size if drop_remainder else n
+        for start in range(0, stop, batch_size):
+            index = order[start : start + batch_size]
+            yield _padded_batch(self.images[index], self.labels[index], batch_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamSplit:
+    """A split too big for device memory, streamed from TFDS through tf.data in numpy batches.
+
+    Images are converted to `image_shape` and standardised on the fly, like a resident Split.
+    Shuffling uses TFDS file shuffling plus a tf.data shuffle buffer seeded from
+    (seed, epoch): reproducible per epoch and different across epochs, but not the order of
+    `epoch_permutation` (that needs random access to the whole split).
+    """
+
+    num_examples: int
+    builder: Any = dataclasses.field(repr=False)  # tfds.core.DatasetBuilder, prepared
+    split: str  # TFDS split string, e.g. "train[:54000]"
+    keys: tuple[str, str]  # (image feature, label feature)
+    image_shape: tuple[int, int, int]  # after conversion
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = False,
+        drop_remainder: bool = False,
+    ) -> Iterator[Batch]:
+        """Yields batches of the split; see Split.batches for padding and masks."""
+        _check_batch_size(batch_size)
+        tf, tfds = _tf(), _tfds()
+        tf_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
+        ds = self.builder.as_dataset(
+            split=self.split,
+            shuffle_files=shuffle,
+            read_config=tfds.ReadConfig(shuffle_seed=tf_seed),
+        )
+        image_key, label_key = self.keys
+        ds = ds.map(lambda ex: (ex[image_key], ex[label_key]))
+        if shuffle:
+            ds = ds.shuffle(min(self.num_examples, _SHUFFLE_BUFFER), seed=tf_seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(
+            lambda x, y: (self._convert(x), tf.cast(y, tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+        for images, labels in tfds.as_numpy(ds):
+            yield _padded_batch(images, labels, batch_size)
+
+    def _convert(self, images):
+        tf = _tf()
+        out = _convert_tf(tf.cast(images, tf.float32) / 255.0, self.image_shape)
+        if self.mean is not None:
+            out = (out - self.mean) / self.std
+        return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded dataset: three splits plus what the model and `predict` need to know."""
+
+    name: str
+    train: Split | StreamSplit
+    val: Split | StreamSplit
+    test: Split | StreamSplit
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # H, W, C of the images the splits yield
+    mean: np.ndarray | None  # [C] per-channel, when standardised (x - mean) / std
+    std: np.ndarray | None
+    notes: tuple[str, ...]  # human-readable conversions applied
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def load_dataset(
+    config: DataConfig, *, input_shape: Sequence[int] | None = None
+) -> Dataset:
+    """Prepares (if needed) and loads a dataset as arrays, or as streams when it is too big.
+
+    Args:
+      config: which dataset, where it lives, splits, standardisation, device_limit_mb.
+      input_shape: (H, W, C) the model expects; images are resized (bilinear) and converted
+        (grayscale <-> RGB) to it when it differs from the dataset's. None keeps them as is.
+
+    Returns:
+      A Dataset whose splits are resident `Split`s when all three, as float32, fit in
+      config.device_limit_mb, else `StreamSplit`s.
+
+    Raises:
+      DataError: unknown dataset, not prepared and not buildable offline, not an image
+        classification dataset, unknown split, or an impossible shape conversion.
+    """
+    prepare_dataset(
+        config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir
+    )
+    builder = _builder(config.dataset, config.data_dir)
+    keys, num_classes, class_names, source_shape = _describe(builder)
+    target_shape = tuple(int(d) for d in input_shape) if input_shape else source_shape
+    notes = list(_conversion_notes(source_shape, target_shape))
+    split_strings, split_notes = _split_strings(builder, config)
+    notes += split_notes
+    sizes = {part: _num_examples(builder, s) for part, s in split_strings.items()}
+
+    total_bytes = sum(sizes.values()) * math.prod(target_shape) * 4
+    if total_bytes <= config.device_limit_mb * 2**20:
+        splits = {}
+        for part, split in split_strings.items():
+            images, labels = _read_split(builder, split, keys)
+            images, _ = convert_images(images, target_shape)
+            splits[part] = Split(images, labels)
+        mean = std = None
+        if config.standardize:
+            mean, std = _channel_stats(splits["train"].images)
+            splits = {
+                part: Split(((s.images - mean) / std).astype(np.float32), s.labels)
+                for part, s in splits.items()
+            }
+    else:
+        notes.append(
+            f"streaming from TFDS: {total_bytes / 2**20:.0f} MB as float32 exceeds "
+            f"data.device_limit_mb={config.device_limit_mb}"
+        )
+        splits = {
+            part: StreamSplit(sizes[part], builder, split, keys, target_shape)
+            for part, split in split_strings.items()
+        }
+        mean = std = None
+        if config.standardize:
+            mean, std = _stream_channel_stats(splits["train"])
+            splits = {
+                part: dataclasses.replace(s, mean=mean, std=std)
+                for part, s in splits.items()
+            }
+    if config.standardize:
+        notes.append(
+            f"standardised per channel with train mean {_fmt(mean)}, std {_fmt(std)}"
+        )
+    return Dataset(
+        name=config.dataset,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        num_classes=num_classes,
+        class_names=class_names,
+        image_shape=target_shape,
+        mean=mean,
+        std=std,
+        notes=tuple(notes),
+    )
+
+
+def prepare_dataset(
+    name: str, *, data_dir: str | None = None, manual_dir: str | None = None
+) -> None:
+    """Makes sure `name` is prepared in data_dir; a fast no-op when it already is.
+
+    `digits` is generated from scikit-learn. Other datasets are built from the raw files in
+    manual_dir when given (TFDS checks names, sizes and sha256), else downloaded by TFDS
+    after a quick check that the download hosts are reachable.
+
+    Raises:
+      DataError: unknown name, not an image classification dataset, manual_dir missing or
+        with missing / wrong files, or no network to download from.
+    """
+    builder = _builder(name, data_dir)
+    _describe(builder)
+    if builder.is_prepared():
+        return
+    tfds = _tfds()
+    url_infos = type(builder).url_infos or {}
+    manual = None
+    if manual_dir is not None:
+        manual = _check_manual_dir(
+            builder, pathlib.Path(manual_dir).expanduser(), url_infos
+        )
+    elif builder.name != DIGITS:
+        _check_network(builder, url_infos)
+    try:
+        with _extract_dir(builder, manual) as extract_dir:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=manual, extract_dir=extract_dir
+                )
+            )
+    except tfds.download.download_manager.NonMatchingChecksumError as e:
+        raise DataError(
+            f"--manual-dir {manual}: a raw file for {builder.name!r} does not match the "
+            f"size and sha256 that TFDS registered for it; replace it with the original "
+            f"download. TFDS says: {e}"
+        ) from None
+    except (OSError, AssertionError) as e:
+        raise DataError(
+            f"could not prepare dataset {name!r} in {builder.data_dir}: {e}. Use --data-dir "
+            f"for a TFDS data directory where it is prepared, or --manual-dir for a folder "
+            f"with its raw files."
+        ) from None
+
+
+def dataset_info(
+    name: str, *, data_dir: str | None = None
+) -> tuple[int, tuple[str, ...], tuple[int, int, int]]:
+    """Returns (num_classes, class_names, image_shape) from TFDS metadata, loading no images."""
+    _, num_classes, class_names, image_shape = _describe(_builder(name, data_dir))
+    return num_classes, class_names, image_shape
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
+    """The example order of one epoch: int32 [n], from key fold_in(key(seed), epoch)."""
+    key = jax.random.fold_in(jax.random.key(seed), epoch)
+    return jax.random.permutation(key, n).astype(jnp.int32)
+
+
+def augment(images: jax.Array, key: jax.Array, *, crop: int, flip: bool) -> jax.Array:
+    """Random crop after zero padding and random horizontal flip, independently per image.
+
+    Args:
+      images: [batch, height, width, channels].
+      key: PRNG key; consumed.
+      crop: pad each side by this many zero pixels, then crop back to height x width at a
+        random offset (0 disables).
+      flip: mirror each image left-right with probability 1/2.
+
+    Returns:
+      Augmented images, same shape and dtype.
+    """
+    if crop == 0 and not flip:
+        return images
+    crop_key, flip_key = jax.random.split(key)
+    batch, height, width, channels = images.shape
+    if crop:
+        padded = jnp.pad(images, ((0, 0), (crop, crop), (crop, crop), (0, 0)))
+        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop + 1)
+
+        def crop_one(image, offset):
+            return jax.lax.dynamic_slice(
+                image, (offset[0], offset[1], 0), (height, width, channels)
+            )
+
+        images = jax.vmap(crop_one)(padded, offsets)
+    if flip:
+        mirror = jax.random.bernoulli(flip_key, 0.5, (batch,))
+        images = jnp.where(mirror[:, None, None, None], images[:, :, ::-1, :], images)
+    return images
+
+
+def convert_images(
+    images: np.ndarray, input_shape: Sequence[int]
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Scales to [0, 1], converts channels and resizes to input_shape.
+
+    Used for dataset splits and for `predict` on user images.
+
+    Args:
+      images: [n, h, w, c]; uint8 (0..255) or float (already in [0, 1]). c in 1..4
+        (grayscale, grayscale+alpha, RGB, RGBA).
+      input_shape: (H, W, C) wanted; C in {1, 3} unless it equals c.
+
+    Returns:
+      (images [n, H, W, C] float32, notes describing the conversions applied).
+
+    Raises:
+      DataError: images are not 4-D or the channel conversion is impossible.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise DataError(
+            f"images must be [n, height, width, channels], got shape {images.shape}"
+        )
+    target = tuple(int(d) for d in input_shape)
+    notes = _conversion_notes(tuple(images.shape[1:]), target)
+    if images.dtype == np.uint8:
+        scale = np.float32(1 / 255)
+    else:
+        scale = np.float32(1)
+    if not notes:
+        return images.astype(np.float32) * scale, notes
+    tf = _tf()
+    out = np.empty((images.shape[0], *target), np.float32)
+    for start in range(0, images.shape[0], _CONVERT_CHUNK):
+        chunk = images[start : start + _CONVERT_CHUNK].astype(np.float32) * scale
+        out[start : start + _CONVERT_CHUNK] = _convert_tf(
+            tf.constant(chunk), target
+        ).numpy()
+    return out, notes
+
+
+# --------------------------------------------------------------------------- TF / TFDS plumbing
+
+
+@functools.cache
+def _tf():
+    """Imports TensorFlow with every GPU hidden from it, so it takes no accelerator memory."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialised by someone else's TF use
+        pass
+    return tf
+
+
+@functools.cache
+def _tfds():
+    """Imports TFDS (after _tf, so GPUs are hidden first) and registers the digits builder."""
+    _tf()
+    import tensorflow_datasets as tfds
+
+    _register_digits(tfds)
+    return tfds
+
+
+def _register_digits(tfds) -> None:
+    """Defines the TFDS builder `digits` (scikit-learn's 8x8 digits); see the module doc."""
+    if DIGITS in tfds.list_builders(with_community_datasets=False):
+        return  # registered by an earlier import of this module (TFDS itself has none)
+
+    class Digits(tfds.core.GeneratorBasedBuilder):
+        """scikit-learn's 8x8 handwritten digits (UCI optdigits test set), 1,797 images."""
+
+        name = DIGITS
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "train = first 1,500 images, test = last 297."}
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                description=(
+                    "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes). "
+                    "Pixel values 0..16 are stored as uint8 round(v * 255 / 16). "
+                    "train = the first 1,500 images, test = the last 297."
+                ),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(8, 8, 1)),
+                        "label": tfds.features.ClassLabel(
+                            names=[str(d) for d in range(10)]
+                        ),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+                homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
+                citation="Alpaydin, E. and Kaynak, C. (1998). Optical Recognition of "
+                "Handwritten Digits. UCI Machine Learning Repository.",
+            )
+
+        def _split_generators(self, dl_manager):
+            del dl_manager  # everything ships inside scikit-learn
+            return {
+                "train": self._generate_examples(0, DIGITS_TRAIN_EXAMPLES),
+                "test": self._generate_examples(DIGITS_TRAIN_EXAMPLES, None),
+            }
+
+        def _generate_examples(self, start, stop):
+            from sklearn import datasets
+
+            digits = datasets.load_digits()
+            images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+            for i in range(start, stop or len(images)):
+                yield i, {"image": images[i], "label": int(digits.target[i])}
+
+
+def _builder(name: str, data_dir: str | None):
+    """tfds.builder(name), with an unknown name turned into a DataError listing close matches."""
+    tfds = _tfds()
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        known = tfds.list_builders(with_community_datasets=False)
+        base = name.split("/")[0].split(":")[0]
+        close = difflib.get_close_matches(base, known, n=5, cutoff=0.6)
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "see https://www.tensorflow.org/datasets/catalog for TFDS names"
+        )
+        raise DataError(f"unknown dataset {name!r}: {hint}") from None
+    except (ValueError, AssertionError) as e:  # unknown config or version
+        raise DataError(f"cannot open TFDS dataset {name!r}: {e}") from None
+
+
+def _describe(
+    builder,
+) -> tuple[tuple[str, str], int, tuple[str, ...], tuple[int, int, int]]:
+    """Returns ((image key, label key), num_classes, class_names, image_shape) of a builder."""
+    tfds = _tfds()
+    features = builder.info.features
+    keys = builder.info.supervised_keys
+    if not (
+        isinstance(keys, tuple)
+        and len(keys) == 2
+        and all(isinstance(k, str) for k in keys)
+    ):
+        keys = ("image", "label")
+    image_key, label_key = keys
+    names = (
+        list(features.keys())
+        if isinstance(features, tfds.features.FeaturesDict)
+        else []
+    )
+    image = features[image_key] if image_key in names else None
+    label = features[label_key] if label_key in names else None
+    if not (
+        isinstance(image, tfds.features.Image)
+        and isinstance(label, tfds.features.ClassLabel)
+    ):
+        raise DataError(
+            f"dataset {builder.name!r} is not an image classification dataset: it needs an "
+            f"Image feature and a ClassLabel feature, but its features are {names or features}"
+        )
+    shape = tuple(image.shape)
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DataError(
+            f"dataset {builder.name!r} has images of variable size {shape}; only datasets "
+            f"with one fixed image shape are supported"
+        )
+    return keys, label.num_classes, tuple(label.names), tuple(int(d) for d in shape)
+
+
+def _check_manual_dir(builder, manual: pathlib.Path, url_infos) -> pathlib.Path:
+    """Checks that manual holds every registered raw file by name and size (sha256: TFDS)."""
+    expected = {
+        info.filename: info.size for info in url_infos.values() if info.filename
+    }
+    if not manual.is_dir():
+        raise DataError(
+            f"--manual-dir {manual} is not a directory; it must hold the raw files of "
+            f"{builder.name!r}: {', '.join(sorted(expected)) or '(see the TFDS catalog)'}"
+        )
+    problems = []
+    for filename, size in sorted(expected.items()):
+        path = manual / filename
+        if not path.is_file():
+            problems.append(f"{filename} is missing (expected {int(size)} bytes)")
+        elif path.stat().st_size != size:
+            problems.append(
+                f"{filename} has {path.stat().st_size} bytes, expected {int(size)}"
+            )
+    if problems:
+        raise DataError(
+            f"--manual-dir {manual} cannot build {builder.name!r}: {'; '.join(problems)}. "
+            f"Put the original downloads there under these names."
+        )
+    return manual
+
+
+@contextlib.contextmanager
+def _extract_dir(builder, manual: pathlib.Path | None) -> Iterator[str | None]:
+    """A private, temporary extraction folder when building from a manual dir.
+
+    TFDS names extractions of manual files `GZIP.<file name>` in one shared folder, so
+    mnist and fashion_mnist (same file names) would silently reuse each other's files.
+    """
+    if manual is None:
+        yield None
+        return
+    # data_path is <data_dir>/<name>[/<config>]/<version>
+    root = builder.data_path.parents[len(builder.info.full_name.split("/")) - 1]
+    (root / "downloads").mkdir(parents=True, exist_ok=True)
+    prefix = f"extract-{builder.info.full_name.replace('/', '-')}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=root / "downloads") as path:
+        yield path
+
+
+def _check_network(builder, url_infos) -> None:
+    """Fails fast with a DataError when the dataset's download hosts cannot be reached."""
+    urls = list(url_infos) or ["https://storage.googleapis.com/"]
+    for url in urls:
+        error = _probe(url)
+        if error:
+            files = sorted(
+                info.filename for info in url_infos.values() if info.filename
+            )
+            raw = f" ({', '.join(files)})" if files else ""
+            raise DataError(
+                f"dataset {builder.name!r} is not prepared in {builder.data_path} and cannot "
+                f"be downloaded: {error}. Use --data-dir DIR for a TFDS data directory where "
+                f"it is already prepared, or --manual-dir DIR for a folder with its raw "
+                f"files{raw} to build it offline."
+            )
+
+
+def _probe(url: str) -> str | None:
+    """Opens a TCP connection to url's host (or its proxy); returns why it failed, or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy:
+        parts = urllib.parse.urlsplit(proxy if "//" in proxy else f"//{proxy}")
+    host = parts.hostname
+    port = parts.port or {"http": 80, "ftp": 21}.get(parts.scheme, 443)
+    result = [f"{host}:{port} did not answer within {_PROBE_TIMEOUT_S:.0f} s"]
+
+    def connect():  # DNS lookups ignore socket timeouts, hence the thread
+        try:
+            socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+            result[0] = None
+        except OSError as e:
+            result[0] = f"cannot reach {host}:{port} ({e})"
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(_PROBE_TIMEOUT_S + 0.5)
+    return result[0]
+
+
+def _split_strings(builder, config: DataConfig) -> tuple[dict[str, str], list[str]]:
+    """TFDS split strings for train / val / test, plus notes on how val was chosen."""
+    available = list(builder.info.splits.keys())
+
+    def need(split: str, field: str) -> str:
+        if split.split("[")[0] not in available:
+            raise DataError(
+                f"data.{field}={split!r}: dataset {builder.name!r} has splits "
+                f"{', '.join(available)}"
+            )
+        return split
+
+    if "train" not in available:
+        raise DataError(
+            f"dataset {builder.name!r} has no 'train' split, only {available}"
+        )
+    test = need(config.test_split, "test_split")
+    notes = []
+    n_train = builder.info.splits["train"].num_examples
+    if config.val_split is not None:
+        val, train_end = need(config.val_split, "val_split"), n_train
+    elif "validation" in available:
+        val, train_end = "validation", n_train
+    else:
+        n_val = min(max(1, round(n_train * config.val_fraction)), n_train - 1)
+        train_end = n_train - n_val
+        val = f"train[{train_end}:]"
+        notes.append(f"validation = last {n_val} of {n_train} train examples ({val})")
+    if config.train_examples is not None and config.train_examples < train_end:
+        train_end = config.train_examples
+        notes.append(f"training on the first {train_end} examples only")
+    train = "train" if train_end == n_train else f"train[:{train_end}]"
+    return {"train": train, "val": val, "test": test}, notes
+
+
+def _num_examples(builder, split: str) -> int:
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise DataError(
+            f"bad split {split!r} for dataset {builder.name!r}: {e}"
+        ) from None
+
+
+def _read_split(
+    builder, split: str, keys: tuple[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a whole split into numpy: images [n, h, w, c] uint8, labels [n] int32."""
+    tfds = _tfds()
+    image_key, label_key = keys
+    ds = builder.as_dataset(split=split, batch_size=-1)
+    example = tfds.as_numpy(ds)
+    return example[image_key], example[label_key].astype(np.int32)
+
+
+def _conversion_notes(
+    source: tuple[int, ...], target: tuple[int, ...]
+) -> tuple[str, ...]:
+    """Describes converting images of shape source (h, w, c) to target (H, W, C)."""
+    if len(target) != 3 or min(target) < 1:
+        raise DataError(
+            f"input shape must be (height, width, channels) >= 1, got {target}"
+        )
+    (h, w, c), (height, width, channels) = source, target
+    notes = []
+    if c != channels:
+        if c not in (1, 2, 3, 4) or channels not in (1, 3):
+            raise DataError(
+                f"cannot convert images of shape {source} to the model's input shape {target}: "
+                f"only grayscale (1), grayscale+alpha (2), RGB (3) and RGBA (4) images convert "
+                f"to 1 or 3 channels"
+            )
+        if c in (2, 4):
+            notes.append("dropped the alpha channel")
+        gray = c in (1, 2)
+        if gray and channels == 3:
+            notes.append("grayscale->RGB")
+        elif not gray and channels == 1:
+            notes.append("RGB->grayscale (luminance)")
+    if (h, w) != (height, width):
+        notes.append(f"resized {h}x{w} -> {height}x{width} (bilinear)")
+    return tuple(notes)
+
+
+def _convert_tf(images, target: tuple[int, int, int]):
+    """TF ops: [n, h, w, c] float32 in [0, 1] -> [n, H, W, C]; see _conversion_notes."""
+    tf = _tf()
+    height, width, channels = target
+    c = images.shape[-1]
+    if c != channels:
+        images = images[..., : 1 if c in (1, 2) else 3]  # drop alpha
+        if images.shape[-1] == 1 and channels == 3:
+            images = tf.image.grayscale_to_rgb(images)
+        elif images.shape[-1] == 3 and channels == 1:
+            images = tf.image.rgb_to_grayscale(images)
+    h, w = images.shape[1:3]
+    if (h, w) != (height, width):
+        # Antialiasing only matters when shrinking, and costs ~10x when enlarging.
+        shrink = height < h or width < w
+        images = tf.image.resize(
+            images, (height, width), method="bilinear", antialias=shrink
+        )
+    return images
+
+
+def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of [n, H, W, C] images, as float32 [C]."""
+    mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = images.std(axis=(0, 1, 2), dtype=np.float64)
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def _stream_channel_stats(split: StreamSplit) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over a streamed split, in one pass (float64 sums)."""
+    total = np.zeros(split.image_shape[-1])
+    squares = np.zeros(split.image_shape[-1])
+    count = 0
+    for batch in split.batches(1024):
+        real = batch.images[batch.mask > 0].astype(np.float64)
+        total += real.sum(axis=(0, 1, 2))
+        squares += np.square(real).sum(axis=(0, 1, 2))
+        count += real.shape[0] * real.shape[1] * real.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def _padded_batch(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
+    """Pads a short last batch with zero rows whose mask is 0."""
+    n = images.shape[0]
+    mask = np.zeros(batch_size, np.float32)
+    mask[:n] = 1.0
+    if n < batch_size:
+        pad = batch_size - n
+        images = np.concatenate(
+            [images, np.zeros((pad, *images.shape[1:]), images.dtype)]
+        )
+        labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    return Batch(
+        images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False), mask
+    )
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in np.asarray(values)) + "]"
