@@ -1,0 +1,510 @@
+"""Convolution and pooling kernels with hand-written gradients, and their selection.
+
+Everything is a pure function on NHWC arrays (kernels HWIO) with explicit padding
+``((top, bottom), (left, right))``; "same"/"valid" are resolved in `jaxcnn.shapes`.
+
+Each op has an ``impl`` argument:
+
+- ``"xla"`` is the jax.lax reference (`lax.conv_general_dilated`, `lax.reduce_window`),
+  the right choice on GPU/TPU (cuDNN and friends).
+- ``"im2col"`` (conv) and ``"fast"`` (pool) are written for XLA:CPU, whose backward
+  convolution and `reduce_window` max gradient are slow: the convolution becomes shifted
+  slices + one matmul with a matmul-only gradient, and the max-pool gradient an elementwise
+  mask against the pooled output. Both give the same values and gradients as the reference
+  (up to float summation order), ties in max pooling included.
+
+`choose_impl` picks one per layer and backend; `border_crop` finds the rows/columns of a
+convolution output that a following floor-mode pool never reads, so that they need not be
+computed at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+ConvImpl = Literal["xla", "im2col"]
+PoolImpl = Literal["xla", "fast"]
+PoolKind = Literal["max", "avg", "sum", "lp", "geometric", "harmonic"]
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+# geometric and harmonic means are defined for positive inputs; clamp so that a zero
+# activation gives a finite value and gradient instead of -inf/nan.
+POSITIVE_EPS = 1e-6
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def _pads(padding) -> Pads:
+    (t, b), (le, r) = padding
+    return ((int(t), int(b)), (int(le), int(r)))
+
+
+def out_size(size: int, kernel: int, stride: int, dilation: int, pad: tuple[int, int]):
+    """Output length of a floor-mode window op along one axis."""
+    return (size + pad[0] + pad[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _taps(xp, kernel, stride, dilation, out_hw):
+    """The kh*kw shifted, strided views of a padded NHWC array, row-major.
+
+    Args:
+      xp: [N, Hp, Wp, C] padded input.
+
+    Returns:
+      list of kh*kw arrays [N, Ho, Wo, C]; tap (i, j) is at index i * kw + j.
+    """
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    n, _, _, c = xp.shape
+    return [
+        lax.slice(
+            xp,
+            (0, i * dh, j * dw, 0),
+            (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def _untap(taps, kernel, stride, dilation, in_hw, padding):
+    """Transpose of `_taps` followed by un-padding: scatters tap gradients back.
+
+    Each tap [N, Ho, Wo, C] is placed at its offset (interior padding undoes the stride;
+    negative edge padding drops the zero-padding rows) and the results are summed.
+
+    Returns:
+      [N, H, W, C], the gradient wrt the unpadded input.
+    """
+    kw, (sh, sw), (dh, dw), (h, w) = kernel[1], stride, dilation, in_hw
+    (pt, pb), (pl, pr) = padding
+    hp, wp = h + pt + pb, w + pl + pr
+    zero = jnp.zeros((), taps[0].dtype)
+    total = None
+    for idx, tap in enumerate(taps):
+        i, j = divmod(idx, kw)
+        _, ho, wo, _ = tap.shape
+        top, left = i * dh, j * dw
+        bottom = hp - top - ((ho - 1) * sh + 1)
+        right = wp - left - ((wo - 1) * sw + 1)
+        cfg = (
+            (0, 0, 0),
+            (top - pt, bottom - pb, sh - 1),
+            (left - pl, right - pr, sw - 1),
+            (0, 0, 0),
+        )
+        part = lax.pad(tap, zero, cfg)
+        total = part if total is None else total + part
+    return total
+
+
+# --------------------------------------------------------------------------- conv
+def _conv_xla(x, w, stride, padding, dilation, groups):
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=stride,
+        padding=padding,
+        rhs_dilation=dilation,
+        dimension_numbers=_DIMS,
+        feature_group_count=groups,
+    )
+
+
+def _patches(x, kernel, stride, padding, dilation):
+    """im2col: [N, H, W, C] -> [N, Ho, Wo, kh*kw*C], features ordered (i, j, c)."""
+    _, h, w, _ = x.shape
+    ho = out_size(h, kernel[0], stride[0], dilation[0], padding[0])
+    wo = out_size(w, kernel[1], stride[1], dilation[1], padding[1])
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    taps = _taps(xp, kernel, stride, dilation, (ho, wo))
+    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_im2col(x, w, stride, padding, dilation):
+    kh, kw, cin, cout = w.shape
+    p = _patches(x, (kh, kw), stride, padding, dilation)
+    return jnp.dot(p, w.reshape(kh * kw * cin, cout), preferred_element_type=x.dtype)
+
+
+def _conv_im2col_fwd(x, w, stride, padding, dilation):
+    kh, kw, cin, cout = w.shape
+    p = _patches(x, (kh, kw), stride, padding, dilation)
+    y = jnp.dot(p, w.reshape(kh * kw * cin, cout), preferred_element_type=x.dtype)
+    return y, (p, w, x.shape[1:3])
+
+
+def _conv_im2col_bwd(stride, padding, dilation, res, g):
+    p, w, in_hw = res
+    kh, kw, cin, cout = w.shape
+    k = kh * kw * cin
+    # dW = patches^T dY, one matmul over every output pixel of the batch.
+    dw = jnp.dot(p.reshape(-1, k).T, g.reshape(-1, cout)).reshape(w.shape)
+    # dX: dP = dY W^T, then each tap's slice of dP goes back where it was read from.
+    dp = jnp.dot(g, w.reshape(k, cout).T)
+    taps = [dp[..., t * cin : (t + 1) * cin] for t in range(kh * kw)]
+    dx = _untap(taps, (kh, kw), stride, dilation, in_hw, padding)
+    return dx.astype(p.dtype), dw.astype(w.dtype)
+
+
+_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+
+
+def conv2d(
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: Pads = ((0, 0), (0, 0)),
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    impl: ConvImpl = "xla",
+) -> jax.Array:
+    """2-D cross-correlation (no bias), NHWC x HWIO.
+
+    Args:
+      x: [N, H, W, Cin] input.
+      w: [kh, kw, Cin // groups, Cout] kernel.
+      stride: (sh, sw) or an int.
+      padding: explicit zero padding ((top, bottom), (left, right)).
+      dilation: kernel (rhs) dilation, (dh, dw) or an int.
+      groups: feature groups. ``impl="im2col"`` with groups > 1 falls back to "xla".
+      impl: "xla" (lax.conv_general_dilated) or "im2col" (shifted slices + one matmul,
+        custom VJP with a matmul-only backward).
+
+    Returns:
+      [N, Ho, Wo, Cout], Ho = floor((H + pt + pb - dh*(kh-1) - 1) / sh) + 1.
+    """
+    stride, dilation, padding = _pair(stride), _pair(dilation), _pads(padding)
+    if impl == "xla" or groups != 1:
+        return _conv_xla(x, w, stride, padding, dilation, groups)
+    if impl == "im2col":
+        return _conv_im2col(x, w, stride, padding, dilation)
+    raise ValueError(f"conv2d impl must be 'xla' or 'im2col', got {impl!r}")
+
+
+# --------------------------------------------------------------------------- pool
+def _first_max_masks(taps, y):
+    """Row-major first-occurrence masks of `y` among the window taps.
+
+    This is the tie rule of XLA's select-and-scatter (the `ge` selector keeps the first
+    maximum it meets), so the gradient matches `jax.grad` of `lax.reduce_window` max.
+    """
+    masks, taken = [], None
+    for tap in taps:
+        hit = tap == y
+        if taken is None:
+            masks.append(hit)
+            taken = hit
+        else:
+            masks.append(hit & ~taken)
+            taken = taken | hit
+    return masks
+
+
+def _max_pool_fwd_value(x, window, stride, padding, relu):
+    _, h, w, _ = x.shape
+    ho = out_size(h, window[0], stride[0], 1, padding[0])
+    wo = out_size(w, window[1], stride[1], 1, padding[1])
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=-jnp.inf)
+    taps = _taps(xp, window, stride, (1, 1), (ho, wo))
+    y = functools.reduce(jnp.maximum, taps)
+    if relu:
+        y = jnp.maximum(y, 0)
+    return y, taps
+
+
+def _max_pool_grad(x, y, g, window, stride, padding, relu):
+    _, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=-jnp.inf)
+    taps = _taps(xp, window, stride, (1, 1), y.shape[1:3])
+    if relu:
+        # relu(x) ties at 0 are all "max"; jax's relu has zero gradient at 0, so a
+        # window whose max is 0 passes no gradient: mask the taps that are <= 0.
+        masks = _first_max_masks([jnp.maximum(t, 0) for t in taps], y)
+        masks = [m & (t > 0) for m, t in zip(masks, taps, strict=True)]
+    else:
+        masks = _first_max_masks(taps, y)
+    zero = jnp.zeros((), g.dtype)
+    parts = [jnp.where(m, g, zero) for m in masks]
+    (kh, kw), (sh, sw) = window, stride
+    ho, wo = y.shape[1:3]
+    if (kh, kw) == (sh, sw):
+        # Windows tile the (padded) input: interleave the parts, no scatter-add; then
+        # drop the padding and restore the floor-mode remainder as zeros.
+        n, _, _, c = g.shape
+        stacked = jnp.stack(parts, axis=0).reshape(kh, kw, n, ho, wo, c)
+        tiled = stacked.transpose(2, 3, 0, 4, 1, 5).reshape(n, ho * sh, wo * sw, c)
+        (pt, pb), (pl, pr) = padding
+        cfg = (
+            (0, 0, 0),
+            (-pt, h + pt - ho * sh, 0),
+            (-pl, w + pl - wo * sw, 0),
+            (0, 0, 0),
+        )
+        return lax.pad(tiled, zero, cfg)
+    return _untap(parts, window, stride, (1, 1), (h, w), padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_fast(x, window, stride, padding, relu):
+    return _max_pool_fwd_value(x, window, stride, padding, relu)[0]
+
+
+def _max_pool_fast_fwd(x, window, stride, padding, relu):
+    y, _ = _max_pool_fwd_value(x, window, stride, padding, relu)
+    return y, (x, y)
+
+
+def _max_pool_fast_bwd(window, stride, padding, relu, res, g):
+    x, y = res
+    return (_max_pool_grad(x, y, g, window, stride, padding, relu),)
+
+
+_max_pool_fast.defvjp(_max_pool_fast_fwd, _max_pool_fast_bwd)
+
+
+def _reduce_window(x, init, op, window, stride, padding):
+    return lax.reduce_window(
+        x, init, op, (1, *window, 1), (1, *stride, 1), ((0, 0), *padding, (0, 0))
+    )
+
+
+def _window_sum(x, window, stride, padding, impl):
+    """Sum over each window (zero padding), NHWC."""
+    if impl == "fast" and window == stride:
+        # Pad, drop the floor-mode remainder, reshape: a reduction XLA fuses and
+        # differentiates into a broadcast (no reduce_window / pad-scatter).
+        _, h, w, c = x.shape
+        ho = out_size(h, window[0], stride[0], 1, padding[0])
+        wo = out_size(w, window[1], stride[1], 1, padding[1])
+        xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+        xp = xp[:, : ho * window[0], : wo * window[1], :]
+        xp = xp.reshape(x.shape[0], ho, window[0], wo, window[1], c)
+        return xp.sum(axis=(2, 4))
+    # a Python scalar init: a traced one breaks jit(vjp(reduce_window)) (jax 0.10)
+    return _reduce_window(x, 0.0, lax.add, window, stride, padding)
+
+
+def pool2d(
+    x: jax.Array,
+    *,
+    kind: PoolKind = "max",
+    window: int | Sequence[int] = 2,
+    stride: int | Sequence[int] | None = None,
+    padding: Pads = ((0, 0), (0, 0)),
+    impl: PoolImpl = "xla",
+    p: float = 2.0,
+) -> jax.Array:
+    """2-D pooling over windows of an NHWC array (floor mode).
+
+    Kinds (n = window area; padding counts as zeros, or -inf for max):
+      max: max over the window.  sum: sum.  avg: sum / n (padding included in n).
+      lp: (sum x^p)^(1/p) (as torch.nn.LPPool2d).  geometric: exp(mean(log x)).
+      harmonic: n / sum(1 / x). geometric and harmonic clamp x to >= POSITIVE_EPS.
+
+    Args:
+      x: [N, H, W, C].
+      kind: one of the kinds above.
+      window: (kh, kw) or an int.
+      stride: (sh, sw), an int, or None for the window.
+      padding: explicit ((top, bottom), (left, right)).
+      impl: "xla" (lax.reduce_window, differentiated by JAX) or "fast": max gets a
+        custom VJP (first-maximum mask, same tie rule as XLA; overlapping windows and
+        padding handled by scatter-add of the masked taps); sum/avg and the kinds built
+        on them use a reshape-sum when stride == window, else reduce_window.
+      p: the exponent of "lp".
+
+    Returns:
+      [N, Ho, Wo, C].
+    """
+    window = _pair(window)
+    stride = window if stride is None else _pair(stride)
+    padding = _pads(padding)
+    if impl not in ("xla", "fast"):
+        raise ValueError(f"pool2d impl must be 'xla' or 'fast', got {impl!r}")
+    if kind == "max":
+        if impl == "fast":
+            return _max_pool_fast(x, window, stride, padding, False)
+        return _reduce_window(x, -jnp.inf, lax.max, window, stride, padding)
+    n = window[0] * window[1]
+    if kind == "sum":
+        return _window_sum(x, window, stride, padding, impl)
+    if kind == "avg":
+        return _window_sum(x, window, stride, padding, impl) / n
+    if kind == "lp":
+        return _window_sum(x**p, window, stride, padding, impl) ** (1.0 / p)
+    if kind == "geometric":
+        logs = jnp.log(jnp.maximum(x, POSITIVE_EPS))
+        return jnp.exp(_window_sum(logs, window, stride, padding, impl) / n)
+    if kind == "harmonic":
+        inv = 1.0 / jnp.maximum(x, POSITIVE_EPS)
+        return n / _window_sum(inv, window, stride, padding, impl)
+    raise ValueError(
+        f"pool2d kind must be one of max, avg, sum, lp, geometric, harmonic; got {kind!r}"
+    )
+
+
+def relu_max_pool(
+    x: jax.Array,
+    *,
+    window: int | Sequence[int] = 2,
+    stride: int | Sequence[int] | None = None,
+    padding: Pads = ((0, 0), (0, 0)),
+    impl: PoolImpl = "fast",
+) -> jax.Array:
+    """max_pool(relu(x)) with one custom VJP (no ReLU mask stored or applied separately).
+
+    Equal in value and gradient to ``pool2d(jax.nn.relu(x), kind="max", ...)``.
+
+    Args:
+      x: [N, H, W, C] pre-activation (e.g. a convolution output plus bias).
+      window, stride, padding: as in `pool2d`.
+      impl: "fast" (fused custom VJP) or "xla" (relu then reduce_window).
+
+    Returns:
+      [N, Ho, Wo, C].
+    """
+    window = _pair(window)
+    stride = window if stride is None else _pair(stride)
+    padding = _pads(padding)
+    if impl == "fast":
+        return _max_pool_fast(x, window, stride, padding, True)
+    return pool2d(
+        jax.nn.relu(x),
+        kind="max",
+        window=window,
+        stride=stride,
+        padding=padding,
+        impl=impl,
+    )
+
+
+# --------------------------------------------------------------------------- crop
+def dead_border(size: int, window: int, stride: int, padding: tuple[int, int]) -> int:
+    """Trailing rows (or columns) of a pool's input that a floor-mode pool never reads.
+
+    Args:
+      size: length of the pool input along one axis (e.g. conv output height).
+      window, stride: the pool's window and stride along that axis.
+      padding: the pool's (low, high) padding along that axis.
+
+    Returns:
+      how many of the last `size` positions no window covers (>= 0).
+    """
+    n_out = out_size(size, window, stride, 1, padding)
+    last_read = (n_out - 1) * stride + window - 1 - padding[0]  # unpadded coordinate
+    return max(0, size - 1 - last_read)
+
+
+@dataclasses.dataclass(frozen=True)
+class BorderCrop:
+    """How to skip the conv output a following pool never reads (identical results).
+
+    Apply as: ``x = x[:, :in_keep[0], :in_keep[1]]``, convolve with `conv_padding`,
+    then pool with `pool_padding`.
+    """
+
+    in_keep: tuple[int, int]  # input rows/cols to keep
+    conv_padding: Pads  # conv padding with the high side reduced
+    pool_padding: Pads  # pool padding with the high side dropped where it was cropped
+    dead: tuple[int, int]  # conv output rows/cols no longer computed
+
+    @property
+    def is_noop(self) -> bool:
+        return self.dead == (0, 0)
+
+
+def border_crop(
+    in_hw: Sequence[int],
+    *,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    padding: Pads,
+    pool_window: Sequence[int],
+    pool_stride: Sequence[int],
+    pool_padding: Pads,
+) -> BorderCrop:
+    """Static plan to crop a conv's input so it computes only what the next pool reads.
+
+    A floor-mode pool drops trailing rows/cols (e.g. 2x2 pooling of an odd-sized map);
+    the conv rows feeding only those are dead. Cropping the conv input (or its high-side
+    padding) so the conv produces exactly the rows the pool reads changes no output and
+    no gradient, and saves their FLOPs (17% for the Keras MNIST convnet).
+
+    Args:
+      in_hw: (H, W) of the conv input.
+      kernel, stride, dilation, padding: the conv's (explicit pads).
+      pool_window, pool_stride, pool_padding: the following pool's.
+
+    Returns:
+      a BorderCrop; ``is_noop`` when there is nothing to skip.
+    """
+    keep, conv_pads, pool_pads, dead = [], [], [], []
+    for ax in range(2):
+        size, k, s, d = in_hw[ax], kernel[ax], stride[ax], dilation[ax]
+        lo, hi = padding[ax]
+        conv_out = out_size(size, k, s, d, (lo, hi))
+        n_dead = dead_border(
+            conv_out, pool_window[ax], pool_stride[ax], pool_padding[ax]
+        )
+        extent = (conv_out - n_dead - 1) * s + d * (k - 1) + 1  # padded rows read
+        if n_dead == 0 or extent - lo < 1:
+            keep.append(size)
+            conv_pads.append((lo, hi))
+            pool_pads.append(tuple(pool_padding[ax]))
+            dead.append(0)
+            continue
+        keep.append(min(size, extent - lo))
+        conv_pads.append((lo, max(0, extent - lo - size)))
+        # The cropped map ends where the last window ends: no high-side pool padding.
+        pool_pads.append((pool_padding[ax][0], 0))
+        dead.append(n_dead)
+    return BorderCrop(tuple(keep), tuple(conv_pads), tuple(pool_pads), tuple(dead))
+
+
+# --------------------------------------------------------------------------- choice
+def choose_impl(
+    backend: str,
+    op: Literal["conv", "pool"],
+    *,
+    kind: PoolKind = "max",
+    groups: int = 1,
+) -> str:
+    """The implementation to use for one layer on one backend.
+
+    On CPU the hand-written kernels measured faster (see benchmarks/README.md): "im2col"
+    convolutions (ungrouped) and "fast" pooling. On GPU/TPU, XLA's native convolution
+    (cuDNN) and reduce_window stay the default.
+
+    Args:
+      backend: jax.default_backend() or a device platform: "cpu", "gpu", "cuda",
+        "rocm", "tpu", ...
+      op: "conv" or "pool".
+      kind: the pool kind (pool only).
+      groups: feature groups (conv only); grouped convs stay on XLA.
+
+    Returns:
+      "xla" | "im2col" for convs, "xla" | "fast" for pools.
+    """
+    cpu = backend == "cpu"
+    if op == "conv":
+        return "im2col" if cpu and groups == 1 else "xla"
+    if op == "pool":
+        return "fast" if cpu else "xla"
+    raise ValueError(f"choose_impl op must be 'conv' or 'pool', got {op!r}")

@@ -1,0 +1,353 @@
+"""Every kernel implementation equals the jax.lax reference, forward and gradient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from jaxcnn import kernels
+
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+RTOL = 1e-5
+
+
+def _close(actual, expected, rtol=RTOL):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _assert_same(fn_fast, fn_ref, args, seed):
+    """Values and vjps (same random cotangent) of two functions agree.
+
+    Both run inside one jit: one compilation per example instead of one per eager op.
+    """
+    shape = jax.eval_shape(fn_ref, *args).shape
+    ct = jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+    @jax.jit
+    def both(args, ct):
+        out = []
+        for fn in (fn_fast, fn_ref):
+            y, vjp = jax.vjp(fn, *args)
+            out.append((y, vjp(ct)))
+        return out
+
+    (ya, ga), (yb, gb) = both(args, ct)
+    _close(ya, yb)
+    for a, b in zip(ga, gb, strict=True):
+        _close(a, b)
+
+
+def _tie_values(rng, shape, mode):
+    """Inputs with many exact ties: small integers, or zeros after a ReLU."""
+    if mode == "ints":
+        return rng.integers(-2, 3, size=shape).astype(np.float32)
+    if mode == "relu":
+        return np.maximum(rng.normal(size=shape), 0).astype(np.float32)
+    return rng.normal(size=shape).astype(np.float32)
+
+
+@st.composite
+def conv_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    h, w = draw(st.integers(1, 10)), draw(st.integers(1, 10))
+    ho = kernels.out_size(h, kh, sh, dh, pads[0])
+    wo = kernels.out_size(w, kw, sw, dw, pads[1])
+    assume(ho >= 1 and wo >= 1)
+    n, cin, cout = (
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 4)),
+    )
+    return dict(
+        x_shape=(n, h, w, cin),
+        w_shape=(kh, kw, cin, cout),
+        stride=(sh, sw),
+        padding=pads,
+        dilation=(dh, dw),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@SETTINGS
+@given(conv_cases())
+def test_conv2d_im2col_matches_lax(case):
+    rng = np.random.default_rng(case["seed"])
+    x = jnp.asarray(rng.normal(size=case["x_shape"]), jnp.float32)
+    w = jnp.asarray(rng.normal(size=case["w_shape"]), jnp.float32)
+    opts = dict(
+        stride=case["stride"], padding=case["padding"], dilation=case["dilation"]
+    )
+
+    def fast(x, w):
+        return kernels.conv2d(x, w, impl="im2col", **opts)
+
+    def ref(x, w):
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            opts["stride"],
+            opts["padding"],
+            rhs_dilation=opts["dilation"],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+    _assert_same(fast, ref, (x, w), case["seed"])
+
+
+def test_conv2d_im2col_jits_and_matches_flax_conv():
+    """The exact layer of the Keras MNIST convnet, under jit and grad."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 13, 13, 32)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 32, 64)), jnp.float32) * 0.1
+
+    def loss(impl):
+        def f(x, w):
+            y = kernels.conv2d(x, w, padding=((0, 0), (0, 0)), impl=impl)
+            return jnp.sum(jnp.tanh(y))
+
+        return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+
+    for a, b in zip(loss("im2col"), loss("xla"), strict=True):
+        _close(a, b)
+
+
+def test_conv2d_groups_fall_back_to_xla():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(1, 5, 5, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 6)), jnp.float32)
+    pads = ((1, 1), (1, 1))
+    got = kernels.conv2d(x, w, padding=pads, groups=2, impl="im2col")
+    want = kernels.conv2d(x, w, padding=pads, groups=2, impl="xla")
+    _close(got, want)
+    assert got.shape == (1, 5, 5, 6)
+
+
+def test_bad_impl_names_raise():
+    x = jnp.zeros((1, 4, 4, 1))
+    with pytest.raises(ValueError, match="im2col"):
+        kernels.conv2d(x, jnp.zeros((1, 1, 1, 1)), impl="cudnn")
+    with pytest.raises(ValueError, match="fast"):
+        kernels.pool2d(x, impl="cudnn")
+    with pytest.raises(ValueError, match="geometric"):
+        kernels.pool2d(x, kind="median")
+
+
+@st.composite
+def pool_cases(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # padding smaller than the window, so no window is made of padding only
+    pads = (
+        (draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1))),
+        (draw(st.integers(0, kw - 1)), draw(st.integers(0, kw - 1))),
+    )
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    assume(kernels.out_size(h, kh, sh, 1, pads[0]) >= 1)
+    assume(kernels.out_size(w, kw, sw, 1, pads[1]) >= 1)
+    return dict(
+        shape=(draw(st.integers(1, 2)), h, w, draw(st.integers(1, 3))),
+        window=(kh, kw),
+        stride=(sh, sw),
+        padding=pads,
+        values=draw(st.sampled_from(["ints", "relu", "normal"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def _reference_pool(x, kind, window, stride, padding, p=2.0):
+    rw = dict(
+        window_dimensions=(1, *window, 1),
+        window_strides=(1, *stride, 1),
+        padding=((0, 0), *padding, (0, 0)),
+    )
+    if kind == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, **rw)
+    n = window[0] * window[1]
+
+    def window_sum(v):
+        return jax.lax.reduce_window(v, 0.0, jax.lax.add, **rw)
+
+    if kind == "sum":
+        return window_sum(x)
+    if kind == "avg":
+        return window_sum(x) / n
+    if kind == "lp":
+        return window_sum(x**p) ** (1 / p)
+    if kind == "geometric":
+        return jnp.exp(window_sum(jnp.log(jnp.maximum(x, kernels.POSITIVE_EPS))) / n)
+    return n / window_sum(1 / jnp.maximum(x, kernels.POSITIVE_EPS))
+
+
+@SETTINGS
+@given(pool_cases())
+def test_max_pool_fast_matches_lax_including_ties(case):
+    x = jnp.asarray(
+        _tie_values(np.random.default_rng(case["seed"]), case["shape"], case["values"])
+    )
+    opts = dict(window=case["window"], stride=case["stride"], padding=case["padding"])
+
+    def fast(x):
+        return kernels.pool2d(x, kind="max", impl="fast", **opts)
+
+    def ref(x):
+        return _reference_pool(x, "max", **opts)
+
+    _assert_same(fast, ref, (x,), case["seed"])
+    _assert_same(
+        lambda x: kernels.pool2d(x, kind="max", impl="xla", **opts),
+        ref,
+        (x,),
+        case["seed"],
+    )
+
+
+@SETTINGS
+@given(pool_cases())
+def test_relu_max_pool_matches_relu_then_lax_pool(case):
+    x = jnp.asarray(
+        _tie_values(np.random.default_rng(case["seed"]), case["shape"], case["values"])
+    )
+    opts = dict(window=case["window"], stride=case["stride"], padding=case["padding"])
+
+    def fused(x):
+        return kernels.relu_max_pool(x, impl="fast", **opts)
+
+    def ref(x):
+        return _reference_pool(jax.nn.relu(x), "max", **opts)
+
+    _assert_same(fused, ref, (x,), case["seed"])
+
+
+def test_max_pool_tie_gradient_goes_to_first_maximum():
+    """Hand-computed: a 2x2 window of equal values sends the whole gradient to [0, 0]."""
+    x = jnp.ones((1, 2, 2, 1))
+    g = jax.grad(lambda x: kernels.pool2d(x, kind="max", window=2, impl="fast").sum())(
+        x
+    )
+    np.testing.assert_array_equal(np.asarray(g)[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
+    # after a ReLU every value is 0: no gradient at all (relu'(0) = 0 in JAX)
+    g = jax.grad(lambda x: kernels.relu_max_pool(x - 1.0, window=2).sum())(x)
+    np.testing.assert_array_equal(np.asarray(g), np.zeros((1, 2, 2, 1)))
+
+
+@SETTINGS
+@given(pool_cases(), st.sampled_from(["avg", "sum", "lp", "geometric", "harmonic"]))
+def test_other_pools_match_reduce_window(case, kind):
+    rng = np.random.default_rng(case["seed"])
+    # lp/geometric/harmonic are defined on positive inputs
+    x = jnp.asarray(rng.uniform(0.1, 2.0, size=case["shape"]), jnp.float32)
+    opts = dict(window=case["window"], stride=case["stride"], padding=case["padding"])
+    if kind in ("lp", "geometric", "harmonic"):
+        opts["padding"] = ((0, 0), (0, 0))  # zero padding is outside their domain
+        assume(
+            kernels.out_size(
+                case["shape"][1], case["window"][0], case["stride"][0], 1, (0, 0)
+            )
+            >= 1
+        )
+        assume(
+            kernels.out_size(
+                case["shape"][2], case["window"][1], case["stride"][1], 1, (0, 0)
+            )
+            >= 1
+        )
+    for impl in ("fast", "xla"):
+        _assert_same(
+            lambda x, impl=impl: kernels.pool2d(x, kind=kind, impl=impl, p=3.0, **opts),
+            lambda x: _reference_pool(x, kind, p=3.0, **opts),
+            (x,),
+            case["seed"],
+        )
+
+
+def test_avg_pool_reshape_path_hand_value():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    y = kernels.pool2d(x, kind="avg", window=2, impl="fast")
+    np.testing.assert_allclose(np.asarray(y)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_dead_border_hand_values():
+    assert kernels.dead_border(11, 2, 2, (0, 0)) == 1  # 11 -> 5 windows read 10 rows
+    assert kernels.dead_border(26, 2, 2, (0, 0)) == 0
+    assert kernels.dead_border(10, 3, 3, (0, 0)) == 1
+    assert kernels.dead_border(10, 3, 3, (0, 2)) == 0  # padding makes a 4th window
+    # Keras MNIST convnet, second conv: 13x13 input, 3x3 valid -> 11x11 -> pool 5x5.
+    plan = kernels.border_crop(
+        (13, 13),
+        kernel=(3, 3),
+        stride=(1, 1),
+        dilation=(1, 1),
+        padding=((0, 0), (0, 0)),
+        pool_window=(2, 2),
+        pool_stride=(2, 2),
+        pool_padding=((0, 0), (0, 0)),
+    )
+    assert plan.in_keep == (12, 12) and plan.dead == (1, 1) and not plan.is_noop
+
+
+@st.composite
+def crop_cases(draw):
+    case = draw(conv_cases())
+    pw, ps = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pp = ((draw(st.integers(0, pw - 1)), draw(st.integers(0, pw - 1))),) * 2
+    n, h, w, _ = case["x_shape"]
+    kh, kw, _, _ = case["w_shape"]
+    ho = kernels.out_size(
+        h, kh, case["stride"][0], case["dilation"][0], case["padding"][0]
+    )
+    wo = kernels.out_size(
+        w, kw, case["stride"][1], case["dilation"][1], case["padding"][1]
+    )
+    assume(kernels.out_size(ho, pw, ps, 1, pp[0]) >= 1)
+    assume(kernels.out_size(wo, pw, ps, 1, pp[1]) >= 1)
+    case.update(pool_window=(pw, pw), pool_stride=(ps, ps), pool_padding=pp)
+    return case
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(crop_cases())
+def test_border_crop_gives_identical_outputs_and_gradients(case):
+    rng = np.random.default_rng(case["seed"])
+    x = jnp.asarray(rng.normal(size=case["x_shape"]), jnp.float32)
+    w = jnp.asarray(rng.normal(size=case["w_shape"]), jnp.float32)
+    conv = dict(stride=case["stride"], dilation=case["dilation"])
+    pool = dict(window=case["pool_window"], stride=case["pool_stride"])
+    plan = kernels.border_crop(
+        case["x_shape"][1:3],
+        kernel=case["w_shape"][:2],
+        padding=case["padding"],
+        pool_window=case["pool_window"],
+        pool_stride=case["pool_stride"],
+        pool_padding=case["pool_padding"],
+        **conv,
+    )
+
+    def full(x, w):
+        y = kernels.conv2d(x, w, padding=case["padding"], impl="xla", **conv)
+        return kernels.relu_max_pool(
+            y, padding=case["pool_padding"], impl="xla", **pool
+        )
+
+    def cropped(x, w):
+        xc = x[:, : plan.in_keep[0], : plan.in_keep[1]]
+        y = kernels.conv2d(xc, w, padding=plan.conv_padding, impl="im2col", **conv)
+        return kernels.relu_max_pool(y, padding=plan.pool_padding, impl="fast", **pool)
+
+    _assert_same(cropped, full, (x, w), case["seed"])
+
+
+def test_choose_impl_per_backend():
+    assert kernels.choose_impl("cpu", "conv") == "im2col"
+    assert kernels.choose_impl("cpu", "conv", groups=2) == "xla"
+    assert kernels.choose_impl("cpu", "pool", kind="max") == "fast"
+    for backend in ("gpu", "cuda", "rocm", "tpu"):
+        assert kernels.choose_impl(backend, "conv") == "xla"
+        assert kernels.choose_impl(backend, "pool") == "xla"
