@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxcnn import shapes
+from jaxcnn import filters, shapes
 from jaxcnn.spec import (
     ActivationSpec,
     ConvSpec,
@@ -95,6 +95,14 @@ class Conv(nnx.Conv):
             use_bias=spec.use_bias,
             rngs=rngs,
         )
+        if spec.init != "default":
+            # A classic kernel in every (input channel, filter) slice, divided by the
+            # input channels per group (filters.conv_kernel); the bias stays zero. The
+            # random init above still ran, so later layers draw the same keys either way.
+            kernel = filters.conv_kernel(
+                spec.init, input_shape[2] // spec.groups, spec.filters
+            )
+            self.kernel.set_value(jnp.asarray(kernel))
         self.activation = spec.activation
         self.kernels = kernels
 

@@ -1,0 +1,306 @@
+"""Transfer learning: start from a finished run's weights and freeze parameters by path.
+
+`train.fit` uses the two public functions when a run config says so::
+
+    transfer.init_from_run(model, spec, cfg.init_from, new_head=cfg.new_head)
+    mask = transfer.trainable_mask(model, spec, cfg.freeze)
+    tx, schedule = optim.make_optimizer(..., trainable=mask)
+
+Parameters are addressed by their paths (`conv_0/kernel`, `dense_7/bias`,
+`residual_3/conv_1/kernel`, as `models.param_paths` lists them); `freeze` patterns are
+regular expressions searched (`re.search`) in those paths, so `conv` freezes every
+convolution and `^conv_0/` only the first layer. Conv layers whose spec says
+`trainable = false` are frozen as well. Frozen parameters get a zero update and no
+optimiser state (see optim.py), so they stay bit-identical while training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxcnn import checkpoint, models, optim
+from jaxcnn.errors import CheckpointError, SpecError
+from jaxcnn.spec import ConvSpec, DenseSpec, ModelSpec, ResidualSpec, RunConfig
+
+PyTree = Any
+
+_MAX_LISTED = 40  # parameter paths listed in one error message
+
+
+# --------------------------------------------------------------------------- freezing
+def untrainable_prefixes(spec: ModelSpec) -> list[str]:
+    """Path prefixes of the conv layers whose spec says trainable=False, e.g. ["conv_0/"]."""
+    out: list[str] = []
+
+    def walk(layers, prefix: str) -> None:
+        for i, layer in enumerate(layers):
+            name = f"{prefix}{layer.type}_{i}"
+            if isinstance(layer, ConvSpec) and not layer.trainable:
+                out.append(name + "/")
+            if isinstance(layer, ResidualSpec):
+                walk(layer.layers, name + "/")
+
+    walk(spec.layers, "")
+    return out
+
+
+def frozen_paths(
+    model: nnx.Module, spec: ModelSpec, patterns: Sequence[str]
+) -> list[str]:
+    """The parameter paths that `patterns` (and trainable=False conv layers) freeze.
+
+    Raises:
+      SpecError: a pattern that is not a valid regular expression, a pattern that
+        matches no parameter (the message lists the parameter paths), or a selection
+        that freezes every parameter.
+    """
+    if isinstance(patterns, str):  # a lone string would be iterated letter by letter
+        patterns = (patterns,)
+    paths = list(models.param_paths(model))
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as e:
+            raise SpecError(
+                f"train.freeze pattern {pattern!r} is not a valid regular expression "
+                f"({e}); patterns are searched in parameter paths such as {paths[0]}"
+            ) from None
+    for regex in compiled:
+        if not any(regex.search(path) for path in paths):
+            raise SpecError(
+                f"train.freeze pattern {regex.pattern!r} matches no parameter of model "
+                f"{spec.name!r}; its parameter paths are: {_listing(paths)}"
+            )
+    prefixes = tuple(untrainable_prefixes(spec))
+    frozen = [
+        path
+        for path in paths
+        if path.startswith(prefixes) or any(regex.search(path) for regex in compiled)
+    ]
+    if frozen and len(frozen) == len(paths):
+        raise SpecError(
+            f"train.freeze={list(patterns)} (with trainable=false conv layers) freezes "
+            f"all {len(paths)} parameters of model {spec.name!r}; nothing would train. "
+            f"Use a narrower pattern, e.g. 'conv' to freeze only the convolutions"
+        )
+    return frozen
+
+
+def trainable_mask(
+    model: nnx.Module, spec: ModelSpec, patterns: Sequence[str]
+) -> PyTree | None:
+    """The `trainable=` mask for `optim.make_optimizer`, or None when nothing is frozen.
+
+    Args:
+      model: the model whose `nnx.Param`s the optimiser will update.
+      spec: its spec (conv layers with `trainable=False` are frozen).
+      patterns: regular expressions searched in the parameter paths (`train.freeze`).
+
+    Returns:
+      A nested dict with the structure of `nnx.state(model, nnx.Param)` and a bool per
+      parameter (False = frozen), or None when no parameter is frozen.
+
+    Raises:
+      SpecError: see `frozen_paths`.
+    """
+    frozen = set(frozen_paths(model, spec, patterns))
+    if not frozen:
+        return None
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: optim._path_str(path) not in frozen, params
+    )
+
+
+# --------------------------------------------------------------------------- runs
+def read_run(run_dir: str | os.PathLike) -> tuple[RunConfig, ModelSpec, dict]:
+    """The (config, model spec, dataset record) saved in a run's config.json.
+
+    Raises:
+      CheckpointError: `run_dir` is not a run directory or its config.json is unreadable.
+    """
+    run_dir = pathlib.Path(run_dir)
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a jaxcnn run directory (no config.json); pass the "
+            f"--workdir of a finished `jaxcnn train` run"
+        )
+    try:
+        record = json.loads(saved.read_text())
+        config = RunConfig.from_dict(record["run"])
+        spec = ModelSpec.from_dict(record["model_spec"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{saved} is not a readable run config ({type(e).__name__}: {e})"
+        ) from None
+    return config, spec, record.get("dataset", {})
+
+
+def build_run_state(
+    config: RunConfig, spec: ModelSpec
+) -> tuple[nnx.Module, nnx.Optimizer]:
+    """The model and optimiser of a run, built as training builds them (freeze included).
+
+    The checkpoints of a run hold `nnx.to_pure_dict` of `nnx.split((model, optimizer))`
+    state, whose optimiser part depends on which parameters were frozen; this rebuilds
+    exactly that structure, so it serves as the restore target.
+    """
+    model = models.build_model(
+        spec, seed=config.train.seed, kernels=config.train.kernels
+    )
+    mask = trainable_mask(model, spec, config.train.freeze)
+    tx, _ = optim.make_optimizer(
+        config.optim, steps_per_epoch=1, epochs=config.train.epochs, trainable=mask
+    )
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def head_prefix(spec: ModelSpec) -> str | None:
+    """Path prefix of the classifier head (the last top-level dense layer), e.g. "dense_7/"."""
+    for i in reversed(range(len(spec.layers))):
+        if isinstance(spec.layers[i], DenseSpec):
+            return f"dense_{i}/"
+    return None
+
+
+def _weights(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """Parameters and batch-norm statistics by path (the variables a transfer copies)."""
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    return {"/".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
+
+
+def init_from_run(
+    model: nnx.Module,
+    spec: ModelSpec,
+    run_dir: str | os.PathLike,
+    *,
+    new_head: bool,
+) -> list[str]:
+    """Copies the best checkpoint's weights of a finished run into `model`, in place.
+
+    Every parameter (and batch-norm statistic) of `model` takes the run's value for the
+    same path. The classifier head (the last dense layer) keeps `model`'s fresh
+    initialisation instead when `new_head` is set or the class counts differ; the rest
+    of the network must match the run's exactly (input shape may differ as long as the
+    shapes of the weights do not, e.g. an all-convolutional base).
+
+    Args:
+      model: the freshly built model of the new run (modified in place).
+      spec: its spec.
+      run_dir: a finished run's workdir (config.json + checkpoints/).
+      new_head: re-initialise the head even when the class counts agree.
+
+    Returns:
+      Notes for the user: what was copied, from which checkpoint, what was re-initialised.
+
+    Raises:
+      CheckpointError: not a run directory, a run without a checkpoint, different input
+        channels, or a weight whose shape (or presence) differs outside the head.
+    """
+    run_dir = pathlib.Path(run_dir)
+    config, old_spec, _ = read_run(run_dir)
+    if old_spec.input_shape[2] != spec.input_shape[2]:
+        raise CheckpointError(
+            f"train.init_from={run_dir}: that run's model takes "
+            f"{old_spec.input_shape[2]} input channel(s) "
+            f"({'x'.join(map(str, old_spec.input_shape))}) but this model takes "
+            f"{spec.input_shape[2]} ({'x'.join(map(str, spec.input_shape))}); the first "
+            f"convolution's weights cannot transfer. Use a dataset with "
+            f"{old_spec.input_shape[2]} channel(s) or pre-train on matching images"
+        )
+    ckpt_dir = run_dir / "checkpoints"
+    if not checkpoint.has_checkpoint(ckpt_dir):
+        raise CheckpointError(
+            f"train.init_from={run_dir}: the run has no checkpoint in {ckpt_dir}; "
+            f"let it finish at least one epoch first"
+        )
+    old_model, old_optimizer = build_run_state(config, old_spec)
+    _, state = nnx.split((old_model, old_optimizer))
+    with checkpoint.Checkpointer(ckpt_dir) as ckpt:
+        step = ckpt.best_step()
+        restored, meta = ckpt.restore("best", nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update((old_model, old_optimizer), state)
+    old = _weights(old_model)
+    new = _weights(model)
+
+    head = head_prefix(spec)
+    replace_head = new_head or old_spec.num_classes != spec.num_classes
+    if replace_head and head is None:
+        raise CheckpointError(
+            f"train.init_from={run_dir}: model {spec.name!r} has no dense layer to use "
+            f"as a new classifier head (needed because "
+            + (
+                "new_head is set"
+                if new_head
+                else f"the class counts differ: {old_spec.num_classes} vs "
+                f"{spec.num_classes}"
+            )
+            + ")"
+        )
+    problems, kept = [], []
+    for path, var in new.items():
+        if replace_head and path.startswith(head):
+            kept.append(path)
+        elif path not in old:
+            problems.append(
+                f"{path} {tuple(var.shape)} is in this model but not in the run"
+            )
+        elif tuple(old[path].shape) != tuple(var.shape):
+            problems.append(
+                f"{path} has shape {tuple(old[path].shape)} in the run but "
+                f"{tuple(var.shape)} in this model"
+            )
+    if problems:
+        hint = (
+            f"only the classifier head ({head[:-1]}) may differ, and is re-initialised"
+            if head
+            else "the architectures must match"
+        )
+        raise CheckpointError(
+            f"train.init_from={run_dir}: the run's model {old_spec.name!r} does not fit "
+            f"this model {spec.name!r}: "
+            + "; ".join(problems[:5])
+            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            + f". {hint} (when the class counts differ or with --new-head)"
+        )
+    copied = [path for path in new if path not in kept]
+    for path in copied:
+        new[path].set_value(jnp.asarray(old[path].get_value()))
+    values = sum(int(np.prod(new[path].shape)) for path in copied)
+    notes = [
+        f"initialised {len(copied)} weight arrays ({values:,} values) from {run_dir} "
+        f"(best checkpoint: step {step}, epoch {meta.get('epoch')})"
+    ]
+    if kept:
+        reason = (
+            "--new-head"
+            if new_head
+            else f"{old_spec.num_classes} -> {spec.num_classes} classes"
+        )
+        notes.append(
+            f"classifier head {head[:-1]} freshly initialised ({reason}): "
+            + ", ".join(kept)
+        )
+    unused = sorted(set(old) - set(new))
+    if unused:
+        notes.append(f"weights of the run not used by this model: {_listing(unused)}")
+    return notes
+
+
+def _listing(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:_MAX_LISTED])
+    more = len(paths) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")

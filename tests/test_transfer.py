@@ -1,0 +1,239 @@
+"""Transfer learning: freeze masks, frozen weights staying bit-identical, init from a run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import checkpoint, models, optim, transfer
+from jaxcnn.errors import CheckpointError, SpecError
+from jaxcnn.spec import ConvSpec, DenseSpec, FlattenSpec, ModelSpec, PoolSpec, RunConfig
+
+
+def small_spec(num_classes=4, channels=1, conv2_filters=8, **conv0) -> ModelSpec:
+    return ModelSpec(
+        input_shape=(8, 8, channels),
+        num_classes=num_classes,
+        name="small",
+        layers=(
+            ConvSpec(filters=4, kernel=3, activation="relu", **conv0),
+            PoolSpec(window=2),
+            ConvSpec(
+                filters=conv2_filters, kernel=3, padding="same", activation="relu"
+            ),
+            FlattenSpec(),
+            DenseSpec(units=16, activation="relu"),
+            DenseSpec(units=num_classes),
+        ),
+    )
+
+
+def flat_params(model) -> dict[str, np.ndarray]:
+    state = nnx.state(model, nnx.Param)
+    return {
+        "/".join(map(str, p)): np.asarray(v.get_value())
+        for p, v in nnx.to_flat_state(state)
+    }
+
+
+@nnx.jit
+def _step(model, optimizer, x, y):
+    def loss_fn(m):
+        return optim.cross_entropy(m(x), y).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train_steps(model, optimizer, steps=5, seed=0):
+    """A few optimiser steps on random data; returns the final loss."""
+    shape = model.spec.input_shape
+    n = model.spec.num_classes
+    rng = np.random.default_rng(seed)
+    loss = None
+    for _ in range(steps):
+        x = jnp.asarray(rng.random((16, *shape), np.float32))
+        y = jnp.asarray(rng.integers(0, n, 16).astype(np.int32))
+        loss = _step(model, optimizer, x, y)
+    return float(loss)
+
+
+def fake_run(workdir, spec, config=None, *, train=True):
+    """A run directory as train.fit writes it: config.json and an orbax checkpoint."""
+    config = config or RunConfig()
+    model, optimizer = transfer.build_run_state(config, spec)
+    if train:
+        train_steps(model, optimizer, steps=3)
+    _, state = nnx.split((model, optimizer))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(
+        json.dumps(
+            {
+                "run": config.to_dict(),
+                "model_spec": spec.to_dict(),
+                "dataset": {"class_names": [str(i) for i in range(spec.num_classes)]},
+            }
+        )
+    )
+    with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+        ckpt.save(
+            7,
+            nnx.to_pure_dict(state),
+            metrics={"val_accuracy": 0.5},
+            meta={"epoch": 1, "best_val_accuracy": 0.5},
+        )
+    return model
+
+
+# --------------------------------------------------------------------------- masks
+def test_no_patterns_no_mask():
+    spec = small_spec()
+    assert transfer.trainable_mask(models.build_model(spec), spec, ()) is None
+
+
+def test_mask_from_patterns_and_untrainable_layers():
+    spec = small_spec(init="sobel_x", trainable=False)
+    model = models.build_model(spec)
+    mask = transfer.trainable_mask(model, spec, ["^dense_4/"])
+    assert mask["conv_0"] == {"kernel": False, "bias": False}  # trainable=False layer
+    assert mask["dense_4"] == {"kernel": False, "bias": False}  # pattern
+    assert mask["conv_2"] == {"kernel": True, "bias": True}
+    assert mask["dense_5"] == {"kernel": True, "bias": True}
+    only_layer = transfer.trainable_mask(model, spec, ())
+    assert only_layer["conv_0"]["kernel"] is False
+    assert only_layer["conv_2"]["kernel"] is True
+    assert transfer.frozen_paths(model, spec, ["conv"]) == [
+        "conv_0/bias",
+        "conv_0/kernel",
+        "conv_2/bias",
+        "conv_2/kernel",
+    ]
+
+
+def test_pattern_matching_nothing_lists_paths():
+    spec = small_spec()
+    with pytest.raises(SpecError, match=r"'block' matches no parameter.*conv_0/kernel"):
+        transfer.trainable_mask(models.build_model(spec), spec, ["conv", "block"])
+
+
+def test_bad_regex_and_freezing_everything_are_errors():
+    spec = small_spec()
+    model = models.build_model(spec)
+    with pytest.raises(SpecError, match=r"not a valid regular expression"):
+        transfer.trainable_mask(model, spec, ["conv_[0"])
+    with pytest.raises(SpecError, match=r"freezes all 8 parameters"):
+        transfer.trainable_mask(model, spec, [".*"])
+
+
+def test_frozen_params_bit_identical_and_stateless_while_head_trains():
+    spec = small_spec()
+    model = models.build_model(spec)
+    mask = transfer.trainable_mask(model, spec, ["conv"])
+    tx, _ = optim.make_optimizer(
+        RunConfig().optim, steps_per_epoch=1, epochs=1, trainable=mask
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    before = flat_params(model)
+    train_steps(model, optimizer, steps=5)
+    after = flat_params(model)
+    for path in before:
+        if path.startswith("conv"):
+            assert after[path].tobytes() == before[path].tobytes(), path
+        else:
+            assert not np.array_equal(after[path], before[path]), path
+    # Adam keeps mu and nu only for the trainable parameters.
+    opt_leaves = jax.tree_util.tree_leaves_with_path(
+        nnx.to_pure_dict(nnx.state(optimizer))
+    )
+    opt_paths = [optim._path_str(p) for p, _ in opt_leaves]
+    assert any("dense_5/kernel" in p for p in opt_paths)
+    assert not any("conv" in p for p in opt_paths)
+
+
+# --------------------------------------------------------------------------- init from run
+def test_init_from_run_copies_base_and_replaces_head(tmp_path):
+    old_spec = small_spec(num_classes=4)
+    old_model = fake_run(tmp_path / "run", old_spec)
+    new_spec = small_spec(num_classes=3)
+    model = models.build_model(new_spec, seed=1)
+    fresh = flat_params(model)
+    notes = transfer.init_from_run(model, new_spec, tmp_path / "run", new_head=False)
+    got, old = flat_params(model), flat_params(old_model)
+    for path in got:
+        if path.startswith("dense_5/"):
+            np.testing.assert_array_equal(got[path], fresh[path])
+        else:
+            np.testing.assert_array_equal(got[path], old[path])
+    assert "step 7" in notes[0] and "6 weight arrays" in notes[0]
+    assert "dense_5 freshly initialised (4 -> 3 classes)" in notes[1]
+
+
+def test_init_from_run_same_classes_and_new_head(tmp_path):
+    spec = small_spec()
+    old = flat_params(fake_run(tmp_path / "run", spec))
+    model = models.build_model(spec, seed=1)
+    transfer.init_from_run(model, spec, tmp_path / "run", new_head=False)
+    got = flat_params(model)
+    assert all(np.array_equal(got[p], old[p]) for p in old)
+
+    model = models.build_model(spec, seed=1)
+    fresh = flat_params(model)
+    notes = transfer.init_from_run(model, spec, tmp_path / "run", new_head=True)
+    got = flat_params(model)
+    np.testing.assert_array_equal(got["dense_5/kernel"], fresh["dense_5/kernel"])
+    np.testing.assert_array_equal(got["dense_4/kernel"], old["dense_4/kernel"])
+    assert "--new-head" in notes[1]
+
+
+def test_init_from_a_run_that_froze_layers(tmp_path):
+    # The restore target must carry the run's optimiser structure (no state for frozen).
+    spec = small_spec()
+    config = RunConfig().override("train.freeze", ["conv_0"])
+    old = flat_params(fake_run(tmp_path / "run", spec, config))
+    model = models.build_model(spec, seed=3)
+    transfer.init_from_run(model, spec, tmp_path / "run", new_head=False)
+    np.testing.assert_array_equal(
+        flat_params(model)["conv_2/kernel"], old["conv_2/kernel"]
+    )
+
+
+def test_init_from_errors(tmp_path):
+    spec = small_spec()
+    model = models.build_model(spec)
+    with pytest.raises(CheckpointError, match=r"not a jaxcnn run directory"):
+        transfer.init_from_run(model, spec, tmp_path / "nothing", new_head=False)
+
+    fake_run(tmp_path / "run", spec)
+    rgb = small_spec(channels=3)
+    with pytest.raises(
+        CheckpointError, match=r"takes 1 input channel.*this model takes 3"
+    ):
+        transfer.init_from_run(
+            models.build_model(rgb), rgb, tmp_path / "run", new_head=False
+        )
+
+    wider = small_spec(conv2_filters=16)
+    with pytest.raises(
+        CheckpointError,
+        match=r"conv_2/kernel has shape \(3, 3, 4, 8\) in the run but \(3, 3, 4, 16\)",
+    ):
+        transfer.init_from_run(
+            models.build_model(wider), wider, tmp_path / "run", new_head=True
+        )
+
+    empty = tmp_path / "empty"
+    fake_run(empty, spec)
+    import shutil
+
+    shutil.rmtree(empty / "checkpoints")
+    with pytest.raises(CheckpointError, match=r"has no checkpoint"):
+        transfer.init_from_run(model, spec, empty, new_head=False)
+
+
+def test_head_prefix_is_last_top_level_dense():
+    assert transfer.head_prefix(small_spec()) == "dense_5/"
+    assert transfer.head_prefix(models.preset("keras_mnist")) == "dense_7/"
