@@ -1,0 +1,219 @@
+"""Training for real: embedded digits, MNIST from raw files, exact resume, error paths."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import train
+from jaxcnn.errors import CheckpointError, DataError, TrainingError
+from jaxcnn.spec import RunConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_cli(*args, cwd=None, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxcnn", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _digits(**overrides) -> RunConfig:
+    config = RunConfig().with_overrides({"train.epochs": 3, **overrides})
+    return config
+
+
+def _params(model) -> dict:
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def test_default_train_reaches_95_percent_on_embedded_digits(tmp_path):
+    """`jaxcnn train` with no arguments: real data shipped in a package, >= 95% test."""
+    result = _run_cli("train", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (workdir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["dataset"] == "digits"
+    assert summary["test_accuracy"] >= 0.95
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    for key in ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "lr", "epoch_seconds", "images_per_second"):
+        assert key in records[0]
+    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "epochs", "total_params",
+                "train_seconds", "compile_seconds", "images_per_second", "dataset", "model",
+                "num_devices", "backend"):
+        assert key in summary
+    assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event files"
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model_spec"]["name"] == "digits_cnn"
+
+
+def test_mnist_keras_convnet_one_epoch_reaches_98_percent(tmp_path, tfds_dir, shared_data):
+    """The classic Keras MNIST convnet, one epoch on real MNIST built from raw files."""
+    result = _run_cli(
+        "train", "--model", "keras_mnist", "--dataset", "mnist", "--data-dir", str(tfds_dir),
+        "--manual-dir", str(shared_data / "mnist"), "--epochs", "1",
+        "--workdir", str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["total_params"] == 93_322
+    assert summary["test_accuracy"] >= 0.98
+
+
+def test_no_recompilation_after_first_step_and_eval(tmp_path):
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: compiles.append(event)
+        if event == "/jax/core/compile/backend_compile_duration" else None
+    )
+    counts = []
+    train.fit(_digits(**{"train.epochs": 3}), tmp_path / "run", quiet=True,
+              on_epoch=lambda record: counts.append(len(compiles)))
+    assert counts[0] > 0
+    assert counts[1] == counts[0] == counts[2], "epochs after the first compiled again"
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    from jaxcnn import train
+    from jaxcnn.spec import RunConfig
+    config = RunConfig.from_dict({config})
+    def on_epoch(record):
+        if record["epoch"] == {kill_after}:
+            # SIGKILL lands part-way through the next epoch.
+            threading.Timer({delay}, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+    train.fit(config, sys.argv[1], quiet=True, on_epoch=on_epoch)
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path, tfds_dir, shared_data):
+    config = RunConfig().with_overrides({
+        "model.name": "keras_mnist", "data.dataset": "mnist", "data.data_dir": str(tfds_dir),
+        "data.train_examples": 3072, "train.epochs": 4, "train.batch_size": 64,
+        "model.name": "keras_mnist",
+    })
+    script = _KILL_SCRIPT.format(config=config.to_dict(), kill_after=2, delay=0.6)
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    epochs_done = len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines())
+    assert 2 <= epochs_done < 4
+    resumed = train.fit(config, tmp_path / "a", quiet=True)
+    fresh = train.fit(config, tmp_path / "b", quiet=True)
+    a, b = _params(resumed.model), _params(fresh.model)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    ma = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")}  # noqa: E731
+    assert [strip(r) for r in ma] == [strip(r) for r in mb]
+
+
+def test_resume_in_process_is_exact_and_extends_epochs(tmp_path):
+    """Train 2 epochs, then ask for 4 in the same workdir: equals 4 straight epochs."""
+    two = train.fit(_digits(**{"train.epochs": 2}), tmp_path / "a", quiet=True)
+    assert two.epochs == 2
+    four = train.fit(_digits(**{"train.epochs": 4}), tmp_path / "a", quiet=True)
+    straight = train.fit(_digits(**{"train.epochs": 4}), tmp_path / "b", quiet=True)
+    assert four.epochs == 4
+    jax.tree.map(np.testing.assert_array_equal, _params(four.model), _params(straight.model))
+
+
+def test_workdir_with_different_config_is_refused(tmp_path):
+    train.fit(_digits(**{"train.epochs": 1}), tmp_path / "a", quiet=True)
+    with pytest.raises(Exception, match="different config.*optim.lr"):
+        train.fit(_digits(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path / "a", quiet=True)
+    # --restart discards the old run instead
+    result = train.fit(_digits(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path / "a",
+                       quiet=True, restart=True)
+    assert result.epochs == 1
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    config = _digits(**{"train.epochs": 4, "optim.lr": 1e12, "optim.optimizer": "sgd"})
+    with pytest.raises(TrainingError, match="became (nan|inf).*checkpoint"):
+        train.fit(config, tmp_path / "run", quiet=True)
+
+
+def test_nan_via_cli_exits_2_without_traceback(tmp_path):
+    result = _run_cli("train", "--workdir", str(tmp_path / "r"), "--epochs", "2",
+                      "--optimizer", "sgd", "--lr", "1e12")
+    assert result.returncode == 2
+    assert "became" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_early_stopping_stops_before_epochs(tmp_path):
+    # lr so small that validation accuracy cannot improve for long
+    config = _digits(**{"train.epochs": 30, "train.patience": 2, "optim.lr": 1e-9})
+    result = train.fit(config, tmp_path / "run", quiet=True)
+    assert result.stopped_early
+    assert result.epochs < 30
+
+
+def test_eval_and_predict_commands(tmp_path):
+    workdir = tmp_path / "run"
+    train.fit(_digits(**{"train.epochs": 3}), workdir, quiet=True)
+    result = _run_cli("eval", "--workdir", str(workdir), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["examples"] > 0
+    confusion = np.array(report["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == report["examples"]
+    assert report["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert len(report["per_class_accuracy"]) == 10
+
+    # predict: a real digit image saved as PNG (any size), and an unreadable file
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    image = Image.fromarray((digits.images[-1] * 255 / 16).astype(np.uint8)).resize((64, 64))
+    image.save(tmp_path / "digit.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    out = train.predict(workdir, [tmp_path / "digit.png", tmp_path / "broken.png"])
+    assert "error" in out[1] and "broken.png" in out[1]["source"]
+    probs = [t["probability"] for t in out[0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    result = _run_cli("predict", "--workdir", str(workdir), str(tmp_path / "digit.png"),
+                      str(tmp_path / "broken.png"))
+    assert result.returncode == 2
+    assert "broken.png" in result.stderr
+    assert "digit.png" in result.stdout
+
+
+def test_restore_into_different_architecture_fails_clearly(tmp_path):
+    workdir = tmp_path / "run"
+    train.fit(_digits(**{"train.epochs": 1}), workdir, quiet=True)
+    record = json.loads((workdir / "config.json").read_text())
+    record["model_spec"]["layers"][0]["filters"] *= 2
+    (workdir / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="conv_0"):
+        train.restore(workdir)
+    result = _run_cli("eval", "--workdir", str(workdir))
+    assert result.returncode == 2 and "conv_0" in result.stderr
+
+
+def test_unknown_dataset_and_impossible_channels_exit_2(tmp_path):
+    result = _run_cli("train", "--dataset", "mnistt", "--workdir", str(tmp_path / "r"))
+    assert result.returncode == 2 and "mnist" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(DataError):
+        train.fit(_digits(**{"model.input_shape": [8, 8, 2]}), tmp_path / "r2", quiet=True)
