@@ -228,10 +228,9 @@ def load_dataset(
         mean = std = None
         if config.standardize:
             mean, std = _channel_stats(splits["train"].images)
-            splits = {
-                part: Split(((s.images - mean) / std).astype(np.float32), s.labels)
-                for part, s in splits.items()
-            }
+            for split in splits.values():  # in place: these arrays are ours
+                np.subtract(split.images, mean, out=split.images)
+                np.divide(split.images, std, out=split.images)
     else:
         notes.append(
             f"streaming from TFDS: {total_bytes / 2**20:.0f} MB as float32 exceeds "
@@ -283,6 +282,12 @@ def prepare_dataset(
     _describe(builder)
     if builder.is_prepared():
         return
+    with _prepare_lock(builder):  # parallel runs (sweeps, test workers) build it once
+        if not builder.is_prepared():
+            _download_and_prepare(builder, manual_dir)
+
+
+def _download_and_prepare(builder, manual_dir: str | None) -> None:
     tfds = _tfds()
     url_infos = type(builder).url_infos or {}
     manual = None
@@ -307,7 +312,8 @@ def prepare_dataset(
         ) from None
     except (OSError, AssertionError) as e:
         raise DataError(
-            f"could not prepare dataset {name!r} in {builder.data_dir}: {e}. Use --data-dir "
+            f"could not prepare dataset {builder.name!r} in {builder.data_dir}: {e}. "
+            f"Use --data-dir "
             f"for a TFDS data directory where it is prepared, or --manual-dir for a folder "
             f"with its raw files."
         ) from None
@@ -393,11 +399,13 @@ def convert_images(
         return images.astype(np.float32) * scale, notes
     tf = _tf()
     out = np.empty((images.shape[0], *target), np.float32)
+    # grayscale->RGB: TF makes one channel, numpy broadcasts it into all three
+    expand = target[-1] == 3 and images.shape[-1] in (1, 2)
+    tf_target = (*target[:2], 1) if expand else target
     for start in range(0, images.shape[0], _CONVERT_CHUNK):
         chunk = images[start : start + _CONVERT_CHUNK].astype(np.float32) * scale
-        out[start : start + _CONVERT_CHUNK] = _convert_tf(
-            tf.constant(chunk), target
-        ).numpy()
+        converted = _convert_tf(tf.constant(chunk), tf_target)
+        out[start : start + _CONVERT_CHUNK] = np.asarray(converted)
     return out, notes
 
 
@@ -559,6 +567,31 @@ def _check_manual_dir(builder, manual: pathlib.Path, url_infos) -> pathlib.Path:
     return manual
 
 
+def _data_root(builder) -> pathlib.Path:
+    """The TFDS data_dir: data_path is <data_dir>/<name>[/<config>]/<version>."""
+    depth = len(builder.info.full_name.split("/"))
+    return pathlib.Path(os.fspath(builder.data_path)).parents[depth - 1]
+
+
+@contextlib.contextmanager
+def _prepare_lock(builder) -> Iterator[None]:
+    """An exclusive file lock per dataset in its data_dir (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    root = _data_root(builder)
+    root.mkdir(parents=True, exist_ok=True)
+    lock_path = root / f".{builder.info.full_name.replace('/', '-')}.jaxcnn-lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def _extract_dir(builder, manual: pathlib.Path | None) -> Iterator[str | None]:
     """A private, temporary extraction folder when building from a manual dir.
@@ -569,8 +602,7 @@ def _extract_dir(builder, manual: pathlib.Path | None) -> Iterator[str | None]:
     if manual is None:
         yield None
         return
-    # data_path is <data_dir>/<name>[/<config>]/<version>
-    root = builder.data_path.parents[len(builder.info.full_name.split("/")) - 1]
+    root = _data_root(builder)
     (root / "downloads").mkdir(parents=True, exist_ok=True)
     prefix = f"extract-{builder.info.full_name.replace('/', '-')}-"
     with tempfile.TemporaryDirectory(prefix=prefix, dir=root / "downloads") as path:
@@ -709,9 +741,7 @@ def _convert_tf(images, target: tuple[int, int, int]):
     c = images.shape[-1]
     if c != channels:
         images = images[..., : 1 if c in (1, 2) else 3]  # drop alpha
-        if images.shape[-1] == 1 and channels == 3:
-            images = tf.image.grayscale_to_rgb(images)
-        elif images.shape[-1] == 3 and channels == 1:
+        if images.shape[-1] == 3 and channels == 1:  # before resizing: less to resize
             images = tf.image.rgb_to_grayscale(images)
     h, w = images.shape[1:3]
     if (h, w) != (height, width):
@@ -720,6 +750,8 @@ def _convert_tf(images, target: tuple[int, int, int]):
         images = tf.image.resize(
             images, (height, width), method="bilinear", antialias=shrink
         )
+    if images.shape[-1] == 1 and channels == 3:  # after resizing: less to resize
+        images = tf.image.grayscale_to_rgb(images)
     return images
 
 

@@ -410,3 +410,17 @@ def test_tensorflow_sees_no_gpu_and_stays_lazy():
         "import sys, jaxcnn.data; assert 'tensorflow' not in sys.modules, 'TF imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_parallel_prepare_builds_once(tmp_path):
+    code = f"from jaxcnn import data; data.prepare_dataset('digits', data_dir={str(tmp_path)!r})"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    builder = data._tfds().builder("digits", data_dir=str(tmp_path))
+    assert builder.is_prepared() and builder.info.splits["train"].num_examples == 1500
