@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcnn import checkpoint, data, metrics, models, optim, shapes
+from jaxcnn import checkpoint, data, metrics, models, optim, shapes, transfer
 from jaxcnn.errors import CheckpointError, DataError, JaxcnnError, TrainingError
 from jaxcnn.spec import ModelSpec, RunConfig
 
@@ -298,8 +298,15 @@ def fit(
             f"training examples; use a batch size <= {train_split.num_examples}"
         )
     model = models.build_model(spec, seed=cfg.seed, kernels=cfg.kernels)
+    if cfg.init_from and not resume:
+        for note in transfer.init_from_run(model, spec, cfg.init_from, new_head=cfg.new_head):
+            if not quiet:
+                print(note)
     tx, schedule = optim.make_optimizer(
-        config.optim, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs
+        config.optim,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.epochs,
+        trainable=transfer.trainable_mask(model, spec, cfg.freeze),
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     steps = Steps(model, optimizer, config)
@@ -480,6 +487,7 @@ def _report(progress, done, sums, t0, compile_s, batch_size) -> None:
 @dataclasses.dataclass
 class Restored:
     model: nnx.Module
+    optimizer: nnx.Optimizer
     config: RunConfig
     spec: ModelSpec
     dataset: dict[str, Any]  # the dataset record from config.json (class names, stats)
@@ -490,19 +498,8 @@ class Restored:
 def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
     """Rebuilds a run's model from `workdir` and loads a checkpoint ("best", "latest", step)."""
     workdir = pathlib.Path(workdir)
-    saved = workdir / "config.json"
-    if not saved.exists():
-        raise CheckpointError(
-            f"{workdir} is not a jaxcnn run directory (no config.json); pass the --workdir "
-            "of a `jaxcnn train` run"
-        )
-    record = json.loads(saved.read_text())
-    config = RunConfig.from_dict(record["run"])
-    spec = ModelSpec.from_dict(record["model_spec"])
-    model = models.build_model(spec, seed=config.train.seed, kernels=config.train.kernels)
-    # The optimiser state is in the checkpoint too; restore the model part only.
-    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1, epochs=config.train.epochs)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    config, spec, dataset_record = transfer.read_run(workdir)
+    model, optimizer = transfer.build_run_state(config, spec)
     _, state = nnx.split((model, optimizer))
     with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
         step = {"best": ckpt.best_step, "latest": ckpt.latest_step}.get(which, lambda: which)()
@@ -510,9 +507,9 @@ def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
             raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
         restored, meta = ckpt.restore(step, _pure(state))
     nnx.replace_by_pure_dict(state, restored)
-    model, _ = nnx.merge(nnx.graphdef((model, optimizer)), state)
+    model, optimizer = nnx.merge(nnx.graphdef((model, optimizer)), state)
     model.eval()
-    return Restored(model, config, spec, record["dataset"], int(step), int(meta["epoch"]))
+    return Restored(model, optimizer, config, spec, dataset_record, int(step), int(meta["epoch"]))
 
 
 def evaluate(
@@ -526,9 +523,7 @@ def evaluate(
         input_shape=run.spec.input_shape,
     )
     chosen = {"train": ds.train, "val": ds.val}.get(split, ds.test)
-    optimizer = nnx.Optimizer(run.model, optim.make_optimizer(
-        run.config.optim, steps_per_epoch=1, epochs=1)[0], wrt=nnx.Param)
-    steps = Steps(run.model, optimizer, run.config)
+    steps = Steps(run.model, run.optimizer, run.config)
     (loss, correct, count), labels, predictions = steps.evaluate(
         chosen.batches(run.config.train.eval_batch_size)
     )
