@@ -280,11 +280,17 @@ def prepare_dataset(
     """
     builder = _builder(name, data_dir)
     _describe(builder)
-    if builder.is_prepared():
+    if _is_prepared(builder):
         return
     with _prepare_lock(builder):  # parallel runs (sweeps, test workers) build it once
-        if not builder.is_prepared():
+        if not _is_prepared(builder):
             _download_and_prepare(builder, manual_dir)
+
+
+def _is_prepared(builder) -> bool:
+    # builder.is_prepared() alone logs a warning for every folder that is not there yet
+    info_file = pathlib.Path(os.fspath(builder.data_path)) / "dataset_info.json"
+    return info_file.is_file() and builder.is_prepared()
 
 
 def _download_and_prepare(builder, manual_dir: str | None) -> None:

@@ -44,7 +44,7 @@ def _sklearn_digits():
 def test_digits_is_our_tfds_builder(digits_dir):
     builder = data._tfds().builder("digits", data_dir=digits_dir)
     assert type(builder).__module__ == "jaxcnn.data"
-    assert builder.is_prepared()
+    assert data._is_prepared(builder)
     assert builder.info.splits["train"].num_examples == 1500
     assert builder.info.splits["test"].num_examples == 297
     assert data.dataset_info("digits", data_dir=digits_dir) == (
@@ -423,4 +423,6 @@ def test_parallel_prepare_builds_once(tmp_path):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-2000:]
     builder = data._tfds().builder("digits", data_dir=str(tmp_path))
-    assert builder.is_prepared() and builder.info.splits["train"].num_examples == 1500
+    assert (
+        data._is_prepared(builder) and builder.info.splits["train"].num_examples == 1500
+    )
