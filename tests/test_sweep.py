@@ -1,0 +1,315 @@
+"""Sweep engine: grid expansion, static invalid detection, ordering, real sweeps on digits,
+failure isolation, pruning, kill -9 resume and concurrent workers."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from jaxcnn import spec, sweep, sweep_report
+from jaxcnn.errors import SpecError
+
+# A small simple_cnn on the embedded 8x8 digits: a trial trains in about a second.
+BASE = spec.RunConfig.from_dict(
+    {
+        "model": {
+            "name": "simple_cnn",
+            "args": {
+                "input_shape": [8, 8, 1],
+                "filters": 8,
+                "depth": 1,
+                "padding": "same",
+                "dense_units": 32,
+            },
+        },
+        "train": {"epochs": 3, "batch_size": 32, "keep_checkpoints": 1},
+        "optim": {"lr": 3e-3},
+    }
+)
+
+
+def _sweep(points, name="t", **kwargs) -> sweep.Sweep:
+    return sweep.Sweep(name=name, base=BASE, points=tuple(points), **kwargs)
+
+
+def _complete_per_key(sweep_dir: pathlib.Path, name: str) -> dict[str, int]:
+    study = optuna.load_study(
+        study_name=name, storage=sweep.open_storage(None, sweep_dir)
+    )
+    counts: dict[str, int] = {}
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        counts[t.user_attrs["key"]] = counts.get(t.user_attrs["key"], 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- static
+def test_expand_grid_is_the_cartesian_product_last_axis_fastest():
+    grid = sweep.expand_grid({"model.filters": [8, 16], "model.stride": [1, 2, 3]})
+    assert len(grid) == 6
+    assert grid[0] == {"model.filters": 8, "model.stride": 1}
+    assert grid[1] == {"model.filters": 8, "model.stride": 2}
+    assert grid[-1] == {"model.filters": 16, "model.stride": 3}
+    with pytest.raises(SpecError, match="model.stride"):
+        sweep.expand_grid({"model.stride": []})
+
+
+def test_plan_marks_collapsing_shapes_invalid_and_orders_by_program():
+    base = spec.RunConfig().with_overrides(
+        {"model.name": "simple_cnn", "model.input_shape": [28, 28, 1]}
+    )
+    points = [
+        {"model.filters": 8, "optim.lr": 1e-3},
+        {"model.filters": 16, "optim.lr": 1e-3},
+        {"model.filters": 8, "optim.lr": 1e-2},  # same program as the first point
+        {"model.stride": 3, "model.pool": "max"},  # 28 -> 9 -> 4 -> 1: 1x1 < 2x2 window
+        {"model.filters": 0},  # a bad value is invalid too, with the field named
+    ]
+    plans = sweep.plan(sweep.Sweep(name="p", base=base, points=tuple(points)))
+    assert [p.error is not None for p in plans] == [True, True, False, False, False]
+    assert "smaller than the 2x2 window" in plans[0].error + plans[1].error
+    assert "filters must be >= 1" in plans[0].error + plans[1].error
+    valid = [p.overrides for p in plans[2:]]
+    # The two filters=8 points share shapes: they run back to back.
+    assert valid[0]["model.filters"] == valid[1]["model.filters"] == 8
+    assert plans[2].group == plans[3].group != plans[4].group
+    # Static totals come from shapes.infer: conv(3x3x1x8) + ... matches summarize().
+    assert plans[2].params == sweep.check_trial(base, points[0]).params > 0
+    assert len({p.key for p in plans}) == 5
+
+
+def test_load_sweep_from_toml_with_grid_search_and_smoke(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        """
+[model]
+name = "simple_cnn"
+[train]
+epochs = 5
+[sweep]
+pruner = "median"
+[sweep.grid]
+"model.filters" = [8, 16]
+"model.pool" = ["max", "avg"]
+[sweep.smoke]
+"train.epochs" = 1
+"""
+    )
+    s = sweep.load_sweep(path)
+    assert s.name == "s" and s.sampler == "grid" and s.pruner == "median"
+    assert len(s.points) == 4 and s.base.train.epochs == 5
+    assert sweep.load_sweep(path, smoke=True).base.train.epochs == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sweep]\nsampler = "anneal"\n[sweep.grid]\n"model.filters" = [8]\n')
+    with pytest.raises(SpecError, match="sampler must be one of grid, random, tpe"):
+        sweep.load_sweep(bad)
+    search = tmp_path / "search.toml"
+    search.write_text(
+        '[sweep]\nsampler = "tpe"\ntrials = 4\n[sweep.search]\n'
+        '"optim.lr" = { low = 1e-4, high = 1e-2, log = true }\n"model.filters" = [8, 16]\n'
+    )
+    s = sweep.load_sweep(search)
+    assert s.search["optim.lr"].log and s.search["model.filters"].choices == (8, 16)
+    assert sweep.Sweep.from_dict(s.to_dict()) == s
+
+
+def test_pareto_front():
+    points = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.69), (40, 0.9)]
+    assert sweep_report.pareto_front(points) == [0, 1, 4]
+
+
+# --------------------------------------------------------------------------- real sweeps
+def test_smoke_sweep_on_digits_end_to_end(tmp_path):
+    s = _sweep(
+        [
+            {"model.filters": 8},
+            {"model.filters": 16},
+            {"model.kernel": 9, "model.padding": "valid"},
+        ],
+    )
+    rows = sweep.run_sweep(s, tmp_path, quiet=True)
+    by_status = {r["status"] for r in rows}
+    assert by_status == {"ok", "invalid"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 2
+    for r in ok:
+        assert r["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+        assert r["params"] > 0 and r["flops"] > 0 and r["compile_seconds"] > 0
+        assert r["epochs"] == 3 and r["images_per_second"] > 0
+        assert (tmp_path / "trials" / r["trial"] / "summary.json").is_file()
+    invalid = next(r for r in rows if r["status"] == "invalid")
+    assert "9x9 kernel" in invalid["error"]
+    assert not (tmp_path / "trials" / invalid["trial"]).exists()  # cost nothing
+    csv_text = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(csv_text) == 4 and csv_text[0].startswith(
+        "trial,status,error,model.filters"
+    )
+    # Running again changes nothing: completed trials are never re-run.
+    before = (tmp_path / "trials" / ok[0]["trial"] / "metrics.jsonl").read_text()
+    again = sweep.run_sweep(s, tmp_path, quiet=True)
+    assert [r["status"] for r in again] == [r["status"] for r in rows]
+    assert (
+        tmp_path / "trials" / ok[0]["trial"] / "metrics.jsonl"
+    ).read_text() == before
+    text = sweep_report.report(tmp_path)
+    assert "| 1 |" in text
+    for name in (
+        "accuracy_vs_params.png",
+        "accuracy_vs_flops.png",
+        "effect_filters.png",
+        "report.md",
+    ):
+        assert (tmp_path / name).stat().st_size > 1000 or name == "report.md"
+
+
+def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
+    s = _sweep(
+        [
+            {"data.dataset": "no_such_dataset_xyz"},  # raises DataError while loading
+            {"optim.optimizer": "sgd", "optim.lr": 1e12},  # the loss becomes NaN / Inf
+            {"model.filters": 4},
+        ]
+    )
+    rows = {r["trial"]: r for r in sweep.run_sweep(s, tmp_path, quiet=True)}
+    statuses = sorted(r["status"] for r in rows.values())
+    assert statuses == ["failed", "failed", "ok"]
+    errors = " ".join(r["error"] for r in rows.values())
+    assert "DataError" in errors and "no_such_dataset_xyz" in errors
+    assert "TrainingError" in errors and "loss became" in errors
+    failed = [r for r in rows.values() if r["status"] == "failed"]
+    assert all(
+        (tmp_path / "trials" / r["trial"] / "error.txt").is_file() for r in failed
+    )
+
+
+def test_random_search_and_pruning(tmp_path, monkeypatch):
+    s = sweep.Sweep(
+        name="search",
+        base=BASE.override("train.epochs", 2),
+        sampler="random",
+        trials=3,
+        pruner="median",
+        search={
+            "optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "model.filters": [4, 8],
+        },
+    )
+    # A pruner that stops every trial after its first epoch makes the outcome certain.
+    monkeypatch.setattr(
+        sweep, "_pruner", lambda _: optuna.pruners.ThresholdPruner(lower=2.0)
+    )
+    rows = sweep.run_sweep(s, tmp_path, quiet=True)
+    assert len(rows) == 3
+    for r in rows:
+        assert r["status"] == "pruned" and r["epochs"] == 1
+        assert 1e-4 <= r["optim.lr"] <= 1e-2 and r["model.filters"] in (4, 8)
+
+
+def test_seeds_report_mean_std_and_interval(tmp_path):
+    s = _sweep([{"model.filters": 8}], seeds=2, replicas="sequential")
+    (row,) = sweep.run_sweep(s, tmp_path, quiet=True)
+    assert row["status"] == "ok" and row["seeds"] == 2
+    accs = [
+        json.loads(
+            (
+                tmp_path / "trials" / row["trial"] / f"seed{i}" / "summary.json"
+            ).read_text()
+        )["test_accuracy"]
+        for i in range(2)
+    ]
+    assert row["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
+    assert row["test_accuracy_std"] >= 0 and row["test_accuracy_ci95"] >= 0
+
+
+# --------------------------------------------------------------------------- fault tolerance
+def _write_sweep_file(tmp_path, epochs: int, filters: list[int]) -> pathlib.Path:
+    path = tmp_path / "kill.toml"
+    path.write_text(
+        f"""
+[model]
+name = "simple_cnn"
+args = {{ input_shape = [8, 8, 1], depth = 1, padding = "same", dense_units = 32 }}
+[train]
+epochs = {epochs}
+batch_size = 16
+keep_checkpoints = 1
+[sweep]
+name = "kill"
+[sweep.grid]
+"model.filters" = {filters}
+"""
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_restart_resumes_from_checkpoint(tmp_path):
+    epochs = 8
+    config = _write_sweep_file(tmp_path, epochs, [8, 16, 24])
+    workdir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "jaxcnn",
+        "sweep",
+        str(config),
+        "--workdir",
+        str(workdir),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(command, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    plans = sweep.plan(sweep.load_sweep(config))
+    victim = workdir / "trials" / plans[1].key / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait for two finished epochs of the second trial
+        if victim.is_file() and len(victim.read_text().splitlines()) >= 2:
+            break
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.05)
+    else:
+        pytest.fail("the second trial never reached epoch 2")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(victim.read_text().splitlines())
+    assert done_before < epochs
+
+    subprocess.run(command, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    rows = {r["trial"]: r for r in sweep.read_results(workdir)}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert _complete_per_key(workdir, "kill") == {p.key: 1 for p in plans}
+    first, killed, last = (rows[p.key] for p in plans)
+    assert (
+        first["attempts"] == 1 and first["epochs_this_attempt"] == epochs
+    )  # never re-run
+    assert killed["attempts"] == 2
+    assert killed["resumed_from_epoch"] >= 1  # from its checkpoint, not from scratch
+    assert killed["epochs_this_attempt"] == epochs - killed["resumed_from_epoch"]
+    assert killed["resumed_from_epoch"] <= done_before
+    records = [json.loads(line) for line in victim.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    steps_per_epoch = records[0]["step"]
+    assert [r["step"] for r in records] == [
+        steps_per_epoch * e for e in range(1, epochs + 1)
+    ]
+    assert last["attempts"] == 1 and last["resumed_from_epoch"] == 0
+
+
+@pytest.mark.slow
+def test_three_concurrent_workers_run_every_trial_once(tmp_path):
+    epochs = 2
+    config = _write_sweep_file(tmp_path, epochs, [4, 6, 8, 10, 12, 14])
+    workdir = tmp_path / "sweep"
+    rows = sweep.run_sweep(config, workdir, workers=3, quiet=True)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert set(_complete_per_key(workdir, "kill").values()) == {1}
+    for r in rows:
+        assert r["epochs_this_attempt"] == epochs and r["attempts"] == 1
+        lines = (
+            (workdir / "trials" / r["trial"] / "metrics.jsonl").read_text().splitlines()
+        )
+        assert len(lines) == epochs
