@@ -33,7 +33,7 @@ import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -227,7 +227,11 @@ def load_dataset(
             splits[part] = Split(images, labels)
         mean = std = None
         if config.standardize:
-            mean, std = _channel_stats(splits["train"].images)
+            train = splits["train"].images
+            step = _CONVERT_CHUNK
+            mean, std = _channel_stats(
+                train[i : i + step] for i in range(0, len(train), step)
+            )
             for split in splits.values():  # in place: these arrays are ours
                 np.subtract(split.images, mean, out=split.images)
                 np.divide(split.images, std, out=split.images)
@@ -242,7 +246,8 @@ def load_dataset(
         }
         mean = std = None
         if config.standardize:
-            mean, std = _stream_channel_stats(splits["train"])
+            batches = splits["train"].batches(1024)
+            mean, std = _channel_stats(b.images[b.mask > 0] for b in batches)
             splits = {
                 part: dataclasses.replace(s, mean=mean, std=std)
                 for part, s in splits.items()
@@ -761,23 +766,17 @@ def _convert_tf(images, target: tuple[int, int, int]):
     return images
 
 
-def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of [n, H, W, C] images, as float32 [C]."""
-    mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
-    std = images.std(axis=(0, 1, 2), dtype=np.float64)
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+def _channel_stats(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std, float32 [C], over chunks of [n, H, W, C] images.
 
-
-def _stream_channel_stats(split: StreamSplit) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std over a streamed split, in one pass (float64 sums)."""
-    total = np.zeros(split.image_shape[-1])
-    squares = np.zeros(split.image_shape[-1])
+    One pass with float64 sums; chunks keep the temporaries small.
+    """
+    total = squares = 0.0
     count = 0
-    for batch in split.batches(1024):
-        real = batch.images[batch.mask > 0].astype(np.float64)
-        total += real.sum(axis=(0, 1, 2))
-        squares += np.square(real).sum(axis=(0, 1, 2))
-        count += real.shape[0] * real.shape[1] * real.shape[2]
+    for chunk in chunks:
+        total = total + chunk.sum(axis=(0, 1, 2), dtype=np.float64)
+        squares = squares + np.square(chunk).sum(axis=(0, 1, 2), dtype=np.float64)
+        count += chunk.shape[0] * chunk.shape[1] * chunk.shape[2]
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
