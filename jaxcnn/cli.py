@@ -72,6 +72,14 @@ def _add_train(sub, common) -> None:
                    "--set model.filters=64 (repeatable)")
     p.add_argument("--restart", action="store_true", help="discard checkpoints in --workdir")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the best checkpoint of a finished run (its --workdir)")
+    p.add_argument("--freeze", action="append", metavar="PATTERN",
+                   help="freeze parameters whose path (conv_0/kernel, dense_7/bias, ...) "
+                   "matches this regular expression, e.g. --freeze conv (repeatable)")
+    p.add_argument("--new-head", action="store_true",
+                   help="with --init-from: re-initialise the last dense layer even when "
+                   "the class counts agree")
     p.set_defaults(func=_cmd_train)
 
 
@@ -90,6 +98,9 @@ def train_config_from_args(args: argparse.Namespace):
         "optim.optimizer": args.optimizer,
         "optim.lr": args.lr,
         "train.seed": args.seed,
+        "train.init_from": args.init_from,
+        "train.freeze": args.freeze,
+        "train.new_head": True if args.new_head else None,
     }
     config = config.with_overrides({k: v for k, v in flags.items() if v is not None})
     return config.with_overrides(dict(spec.parse_override(item) for item in args.set))
@@ -203,6 +214,95 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- viz
+def _add_viz(sub, common) -> None:
+    p = sub.add_parser("viz", parents=[common], help="PNG figures of runs, filters and images")
+    vsub = p.add_subparsers(dest="viz_command", required=True, metavar="FIGURE")
+
+    def out(q):
+        q.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
+
+    q = vsub.add_parser("featuremaps", parents=[common],
+                        help="an image's activations in every conv / pool / activation layer")
+    q.add_argument("--workdir", required=True, help="a `jaxcnn train` run directory")
+    q.add_argument("image", metavar="IMAGE", help="PNG/JPEG of any size (converted to the "
+                   "model's input shape and channels)")
+    q.add_argument("--max-channels", type=int, default=64,
+                   help="channels drawn per layer, 1..512 (default 64)")
+    out(q)
+    q.set_defaults(func=_cmd_viz_featuremaps)
+
+    q = vsub.add_parser("filters", parents=[common], help="learned kernels of a conv layer")
+    q.add_argument("--workdir", required=True, help="a `jaxcnn train` run directory")
+    q.add_argument("--layer", help="conv layer, e.g. conv_2 or residual_3/conv_0 "
+                   "(default: the first)")
+    out(q)
+    q.set_defaults(func=_cmd_viz_filters)
+
+    q = vsub.add_parser("edges", parents=[common],
+                        help="an image convolved with classic kernels (edges, Sobel, ...)")
+    q.add_argument("image", metavar="IMAGE", help="PNG/JPEG (drawn in grayscale)")
+    out(q)
+    q.set_defaults(func=_cmd_viz_edges)
+
+    q = vsub.add_parser("curves", parents=[common],
+                        help="loss and accuracy per epoch, train vs validation, runs overlaid")
+    q.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    out(q)
+    q.set_defaults(func=_cmd_viz_curves)
+
+    q = vsub.add_parser("confusion", parents=[common],
+                        help="confusion matrix of a run's best checkpoint (counts, normalised)")
+    q.add_argument("--workdir", required=True, help="a `jaxcnn train` run directory")
+    q.add_argument("--split", default="test", help="test (default), val, train")
+    out(q)
+    q.set_defaults(func=_cmd_viz_confusion)
+
+
+def _cmd_viz_featuremaps(args) -> int:
+    from jaxcnn import viz
+
+    path, notes = viz.feature_maps_for_run(
+        args.workdir, args.image, args.output, max_channels=args.max_channels
+    )
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_viz_filters(args) -> int:
+    from jaxcnn import viz
+
+    print(f"wrote {viz.filters_for_run(args.workdir, args.output, layer=args.layer)}")
+    return 0
+
+
+def _cmd_viz_edges(args) -> int:
+    from jaxcnn import viz
+
+    path, notes = viz.edges_for_image(args.image, args.output)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_viz_curves(args) -> int:
+    from jaxcnn import viz
+
+    print(f"wrote {viz.plot_curves(args.runs, args.output)}")
+    return 0
+
+
+def _cmd_viz_confusion(args) -> int:
+    from jaxcnn import viz
+
+    path, report = viz.confusion_for_run(args.workdir, args.output, split=args.split)
+    print(f"{report['split']} accuracy {report['accuracy']:.4f}; wrote {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -244,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_eval, _add_predict):
         add(sub, common)
     _add_sweep(sub, common)
+    _add_viz(sub, common)
     return parser
 
 

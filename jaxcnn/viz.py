@@ -156,7 +156,7 @@ def load_image(
     if array.ndim == 2:
         array = array[:, :, None]
     converted, notes = data.convert_images(array[None], tuple(input_shape))
-    return converted[0], [f"{path}: {mode} {size[0]}x{size[1]}", *notes]
+    return converted[0], [f"{path}: {mode} image {size[1]}x{size[0]}", *notes]
 
 
 # --------------------------------------------------------------------------- drawing

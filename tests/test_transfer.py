@@ -237,3 +237,53 @@ def test_init_from_errors(tmp_path):
 def test_head_prefix_is_last_top_level_dense():
     assert transfer.head_prefix(small_spec()) == "dense_5/"
     assert transfer.head_prefix(models.preset("keras_mnist")) == "dense_7/"
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A finished 1-epoch run of the embedded digits default."""
+    from jaxcnn import train
+
+    workdir = tmp_path_factory.mktemp("pretrain")
+    config = RunConfig().override("train.epochs", 1)
+    train.fit(config, workdir, quiet=True)
+    return workdir
+
+
+@pytest.mark.slow
+def test_fine_tune_through_cli_keeps_frozen_weights_bit_identical(digits_run, tmp_path):
+    from jaxcnn import cli, train
+
+    args = ["train", "--epochs", "2", "--workdir", str(tmp_path / "tuned"), "--quiet"]
+    args += ["--init-from", str(digits_run), "--freeze", "conv", "--new-head"]
+    assert cli.main(args) == 0
+    tuned = train.restore(tmp_path / "tuned", "latest")
+    base = train.restore(digits_run)
+    assert tuned.config.train.freeze == ("conv",) and tuned.config.train.new_head
+    got, old = flat_params(tuned.model), flat_params(base.model)
+    for path in got:
+        if path.startswith("conv"):
+            assert got[path].tobytes() == old[path].tobytes(), path
+        else:  # dense_5 trained on, dense_6 started fresh and trained
+            assert not np.array_equal(got[path], old[path]), path
+
+
+@pytest.mark.slow
+def test_cli_transfer_errors_exit_2(digits_run, tmp_path, capsys):
+    from jaxcnn import cli
+
+    base = ["train", "--epochs", "1", "--quiet"]
+    assert cli.main([*base, "--workdir", str(tmp_path / "a"), "--freeze", "block"]) == 2
+    assert "'block' matches no parameter" in capsys.readouterr().err
+    missing = ["--init-from", str(tmp_path / "none")]
+    assert cli.main([*base, "--workdir", str(tmp_path / "b"), *missing]) == 2
+    assert "not a jaxcnn run directory" in capsys.readouterr().err
+    # A model whose first conv has other filters than the run's: named with both shapes.
+    other = [*base, "--workdir", str(tmp_path / "c"), "--init-from", str(digits_run)]
+    for item in ("name=simple_cnn", "filters=16", "depth=1", "input_shape=[8, 8, 1]"):
+        other += ["--set", f"model.{item}"]
+    assert cli.main(other) == 2
+    assert "conv_0/kernel has shape (3, 3, 1, 32) in the run but (3, 3, 1, 16)" in (
+        capsys.readouterr().err
+    )

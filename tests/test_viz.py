@@ -112,7 +112,7 @@ def test_load_image_converts_any_size_and_states_it(tmp_path):
     image, notes = viz.load_image(tmp_path / "photo.jpg", (28, 28, 1))
     assert image.shape == (28, 28, 1) and image.dtype == np.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
-    assert "RGB 40x50" in notes[0] and len(notes) >= 2
+    assert "RGB image 50x40" in notes[0] and len(notes) >= 2
     gray, notes = viz.load_image(tmp_path / "photo.jpg")
     assert gray.shape == (50, 40) and notes == ["RGB image converted to grayscale"]
     (tmp_path / "bad.png").write_text("not an image")
@@ -223,3 +223,90 @@ def test_no_temp_files_left_behind(tmp_path):
     fake_metrics(tmp_path / "a")
     viz.plot_curves([tmp_path / "a"], tmp_path / "out" / "curves.png")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["curves.png"]
+
+
+# --------------------------------------------------------------------------- command line
+def test_cli_viz_errors_exit_2(tmp_path, capsys):
+    from jaxcnn import cli
+
+    out = ["-o", str(tmp_path / "x.png")]
+    assert cli.main(["viz", "curves", str(tmp_path), *out]) == 2
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+    assert cli.main(["viz", "filters", "--workdir", str(tmp_path), *out]) == 2
+    assert "not a jaxcnn run directory" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    assert cli.main(["viz", "edges", str(tmp_path / "bad.png"), *out]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert cli.main(["viz", "edges", str(tmp_path / "bad.png")]) == 2  # -o is required
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_viz_edges(tmp_path, capsys):
+    from jaxcnn import cli
+
+    rgb = np.zeros((700, 300, 3), np.uint8)
+    rgb[200:500, 100:200] = (200, 120, 40)
+    Image.fromarray(rgb).save(tmp_path / "box.jpg")
+    assert (
+        cli.main(
+            ["viz", "edges", str(tmp_path / "box.jpg"), "-o", str(tmp_path / "e.png")]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "converted to grayscale" in printed and "resized from 300x700" in printed
+    check_png(tmp_path / "e.png")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A finished 2-epoch run of the embedded digits default."""
+    from jaxcnn import train
+    from jaxcnn.spec import RunConfig
+
+    workdir = tmp_path_factory.mktemp("run")
+    train.fit(RunConfig().override("train.epochs", 2), workdir, quiet=True)
+    return workdir
+
+
+@pytest.mark.slow
+def test_cli_viz_figures_of_a_trained_run(digits_run, tmp_path, capsys):
+    from jaxcnn import cli, train
+
+    digit = np.zeros((64, 48), np.uint8)
+    digit[10:54, 20:28] = 255  # a "1", larger than the 8x8 model input
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    run = str(digits_run)
+    commands = {
+        "fm.png": ["featuremaps", "--workdir", run, str(tmp_path / "one.png")],
+        "filters.png": ["filters", "--workdir", run],
+        "filters2.png": ["filters", "--workdir", run, "--layer", "conv_1"],
+        "curves.png": ["curves", run, run],
+        "confusion.png": ["confusion", "--workdir", run],
+    }
+    for name, command in commands.items():
+        assert cli.main(["viz", *command, "-o", str(tmp_path / name)]) == 0, name
+        check_png(tmp_path / name, min_std=5.0)
+    printed = capsys.readouterr().out
+    assert "resized 64x48 -> 8x8" in printed
+    assert (
+        cli.main(
+            [
+                "viz",
+                "filters",
+                "--workdir",
+                run,
+                "--layer",
+                "conv_9",
+                "-o",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 2
+    )
+    assert "conv layers are conv_0, conv_1" in capsys.readouterr().err
+    restored = train.restore(digits_run)
+    maps = viz.feature_maps(
+        restored.model, restored.spec, np.zeros((8, 8, 1), np.float32)
+    )
+    assert [n for n, _ in maps] == ["input", "conv_0", "conv_1", "pool_2"]
