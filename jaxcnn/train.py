@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn import checkpoint, data, metrics, models, optim, shapes, transfer
 from jaxcnn.errors import CheckpointError, DataError, JaxcnnError, TrainingError
@@ -37,7 +39,8 @@ _RESUMABLE_CHANGES = ("train.epochs", "train.patience")
 def enable_compilation_cache(directory: str | None = None) -> None:
     """Turns on JAX's persistent compilation cache (shared by runs, trials, workers)."""
     directory = directory or os.environ.get(
-        "JAXCNN_COMPILATION_CACHE", str(pathlib.Path.home() / ".cache" / "jaxcnn" / "xla")
+        "JAXCNN_COMPILATION_CACHE",
+        str(pathlib.Path.home() / ".cache" / "jaxcnn" / "xla"),
     )
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", directory)
@@ -81,15 +84,26 @@ def _loss_and_metrics(model, images, labels, weights, label_smoothing):
 
 
 class Steps:
-    """The compiled functions of one run: train k steps, train 1 step, evaluate a batch."""
+    """The compiled functions of one run: train k steps, train 1 step, evaluate a batch.
+
+    Data parallel over all local devices: a 1-D mesh, parameters and optimiser state
+    replicated, every batch split along its first axis; XLA inserts the gradient
+    all-reduce. On one device this is the plain single-device program.
+    """
 
     def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, config: RunConfig):
         self.config = config
+        self.mesh = Mesh(np.array(jax.devices()), ("data",))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.by_batch = NamedSharding(self.mesh, P("data"))  # [batch, ...]
+        self.by_step_batch = NamedSharding(
+            self.mesh, P(None, "data")
+        )  # [steps, batch, ...]
         model.train()
         self.train_graph, state = nnx.split((model, optimizer))
         model.eval()
         self.eval_graph, _ = nnx.split((model, optimizer))
-        self.state = state
+        self.state = jax.device_put(state, self.replicated)
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
         seed = config.train.seed
@@ -108,13 +122,19 @@ class Steps:
                 x, y = images[indices[i]], labels[indices[i]]
             if cfg.data.augment_crop or cfg.data.augment_flip:
                 key = jax.random.fold_in(self.augment_key, step0 + i)
-                x = data.augment(x, key, crop=cfg.data.augment_crop, flip=cfg.data.augment_flip)
+                x = data.augment(
+                    x, key, crop=cfg.data.augment_crop, flip=cfg.data.augment_flip
+                )
             weights = jnp.ones(y.shape, jnp.float32)
 
             def loss_fn(model, x=x, y=y, weights=weights):
-                return _loss_and_metrics(model, x, y, weights, cfg.optim.label_smoothing)
+                return _loss_and_metrics(
+                    model, x, y, weights, cfg.optim.label_smoothing
+                )
 
-            (_, (loss_sum, correct, _)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            (_, (loss_sum, correct, _)), grads = nnx.value_and_grad(
+                loss_fn, has_aux=True
+            )(model)
             optimizer.update(model, grads)
             sums = sums + jnp.stack([loss_sum, correct, jnp.float32(y.shape[0])])
         _, state = nnx.split((model, optimizer))
@@ -125,14 +145,17 @@ class Steps:
         _, (loss_sum, correct, logits) = _loss_and_metrics(
             model, images, labels, mask, self.config.optim.label_smoothing
         )
-        return jnp.stack([loss_sum, correct, jnp.sum(mask)]), jnp.argmax(logits, axis=-1)
+        return jnp.stack([loss_sum, correct, jnp.sum(mask)]), jnp.argmax(
+            logits, axis=-1
+        )
 
     def _get(self, name: str, fn: Callable, args: tuple, donate: tuple[int, ...] = ()):
         """Compiles `fn` for these argument shapes once (ahead of time) and times it."""
         key = (name, tuple((a.shape, str(a.dtype)) for a in args[1:] if a is not None))
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            jitted = jax.jit(fn, donate_argnums=donate, out_shardings=self.replicated)
+            self._compiled[key] = jitted.lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
 
@@ -146,13 +169,19 @@ class Steps:
         self.state, sums = compiled(*args)
         return sums
 
-    def evaluate(self, batches) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
+    def evaluate(
+        self, batches
+    ) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
         """Returns ([loss_sum, correct, count], labels, predictions) of the real examples."""
         totals = jnp.zeros((3,), jnp.float32)
         labels, predictions = [], []
         for batch in batches:
-            args = (self.state, jnp.asarray(batch.images), jnp.asarray(batch.labels),
-                    jnp.asarray(batch.mask))
+            args = (
+                self.state,
+                *jax.device_put(
+                    (batch.images, batch.labels, batch.mask), self.by_batch
+                ),
+            )
             sums, preds = self._get("eval", self._eval_batch, args)(*args)
             totals = totals + sums
             keep = batch.mask > 0
@@ -170,7 +199,11 @@ class Steps:
 def resolve_spec(config: RunConfig, num_classes: int | None = None) -> ModelSpec:
     """The model spec of a run; presets and families take the dataset's class count."""
     args = dict(config.model.args)
-    if num_classes is not None and "num_classes" not in args and config.model.spec is None:
+    if (
+        num_classes is not None
+        and "num_classes" not in args
+        and config.model.spec is None
+    ):
         name = config.model.name
         if name in models.PRESETS or name in models.FAMILIES:
             args["num_classes"] = num_classes
@@ -191,7 +224,9 @@ def _config_diff(old: dict, new: dict) -> list[str]:
             path = f"{section}.{key}"
             a, b = old.get(section, {}).get(key), new[section].get(key)
             if a != b and path not in _RESUMABLE_CHANGES:
-                out.append(f"{path}: {json.dumps(a)} in the workdir vs {json.dumps(b)} now")
+                out.append(
+                    f"{path}: {json.dumps(a)} in the workdir vs {json.dumps(b)} now"
+                )
     return out
 
 
@@ -284,8 +319,11 @@ def fit(
     summary_static = shapes.infer(spec)
     metrics.write_json_atomic(
         workdir / "config.json",
-        {"run": config.to_dict(), "model_spec": spec.to_dict(),
-         "dataset": _dataset_record(dataset)},
+        {
+            "run": config.to_dict(),
+            "model_spec": spec.to_dict(),
+            "dataset": _dataset_record(dataset),
+        },
     )
 
     cfg = config.train
@@ -297,9 +335,18 @@ def fit(
             f"train.batch_size={batch_size} is larger than the {train_split.num_examples} "
             f"training examples; use a batch size <= {train_split.num_examples}"
         )
+    num_devices = jax.device_count()
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, name) % num_devices:
+            raise JaxcnnError(
+                f"train.{name}={getattr(cfg, name)} does not divide by the {num_devices} "
+                f"devices that share each batch; use a multiple of {num_devices}"
+            )
     model = models.build_model(spec, seed=cfg.seed, kernels=cfg.kernels)
     if cfg.init_from and not resume:
-        for note in transfer.init_from_run(model, spec, cfg.init_from, new_head=cfg.new_head):
+        for note in transfer.init_from_run(
+            model, spec, cfg.init_from, new_head=cfg.new_head
+        ):
             if not quiet:
                 print(note)
     tx, schedule = optim.make_optimizer(
@@ -316,7 +363,9 @@ def fit(
 
     history: list[dict[str, Any]] = []
     start_epoch, best_val = 0, -1.0
-    with checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints) as ckpt:
+    with checkpoint.Checkpointer(
+        workdir / "checkpoints", keep=cfg.keep_checkpoints
+    ) as ckpt:
         if resume:
             restored, meta = ckpt.restore("latest", _pure(steps.state))
             nnx.replace_by_pure_dict(steps.state, restored)
@@ -326,8 +375,8 @@ def fit(
         history = log.read()
         resident = isinstance(train_split, data.Split)
         if resident:
-            images_dev = jax.device_put(train_split.images)
-            labels_dev = jax.device_put(train_split.labels)
+            images_dev = jax.device_put(train_split.images, steps.replicated)
+            labels_dev = jax.device_put(train_split.labels, steps.replicated)
         epochs_without_improvement = _epochs_since_best(history)
         train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
         stopped_early = False
@@ -344,33 +393,63 @@ def fit(
                 sums = jnp.zeros((3,), jnp.float32)
                 compile_before = steps.compile_seconds
                 if resident:
-                    perm = data.epoch_permutation(cfg.seed, epoch, train_split.num_examples)
-                    order = perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+                    perm = data.epoch_permutation(
+                        cfg.seed, epoch, train_split.num_examples
+                    )
+                    order = np.asarray(perm[: steps_per_epoch * batch_size]).reshape(
+                        steps_per_epoch, batch_size
+                    )
                     done = 0
                     while done < steps_per_epoch:
                         n = k if steps_per_epoch - done >= k else 1
                         sums = sums + steps.train(
-                            images_dev, labels_dev, order[done : done + n], step0 + done
+                            images_dev,
+                            labels_dev,
+                            jax.device_put(order[done : done + n], steps.by_step_batch),
+                            step0 + done,
                         )
                         done += n
-                        _report(progress, done, sums, t0, steps.compile_seconds - compile_before,
-                                batch_size)
+                        _report(
+                            progress,
+                            done,
+                            sums,
+                            t0,
+                            steps.compile_seconds - compile_before,
+                            batch_size,
+                        )
                 else:  # streamed: stack n host batches, one dispatch
                     done, chunk = 0, []
                     for batch in train_split.batches(
-                        batch_size, seed=cfg.seed, epoch=epoch, shuffle=True, drop_remainder=True
+                        batch_size,
+                        seed=cfg.seed,
+                        epoch=epoch,
+                        shuffle=True,
+                        drop_remainder=True,
                     ):
                         chunk.append(batch)
                         if len(chunk) < (k if steps_per_epoch - done >= k else 1):
                             continue
-                        xs = jnp.asarray(np.stack([b.images for b in chunk]))
-                        ys = jnp.asarray(np.stack([b.labels for b in chunk]))
+                        xs, ys = jax.device_put(
+                            (
+                                np.stack([b.images for b in chunk]),
+                                np.stack([b.labels for b in chunk]),
+                            ),
+                            steps.by_step_batch,
+                        )
                         sums = sums + steps.train(xs, ys, None, step0 + done)
                         done, chunk = done + len(chunk), []
-                        _report(progress, done, sums, t0,
-                                steps.compile_seconds - compile_before, batch_size)
+                        _report(
+                            progress,
+                            done,
+                            sums,
+                            t0,
+                            steps.compile_seconds - compile_before,
+                            batch_size,
+                        )
                 train_loss, train_correct, train_count = (float(v) for v in sums)
-                train_time = time.perf_counter() - t0 - (steps.compile_seconds - compile_before)
+                train_time = (
+                    time.perf_counter() - t0 - (steps.compile_seconds - compile_before)
+                )
                 if not math.isfinite(train_loss):
                     raise TrainingError(
                         f"the training loss became {train_loss} in epoch {epoch + 1}; the last "
@@ -390,7 +469,8 @@ def fit(
                     "val_loss": val_loss / val_count,
                     "val_accuracy": val_correct / val_count,
                     "lr": float(schedule(step)),
-                    "epoch_seconds": time.perf_counter() - t0
+                    "epoch_seconds": time.perf_counter()
+                    - t0
                     - (steps.compile_seconds - compile_before),
                     "images_per_second": train_count / max(train_time, 1e-9),
                 }
@@ -424,7 +504,9 @@ def fit(
         (test_loss, test_correct, test_count), _, _ = steps.evaluate(
             dataset.test.batches(cfg.eval_batch_size)
         )
-        best_epoch = ckpt.read_meta(best_step)["epoch"] if best_step is not None else None
+        best_epoch = (
+            ckpt.read_meta(best_step)["epoch"] if best_step is not None else None
+        )
 
     summary = {
         "test_accuracy": test_correct / test_count,
@@ -438,7 +520,8 @@ def fit(
         "train_seconds": train_seconds,
         "compile_seconds": steps.compile_seconds,
         "images_per_second": float(np.median([r["images_per_second"] for r in history]))
-        if history else 0.0,
+        if history
+        else 0.0,
         "steps_per_dispatch": k,
         "dataset": dataset.name,
         "model": spec.name,
@@ -502,14 +585,20 @@ def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
     model, optimizer = transfer.build_run_state(config, spec)
     _, state = nnx.split((model, optimizer))
     with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
-        step = {"best": ckpt.best_step, "latest": ckpt.latest_step}.get(which, lambda: which)()
+        step = {"best": ckpt.best_step, "latest": ckpt.latest_step}.get(
+            which, lambda: which
+        )()
         if step is None:
-            raise CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+            raise CheckpointError(
+                f"no checkpoint in {workdir / 'checkpoints'}; train first"
+            )
         restored, meta = ckpt.restore(step, _pure(state))
     nnx.replace_by_pure_dict(state, restored)
     model, optimizer = nnx.merge(nnx.graphdef((model, optimizer)), state)
     model.eval()
-    return Restored(model, optimizer, config, spec, dataset_record, int(step), int(meta["epoch"]))
+    return Restored(
+        model, optimizer, config, spec, dataset_record, int(step), int(meta["epoch"])
+    )
 
 
 def evaluate(
@@ -518,7 +607,8 @@ def evaluate(
     """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint on a split."""
     run = restore(workdir, which)
     ds = data.load_dataset(
-        dataclasses.replace(run.config.data, test_split=split) if split not in ("train", "val")
+        dataclasses.replace(run.config.data, test_split=split)
+        if split not in ("train", "val")
         else run.config.data,
         input_shape=run.spec.input_shape,
     )
@@ -566,7 +656,9 @@ def predict(
         else:
             try:
                 with Image.open(item) as img:
-                    array = np.asarray(img.convert("RGB" if run.spec.input_shape[2] == 3 else "L"))
+                    array = np.asarray(
+                        img.convert("RGB" if run.spec.input_shape[2] == 3 else "L")
+                    )
             except (OSError, UnidentifiedImageError) as e:
                 results.append({"source": source, "error": f"cannot read image: {e}"})
                 continue
@@ -582,12 +674,15 @@ def predict(
             batch.append(converted[0])
         x = np.stack(batch).astype(np.float32)
         if record.get("mean") is not None:
-            x = (x - np.asarray(record["mean"], np.float32)) / np.asarray(record["std"], np.float32)
+            x = (x - np.asarray(record["mean"], np.float32)) / np.asarray(
+                record["std"], np.float32
+            )
         probs = np.asarray(jax.nn.softmax(run.model(jnp.asarray(x)), axis=-1))
         k = min(top_k, probs.shape[1])
         for row, i in zip(probs, where, strict=True):
             order = np.argsort(-row)[:k]
             results[i]["top"] = [
-                {"class": int(c), "name": names[c], "probability": float(row[c])} for c in order
+                {"class": int(c), "name": names[c], "probability": float(row[c])}
+                for c in order
             ]
     return results
