@@ -1,0 +1,349 @@
+"""spec.py: round trips through dict / JSON / TOML, and every parse / validation error."""
+
+import json
+
+import pytest
+
+from jaxcnn import models
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import (
+    ConvSpec,
+    DenseSpec,
+    ModelConfig,
+    ModelSpec,
+    PoolSpec,
+    ResidualSpec,
+    RunConfig,
+    layer_from_dict,
+    load_run_config,
+    load_spec_file,
+    parse_override,
+)
+
+KERAS_TOML = """
+input_shape = [28, 28, 1]        # H, W, C
+num_classes = 10
+layers = [
+  { type = "conv", filters = 32, kernel = 3, activation = "relu" },
+  { type = "pool", pool = "max", window = 2 },
+  { type = "conv", filters = 64, kernel = 3, activation = "relu" },
+  { type = "pool", pool = "max", window = 2 },
+  { type = "conv", filters = 64, kernel = 3, activation = "relu" },
+  { type = "flatten" },
+  { type = "dense", units = 64, activation = "relu" },
+  { type = "dense", units = 10 },
+]
+"""
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    return repr(value)
+
+
+def _to_toml(data):
+    return "\n".join(f"{k} = {_toml_value(v)}" for k, v in data.items()) + "\n"
+
+
+@pytest.mark.parametrize("name", [*models.PRESETS, "simple_cnn"])
+def test_round_trip_dict_json_toml(name, tmp_path):
+    spec = models.preset(name)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec.from_dict(json.loads(spec.to_json())) == spec
+    (tmp_path / "m.json").write_text(spec.to_json())
+    (tmp_path / "m.toml").write_text(_to_toml(spec.to_dict()))
+    assert load_spec_file(tmp_path / "m.json") == spec
+    assert load_spec_file(tmp_path / "m.toml") == spec
+
+
+def test_design_doc_toml_is_keras_mnist(tmp_path):
+    path = tmp_path / "keras.toml"
+    path.write_text(KERAS_TOML)
+    spec = load_spec_file(path)
+    assert spec.name == "keras"  # the file stem when no name is given
+    assert spec.layers == models.preset("keras_mnist").layers
+    assert spec.layers[1].stride == (2, 2)  # stride defaults to the window
+
+
+def test_array_of_tables_syntax(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text(
+        'input_shape = [8, 8, 1]\nnum_classes = 2\n[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 2\n'
+    )
+    assert [layer.type for layer in load_spec_file(path).layers] == ["flatten", "dense"]
+
+
+def test_python_conveniences():
+    conv = ConvSpec(filters=4, kernel=5, stride=[2, 1], padding=1)
+    assert conv.kernel == (5, 5) and conv.stride == (2, 1) and conv.padding == (1, 1)
+    spec = ModelSpec([8, 8, 1], 2, [{"type": "flatten"}, DenseSpec(units=2)])
+    assert spec.input_shape == (8, 8, 1) and isinstance(spec.layers, tuple)
+    hash(spec)  # usable as a static (jit) argument
+    res = ResidualSpec(layers=[conv])
+    assert isinstance(res.layers, tuple)
+
+
+def test_residual_round_trip_and_inner_names():
+    data = {
+        "type": "residual",
+        "activation": "relu",
+        "layers": [{"type": "conv", "filters": 2, "padding": "same"}],
+    }
+    layer = layer_from_dict(data, "layer 3")
+    assert layer_from_dict(layer.to_dict()) == layer
+    with pytest.raises(
+        SpecError, match=r"^layer 3\.1 \(conv\): field 'filters' must be >= 1, got 0"
+    ):
+        layer_from_dict(
+            {
+                "type": "residual",
+                "layers": [{"type": "flatten"}, {"type": "conv", "filters": 0}],
+            },
+            "layer 3",
+        )
+
+
+LAYER_ERRORS = [
+    (
+        {"type": "conv", "filters": 8, "kernal": 3},
+        "layer 2 (conv): unknown key 'kernal'; valid keys are filters, kernel",
+    ),
+    (
+        {"type": "conv", "filters": "8"},
+        "layer 2 (conv): field 'filters' must be an int, got \"8\"",
+    ),
+    (
+        {"type": "conv", "filters": 8, "kernel": [3, 3, 3]},
+        "layer 2 (conv): field 'kernel' must be an int or [h, w]",
+    ),
+    (
+        {"type": "conv", "filters": 8, "padding": "full"},
+        'layer 2 (conv): field \'padding\' must be "valid", "same"',
+    ),
+    (
+        {"type": "conv", "filters": 8, "padding": -1},
+        "layer 2 (conv): field 'padding' must be >= 0, got [-1, -1]",
+    ),
+    (
+        {"type": "conv", "filters": 8, "stride": 0},
+        "layer 2 (conv): field 'stride' must be >= 1, got [0, 0]",
+    ),
+    (
+        {"type": "conv", "filters": 6, "groups": 4},
+        "layer 2 (conv): field 'filters'=6 must be divisible by groups=4",
+    ),
+    (
+        {"type": "conv", "filters": 8, "activation": "swish"},
+        "layer 2 (conv): field 'activation' must be \"relu\"",
+    ),
+    (
+        {"type": "conv", "filters": 8, "use_bias": 1},
+        "layer 2 (conv): field 'use_bias' must be true/false, got 1",
+    ),
+    (
+        {"type": "conv", "filters": 8, "layers": []},
+        "layer 2 (conv): unknown key 'layers'",
+    ),
+    ({"type": "conv"}, "layer 2 (conv): missing required field 'filters'"),
+    (
+        {"type": "pool", "pool": "median"},
+        'layer 2 (pool): field \'pool\' must be "max" | "avg"',
+    ),
+    (
+        {"type": "pool", "window": 0},
+        "layer 2 (pool): field 'window' must be >= 1, got [0, 0]",
+    ),
+    (
+        {"type": "pool", "pool": "lp", "p": 0},
+        "layer 2 (pool): field 'p' must be > 0, got 0.0",
+    ),
+    (
+        {"type": "global_pool", "pool": "sum"},
+        'layer 2 (global_pool): field \'pool\' must be "max" | "avg", got "sum"',
+    ),
+    ({"type": "norm", "norm": "instance"}, "layer 2 (norm): field 'norm' must be"),
+    (
+        {"type": "norm", "momentum": 1.0},
+        "layer 2 (norm): field 'momentum' must be in [0, 1), got 1.0",
+    ),
+    (
+        {"type": "norm", "groups": 0},
+        "layer 2 (norm): field 'groups' must be >= 1, got 0",
+    ),
+    (
+        {"type": "dropout", "rate": 1.5},
+        "layer 2 (dropout): field 'rate' must be in [0, 1), got 1.5",
+    ),
+    (
+        {"type": "dense", "units": 0},
+        "layer 2 (dense): field 'units' must be >= 1, got 0",
+    ),
+    ({"type": "dense"}, "layer 2 (dense): missing required field 'units'"),
+    (
+        {"type": "activation", "activation": "swish"},
+        "layer 2 (activation): field 'activation' must be",
+    ),
+    (
+        {"type": "residual", "layers": []},
+        "layer 2 (residual): field 'layers' must hold at least one layer",
+    ),
+    (
+        {"type": "residual", "layers": "conv"},
+        "layer 2 (residual): field 'layers' must be a list of layer tables",
+    ),
+    (
+        {"type": "convolution"},
+        "layer 2: unknown layer type 'convolution'; valid types are conv, pool",
+    ),
+    ({"filters": 3}, "layer 2: unknown layer type None"),
+    ("conv", "layer 2: expected a table like"),
+]
+
+
+@pytest.mark.parametrize("data, message", LAYER_ERRORS)
+def test_layer_errors_name_index_kind_field_and_value(data, message):
+    spec = {
+        "input_shape": [8, 8, 1],
+        "num_classes": 2,
+        "layers": [{"type": "flatten"}, {"type": "flatten"}, data],
+    }
+    with pytest.raises(SpecError) as excinfo:
+        ModelSpec.from_dict(spec)
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"num_classes": 2, "layers": []},
+            "model spec: missing required key 'input_shape'",
+        ),
+        (
+            {"input_shape": [8, 8], "num_classes": 2, "layers": []},
+            "model spec: field 'input_shape' must be",
+        ),
+        (
+            {
+                "input_shape": [8, 0, 1],
+                "num_classes": 2,
+                "layers": [{"type": "flatten"}],
+            },
+            "input_shape must be [H, W, C] of positive ints, got [8, 0, 1]",
+        ),
+        (
+            {
+                "input_shape": [8, 8, 1],
+                "num_classes": 1,
+                "layers": [{"type": "flatten"}],
+            },
+            "num_classes must be >= 2, got 1",
+        ),
+        (
+            {"input_shape": [8, 8, 1], "num_classes": 2, "layers": []},
+            "a model needs at least one layer",
+        ),
+        (
+            {"input_shape": [8, 8, 1], "num_classes": 2, "layers": "conv"},
+            "'layers' must be a list of layer tables",
+        ),
+        (
+            {"input_shape": [8, 8, 1], "num_classes": 2, "layers": [], "colour": 1},
+            "model spec: unknown key 'colour'",
+        ),
+        ([1, 2], "a model spec must be a table/object, got list"),
+    ],
+)
+def test_model_spec_errors(data, message):
+    with pytest.raises(SpecError) as excinfo:
+        ModelSpec.from_dict(data)
+    assert message in str(excinfo.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'input_shape = [8, 8, 1]\nnum_classes = 2\nlayers = [{ type = "dense", units = "x" }]\n'
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"bad\.toml: layer 0 \(dense\): field 'units' must be an int, got \"x\"",
+    ):
+        load_spec_file(bad)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(SpecError, match="broken.json: not valid JSON"):
+        load_spec_file(broken)
+    other = tmp_path / "spec.yaml"
+    other.write_text("a: 1")
+    with pytest.raises(
+        SpecError, match="unknown file type '.yaml'; use .toml or .json"
+    ):
+        load_spec_file(other)
+
+
+def test_run_config_round_trip_and_overrides(tmp_path):
+    config = RunConfig.from_dict(
+        {
+            "model": {"name": "simple_cnn", "args": {"filters": 16}},
+            "optim": {"lr": 0.01, "step_epochs": [3, 6]},
+            "train": {"epochs": 2, "kernels": "xla"},
+        }
+    )
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    changed = config.override("model.stride", 2).override("optim.lr", 0.5)
+    assert (
+        changed.model.args == {"filters": 16, "stride": 2} and changed.optim.lr == 0.5
+    )
+    assert models.load_spec(changed.model) == models.simple_cnn(filters=16, stride=2)
+    inline = RunConfig(model=ModelConfig(name="mine", spec=models.preset("digits_cnn")))
+    assert RunConfig.from_dict(inline.to_dict()) == inline
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nname = "keras_mnist"\n[train]\nepochs = 3\n')
+    assert load_run_config(path).train.epochs == 3
+    assert parse_override("optim.lr=0.01") == ("optim.lr", 0.01)
+    assert parse_override("model.pool=avg") == ("model.pool", "avg")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"optimizer": {}}, "unknown section 'optimizer'"),
+        ({"optim": {"lr": -1}}, "optim.lr must be > 0, got -1"),
+        ({"train": {"epochs": 0}}, "train.epochs must be >= 1, got 0"),
+        (
+            {"train": {"kernels": "cuda"}},
+            '[train]: field \'kernels\' must be "auto" | "xla" | "fast"',
+        ),
+        (
+            {"data": {"val_fraction": 1.5}},
+            "data.val_fraction must be in (0, 1), got 1.5",
+        ),
+        ({"model": 3}, "[model] must be a table"),
+    ],
+)
+def test_run_config_errors(data, message):
+    with pytest.raises(SpecError) as excinfo:
+        RunConfig.from_dict(data)
+    assert message in str(excinfo.value)
+
+
+def test_override_errors():
+    with pytest.raises(SpecError, match="paths look like section.field"):
+        RunConfig().override("lr", 0.1)
+    with pytest.raises(SpecError, match="--set expects key=value"):
+        parse_override("lr")
+
+
+def test_pool_stride_defaults_to_window():
+    assert PoolSpec(window=3).stride == (3, 3)
+    assert PoolSpec(window=3, stride=1).stride == (1, 1)
