@@ -457,9 +457,17 @@ def _si(n: int) -> str:
 def format_table(summary: Summary) -> str:
     """A Keras-style table: one row per layer, then totals.
 
-    Columns: layer name (type), output shape, trainable params, FLOPs, receptive field.
+    Columns: layer name (type), output shape, trainable params, MACs, FLOPs, receptive
+    field. Layers inside a residual block are indented above the block's own row.
     """
-    header = ("Layer (type)", "Output shape", "Param #", "FLOPs", "Receptive field")
+    header = (
+        "Layer (type)",
+        "Output shape",
+        "Param #",
+        "MACs",
+        "FLOPs",
+        "Receptive field",
+    )
     rows = []
     for info in summary.layers:
         depth = info.index.count(".")
@@ -471,12 +479,13 @@ def format_table(summary: Summary) -> str:
                 label,
                 format_shape(info.output_shape),
                 f"{info.params:,}",
+                f"{info.macs:,}",
                 f"{info.flops:,}",
                 f"{info.receptive_field[0]}x{info.receptive_field[1]}",
             )
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    align = ("<", "<", ">", ">", ">")
+    align = ("<", "<", ">", ">", ">", ">")
 
     def line(cells):
         return "  ".join(
