@@ -26,6 +26,12 @@ Coordination and fault tolerance:
     failed and re-enqueued. With an RDB URL (PostgreSQL, SQLite) Optuna's heartbeat does
     the same across machines. The re-enqueued copy uses the same run directory, so `fit`
     resumes from its last checkpoint; completed trials are never run again.
+
+Storage notes (Optuna 5.0): only RDBStorage has heartbeats; JournalStorage has none, hence
+the flock liveness check above, which holds on one machine only. An SQLite file shared by
+several local workers needs a busy timeout (set here: 120 s). Do not put SQLite (or the
+journal file) on a network filesystem: its locking is unreliable there. For workers on
+many machines use PostgreSQL (`--storage postgresql://...`) and a shared workdir.
 """
 
 from __future__ import annotations
