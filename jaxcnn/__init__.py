@@ -26,6 +26,8 @@ _LAZY = {
     "load_spec": "jaxcnn.models",
     "build_model": "jaxcnn.models",
     "PRESETS": "jaxcnn.models",
+    "FAMILIES": "jaxcnn.models",
+    "param_paths": "jaxcnn.models",
     "load_dataset": "jaxcnn.data",
     "fit": "jaxcnn.train",
     "evaluate": "jaxcnn.train",
