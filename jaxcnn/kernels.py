@@ -35,8 +35,7 @@ PoolImpl = Literal["xla", "fast"]
 PoolKind = Literal["max", "avg", "sum", "lp", "geometric", "harmonic"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-# geometric and harmonic means are defined for positive inputs; clamp so that a zero
-# activation gives a finite value and gradient instead of -inf/nan.
+# keeps log / reciprocal finite in geometric and harmonic pooling (as layers.POOL_EPS)
 POSITIVE_EPS = 1e-6
 
 
@@ -300,6 +299,21 @@ def _window_sum(x, window, stride, padding, impl):
     return _reduce_window(x, 0.0, lax.add, window, stride, padding)
 
 
+def _window_mean(x, window, stride, padding, impl):
+    """Mean over the real (unpadded) cells of each window, as Keras' average pooling."""
+    total = _window_sum(x, window, stride, padding, impl)
+    if padding == ((0, 0), (0, 0)):
+        return total / (window[0] * window[1])
+    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    return total / _window_sum(ones, window, stride, padding, impl)  # constant-folded
+
+
+def _safe_pow(x: jax.Array, power: float) -> jax.Array:
+    """x**power for x >= 0, with a zero (not NaN) gradient where x == 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.where(positive, x, 1.0) ** power, 0.0)
+
+
 def pool2d(
     x: jax.Array,
     *,
@@ -312,10 +326,14 @@ def pool2d(
 ) -> jax.Array:
     """2-D pooling over windows of an NHWC array (floor mode).
 
-    Kinds (n = window area; padding counts as zeros, or -inf for max):
-      max: max over the window.  sum: sum.  avg: sum / n (padding included in n).
-      lp: (sum x^p)^(1/p) (as torch.nn.LPPool2d).  geometric: exp(mean(log x)).
-      harmonic: n / sum(1 / x). geometric and harmonic clamp x to >= POSITIVE_EPS.
+    Kinds, with n = number of real (unpadded) cells in the window:
+      max: maximum; padding (-inf) never wins.
+      avg: sum / n (padding excluded from the count, as in Keras).
+      sum: sum (zero padding adds nothing).
+      lp: (sum |x|^p / n)^(1/p); p=1 is the mean absolute value, large p approaches max.
+      geometric: exp(mean(log(max(x, 0) + eps))); domain x >= 0 (negatives clamp to 0).
+      harmonic: n / sum(1 / (max(x, 0) + eps)); domain and clamping as geometric.
+    eps = POSITIVE_EPS keeps the log and reciprocal finite at 0.
 
     Args:
       x: [N, H, W, C].
@@ -324,9 +342,9 @@ def pool2d(
       stride: (sh, sw), an int, or None for the window.
       padding: explicit ((top, bottom), (left, right)).
       impl: "xla" (lax.reduce_window, differentiated by JAX) or "fast": max gets a
-        custom VJP (first-maximum mask, same tie rule as XLA; overlapping windows and
-        padding handled by scatter-add of the masked taps); sum/avg and the kinds built
-        on them use a reshape-sum when stride == window, else reduce_window.
+        custom VJP (first-maximum mask, the same tie rule as XLA; overlapping windows and
+        padding handled by a scatter-add of the masked taps); the other kinds sum with a
+        reshape when stride == window, else reduce_window.
       p: the exponent of "lp".
 
     Returns:
@@ -341,19 +359,18 @@ def pool2d(
         if impl == "fast":
             return _max_pool_fast(x, window, stride, padding, False)
         return _reduce_window(x, -jnp.inf, lax.max, window, stride, padding)
-    n = window[0] * window[1]
+    args = (window, stride, padding, impl)
     if kind == "sum":
-        return _window_sum(x, window, stride, padding, impl)
+        return _window_sum(x, *args)
     if kind == "avg":
-        return _window_sum(x, window, stride, padding, impl) / n
+        return _window_mean(x, *args)
     if kind == "lp":
-        return _window_sum(x**p, window, stride, padding, impl) ** (1.0 / p)
+        return _safe_pow(_window_mean(_safe_pow(jnp.abs(x), p), *args), 1 / p)
+    clamped = jnp.maximum(x, 0.0) + POSITIVE_EPS
     if kind == "geometric":
-        logs = jnp.log(jnp.maximum(x, POSITIVE_EPS))
-        return jnp.exp(_window_sum(logs, window, stride, padding, impl) / n)
+        return jnp.exp(_window_mean(jnp.log(clamped), *args))
     if kind == "harmonic":
-        inv = 1.0 / jnp.maximum(x, POSITIVE_EPS)
-        return n / _window_sum(inv, window, stride, padding, impl)
+        return 1.0 / _window_mean(1.0 / clamped, *args)
     raise ValueError(
         f"pool2d kind must be one of max, avg, sum, lp, geometric, harmonic; got {kind!r}"
     )

@@ -19,6 +19,7 @@ from flax import nnx
 from jax import lax
 
 from jaxcnn import filters, shapes
+from jaxcnn import kernels as ops
 from jaxcnn.spec import (
     ActivationSpec,
     ConvSpec,
@@ -61,13 +62,43 @@ def activate(x: jax.Array, name: str) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- conv
-def conv2d(layer: nnx.Conv, x: jax.Array, kernels: Kernels = "auto") -> jax.Array:
+def resolve_impl(kernels: Kernels, op: Literal["conv", "pool"], groups: int = 1) -> str:
+    """The kernels.py implementation for `kernels` on the default backend.
+
+    "xla" is flax/XLA everywhere; "fast" forces the hand-written kernels ("im2col" convs,
+    "fast" max-pool); "auto" asks kernels.choose_impl (fast on CPU, XLA on GPU/TPU).
+    """
+    if kernels == "auto":
+        return ops.choose_impl(jax.default_backend(), op, groups=groups)
+    if kernels == "fast":
+        return "im2col" if op == "conv" else "fast"
+    return "xla"
+
+
+def conv2d(
+    layer: nnx.Conv, x: jax.Array, kernels: Kernels = "auto", padding=None
+) -> jax.Array:
     """The single convolution call site: [batch, H, W, Cin] -> [batch, Ho, Wo, filters].
 
-    `kernels` picks the implementation; today every value runs flax's nnx.Conv (XLA conv).
+    Runs `layer.impl` (set at build from `kernels`, see `resolve_impl`): "xla" is
+    flax's nnx.Conv, "im2col" kernels.conv2d with the layer's own kernel and bias (same
+    parameters either way). `padding` overrides the layer's (border crop).
     """
-    del kernels  # "fast" kernels plug in here
-    return nnx.Conv.__call__(layer, x)
+    impl = getattr(layer, "impl", None) or resolve_impl(
+        kernels, "conv", layer.feature_group_count
+    )
+    if impl == "xla" and padding is None:
+        return nnx.Conv.__call__(layer, x)
+    y = ops.conv2d(
+        x,
+        layer.kernel[...],
+        stride=layer.strides,
+        padding=layer.padding if padding is None else padding,
+        dilation=layer.kernel_dilation,
+        groups=layer.feature_group_count,
+        impl=impl,
+    )
+    return y if layer.bias is None else y + layer.bias[...].reshape(1, 1, 1, -1)
 
 
 class Conv(nnx.Conv):
@@ -105,6 +136,8 @@ class Conv(nnx.Conv):
             self.kernel.set_value(jnp.asarray(kernel))
         self.activation = spec.activation
         self.kernels = kernels
+        self.impl = resolve_impl(kernels, "conv", spec.groups)  # see set_kernels
+        self.input_hw = tuple(input_shape[:2])
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[batch, H, W, Cin] -> [batch, Ho, Wo, filters]."""
@@ -133,9 +166,16 @@ def max_pool(
     padding: Pads,
     kernels: Kernels = "auto",
 ) -> jax.Array:
-    """The single max-pool call site; padded cells are -inf, so they never win."""
-    del kernels  # "fast" kernels plug in here
-    return nnx.max_pool(x, window, strides, padding)
+    """The single max-pool call site; padded cells are -inf, so they never win.
+
+    `kernels` is "auto" | "xla" | "fast" (see `resolve_impl`) or a kernels.py impl.
+    """
+    impl = kernels if kernels in ("xla", "fast") else resolve_impl(kernels, "pool")
+    if impl == "xla":
+        return nnx.max_pool(x, window, strides, padding)
+    return ops.pool2d(
+        x, kind="max", window=window, stride=strides, padding=padding, impl=impl
+    )
 
 
 def _mean_pool(x, window, strides, padding):
@@ -205,7 +245,7 @@ class Pool(nnx.Module):
             spec.padding, input_shape[:2], spec.window, spec.stride
         )
         self.p = spec.p
-        self.kernels = kernels
+        self.kernels = resolve_impl(kernels, "pool")  # "xla" | "fast", see set_kernels
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return pool2d(
@@ -287,7 +327,13 @@ def make_layer(
 
 
 class Sequential(nnx.Module):
-    """Layers applied in order; each is an attribute named `<type>_<position>`."""
+    """Layers applied in order; each is an attribute named `<type>_<position>`.
+
+    A conv directly followed by a pool may run as one unit (`conv_pool`): the conv skips
+    the output rows/cols the pool never reads (`crop`) and a ReLU + max-pool pair uses
+    one fused custom VJP (`fuse_relu_pool`). Both are on by default with fast kernels
+    (kernels="fast", or "auto" on CPU) and give the same logits and gradients.
+    """
 
     def _add_layers(self, specs, index_prefix, summary, *, kernels, rngs) -> None:
         names = []
@@ -299,15 +345,110 @@ class Sequential(nnx.Module):
             setattr(self, name, layer)
             names.append(name)
         self.layer_names = tuple(names)
+        fast = resolve_impl(kernels, "pool") == "fast"
+        self.crop = self.fuse_relu_pool = fast
+        self.pairs = tuple(
+            (i, _border_crop(getattr(self, a), getattr(self, b)))
+            for i, (a, b) in enumerate(zip(names, names[1:], strict=False))
+            if isinstance(getattr(self, a), Conv) and isinstance(getattr(self, b), Pool)
+        )
 
     def named_layers(self) -> list[tuple[str, nnx.Module]]:
         """(attribute name, module) in call order."""
         return [(name, getattr(self, name)) for name in self.layer_names]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for name in self.layer_names:
-            x = getattr(self, name)(x)
+        pairs = dict(self.pairs) if (self.crop or self.fuse_relu_pool) else {}
+        i = 0
+        while i < len(self.layer_names):
+            layer = getattr(self, self.layer_names[i])
+            if i in pairs:
+                pool = getattr(self, self.layer_names[i + 1])
+                x = conv_pool(layer, pool, x, pairs[i], self.crop, self.fuse_relu_pool)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
+
+
+def _border_crop(conv: Conv, pool: Pool) -> ops.BorderCrop:
+    def pair(v):
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    return ops.border_crop(
+        conv.input_hw,
+        kernel=conv.kernel_size,
+        stride=pair(conv.strides),
+        dilation=pair(conv.kernel_dilation),
+        padding=conv.padding,
+        pool_window=pool.window,
+        pool_stride=pool.strides,
+        pool_padding=pool.padding,
+    )
+
+
+def conv_pool(
+    conv: Conv,
+    pool: Pool,
+    x: jax.Array,
+    plan: ops.BorderCrop,
+    crop: bool = True,
+    fuse_relu_pool: bool = True,
+) -> jax.Array:
+    """pool(conv(x)) computing only what the pool reads; same values and gradients.
+
+    Args:
+      conv, pool: adjacent layers.
+      x: [batch, H, W, Cin] conv input.
+      plan: the static crop (kernels.border_crop) of this pair.
+      crop: skip the conv rows/cols the pool never reads.
+      fuse_relu_pool: ReLU + max-pool as one custom VJP (kernels.relu_max_pool).
+
+    Returns:
+      [batch, Ho, Wo, filters], the pool output.
+    """
+    conv_pads, pool_pads = conv.padding, pool.padding
+    if crop and not plan.is_noop:
+        x = x[:, : plan.in_keep[0], : plan.in_keep[1], :]
+        conv_pads, pool_pads = plan.conv_padding, plan.pool_padding
+    y = conv2d(conv, x, conv.kernels, padding=conv_pads)
+    if fuse_relu_pool and conv.activation == "relu" and pool.kind == "max":
+        return ops.relu_max_pool(
+            y,
+            window=pool.window,
+            stride=pool.strides,
+            padding=pool_pads,
+            impl="fast" if pool.kernels == "fast" else "xla",
+        )
+    y = activate(y, conv.activation)
+    return pool2d(
+        y, pool.kind, pool.window, pool.strides, pool_pads, pool.p, pool.kernels
+    )
+
+
+def set_kernels(
+    model: nnx.Module,
+    *,
+    conv: Literal["xla", "im2col"] | None = None,
+    pool: Literal["xla", "fast"] | None = None,
+    fuse_relu_pool: bool | None = None,
+    crop: bool | None = None,
+) -> None:
+    """Forces kernel choices on every layer of a built model (None leaves one as is).
+
+    The parameters are untouched; a jitted function of the model recompiles.
+    """
+    for _, module in model.iter_modules():
+        if isinstance(module, Conv) and conv is not None:
+            module.impl = conv
+        if isinstance(module, Pool) and pool is not None:
+            module.kernels = pool
+        if isinstance(module, Sequential):
+            if fuse_relu_pool is not None:
+                module.fuse_relu_pool = fuse_relu_pool
+            if crop is not None:
+                module.crop = crop
 
 
 class Residual(Sequential):

@@ -1,0 +1,80 @@
+"""Models built with the fast kernels equal the XLA-kernel models: logits and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import layers, models
+
+
+@nnx.jit
+def _logits_and_grads(model, x):
+    def loss(model, x):
+        return jnp.mean(model(x) ** 2)
+
+    grads = nnx.grad(loss)(model, x)
+    return model(x), nnx.state(grads, nnx.Param)
+
+
+def _assert_close(a, b, rtol=2e-5):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        scale = float(jnp.abs(v).max()) + 1e-12
+        np.testing.assert_allclose(
+            np.asarray(u), np.asarray(v), rtol=0, atol=rtol * scale
+        )
+
+
+# the two larger presets compile for ~10-30 s on 2 cores
+SLOW = ("resnet_cifar", "vgg_cifar")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+        for n in sorted(models.PRESETS)
+    ],
+)
+def test_fast_kernels_match_xla_for_every_preset(name):
+    spec = models.preset(name)
+    x = jnp.asarray(
+        np.random.default_rng(0).uniform(size=(2, *spec.input_shape)), jnp.float32
+    )
+    fast = models.build_model(spec, seed=0, kernels="fast")
+    xla = models.build_model(spec, seed=0, kernels="xla")
+    # same parameter tree, names and values
+    assert models.param_paths(fast) == models.param_paths(xla)
+    _assert_close(nnx.state(fast, nnx.Param), nnx.state(xla, nnx.Param), rtol=0)
+    _assert_close(_logits_and_grads(fast, x), _logits_and_grads(xla, x))
+
+
+def test_fast_kernels_are_used_and_levers_can_be_forced():
+    spec = models.preset("keras_mnist")
+    model = models.build_model(spec, seed=0, kernels="fast")
+    assert model.conv_0.impl == "im2col" and model.pool_1.kernels == "fast"
+    assert model.crop and model.fuse_relu_pool
+    # conv_2 (13x13 -> 11x11) feeds a 2x2 pool that never reads row/col 10
+    plans = dict(model.pairs)
+    assert plans[2].dead == (1, 1) and plans[0].is_noop
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 28, 28, 1)), jnp.float32)
+    want = _logits_and_grads(models.build_model(spec, seed=0, kernels="xla"), x)
+    for conv, pool, fuse, crop in [
+        ("xla", "fast", False, False),
+        ("xla", "fast", True, False),
+        ("xla", "xla", True, True),
+        ("im2col", "xla", False, True),
+    ]:
+        layers.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
+        assert model.conv_2.impl == conv and model.pool_3.kernels == pool
+        _assert_close(_logits_and_grads(model, x), want)
+
+
+def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
+    xla = models.build_model(models.preset("keras_mnist"), kernels="xla")
+    assert xla.conv_0.impl == "xla" and xla.pool_1.kernels == "xla"
+    assert not xla.crop and not xla.fuse_relu_pool
+    auto = models.build_model(models.preset("keras_mnist"), kernels="auto")
+    expected = "im2col" if jax.default_backend() == "cpu" else "xla"
+    assert auto.conv_0.impl == expected
