@@ -1,6 +1,7 @@
 """Transfer learning: freeze masks, frozen weights staying bit-identical, init from a run."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -207,7 +208,7 @@ def test_init_from_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"not a jaxcnn run directory"):
         transfer.init_from_run(model, spec, tmp_path / "nothing", new_head=False)
 
-    fake_run(tmp_path / "run", spec)
+    fake_run(tmp_path / "run", spec, train=False)
     rgb = small_spec(channels=3)
     with pytest.raises(
         CheckpointError, match=r"takes 1 input channel.*this model takes 3"
@@ -226,7 +227,7 @@ def test_init_from_errors(tmp_path):
         )
 
     empty = tmp_path / "empty"
-    fake_run(empty, spec)
+    fake_run(empty, spec, train=False)
     import shutil
 
     shutil.rmtree(empty / "checkpoints")
@@ -287,3 +288,32 @@ def test_cli_transfer_errors_exit_2(digits_run, tmp_path, capsys):
     assert "conv_0/kernel has shape (3, 3, 1, 32) in the run but (3, 3, 1, 16)" in (
         capsys.readouterr().err
     )
+
+
+def test_transfer_experiment_points(monkeypatch):
+    """Frozen points freeze only convolutions and start from the pre-training run."""
+    import importlib.util
+
+    from jaxcnn import train
+
+    path = pathlib.Path(__file__).parents[1] / "experiments" / "transfer.py"
+    module_spec = importlib.util.spec_from_file_location("exp_transfer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    monkeypatch.setenv(module.PRETRAINED_ENV, "/runs/x/pretrain")
+    for smoke in (True, False):
+        points = module.sweep(smoke)
+        assert len(points) == 3 * (2 if smoke else 3)
+        for point in points:
+            config = module.base(smoke).with_overrides(point)
+            spec = train.resolve_spec(config, 10)
+            model = models.build_model(spec)
+            frozen = transfer.frozen_paths(model, spec, config.train.freeze)
+            if point["train.freeze"]:
+                assert config.train.init_from == "/runs/x/pretrain"
+                assert frozen and all(p.startswith("conv") for p in frozen)
+            else:
+                assert frozen == []
+        assert {module._variant_of(p) for p in points} == set(module.VARIANTS)
+    pre = module.pretrain_config(False)
+    assert (pre.data.dataset, pre.model.name) == ("mnist", "keras_mnist")

@@ -141,10 +141,25 @@ def test_plot_filters_first_and_named_layer(tmp_path):
 
 
 def test_conv_kernel_finds_residual_convs():
-    model = models.build_model(models.preset("resnet_cifar", blocks_per_stage=1))
-    name, kernel = viz.conv_kernel(model, "residual_4/proj")
-    assert kernel.shape == (1, 1, 16, 32)
-    assert viz.conv_kernel(model, "residual_3/conv_0")[1].shape == (3, 3, 16, 16)
+    body = (
+        ConvSpec(filters=6, kernel=3, padding="same"),
+        ConvSpec(filters=6, kernel=1),
+    )
+    spec = ModelSpec(
+        (6, 6, 2),
+        2,
+        (
+            ConvSpec(filters=4, kernel=3, padding="same"),
+            {"type": "residual", "layers": [c.to_dict() for c in body]},
+            {"type": "global_pool"},
+            DenseSpec(units=2),
+        ),
+    )
+    model = models.build_model(spec)
+    name, kernel = viz.conv_kernel(model, "residual_1/proj")
+    assert kernel.shape == (1, 1, 4, 6)
+    assert viz.conv_kernel(model, "residual_1/conv_0")[1].shape == (3, 3, 4, 6)
+    assert viz.conv_kernel(model, "residual_1/conv_1")[1].shape == (1, 1, 6, 6)
 
 
 # --------------------------------------------------------------------------- edges
