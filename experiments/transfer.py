@@ -17,9 +17,10 @@ python experiments/transfer.py --smoke                          seconds (digits 
    10,000-image test set, for each run's best-validation checkpoint.
 The comparison table goes to WORKDIR/transfer.md and is printed.
 
-Expect: with few images the MNIST features help (frozen / finetune above scratch at 250
-images); with more data scratch catches up, and the frozen base, which never saw
-clothes, falls behind the runs that adapt their convolutions.
+Expect (measured, experiments/results/transfer.md): fine-tuning the MNIST-initialised
+network is best at every size but within ~1 point of scratch (one seed); the frozen MNIST
+base, which never saw clothes, trails both by 3-4.5 points (0.70 / 0.77 / 0.79 test
+accuracy at 250 / 1,000 / 4,000 images vs 0.73 / 0.80 / 0.83 from scratch).
 """
 
 from __future__ import annotations
