@@ -5,7 +5,13 @@ The names below are the public API; heavy modules (JAX, TFDS) load on first use.
 
 import importlib
 
-from jaxcnn.errors import CheckpointError, DataError, JaxcnnError, SpecError, TrainingError
+from jaxcnn.errors import (
+    CheckpointError,
+    DataError,
+    JaxcnnError,
+    SpecError,
+    TrainingError,
+)
 from jaxcnn.spec import (
     DataConfig,
     LayerSpec,
@@ -34,6 +40,9 @@ _LAZY = {
     "predict": "jaxcnn.train",
     "restore": "jaxcnn.train",
     "run_sweep": "jaxcnn.sweep",
+    "feature_maps": "jaxcnn.viz",
+    "init_from_run": "jaxcnn.transfer",
+    "trainable_mask": "jaxcnn.transfer",
 }
 
 __all__ = [

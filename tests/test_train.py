@@ -51,24 +51,56 @@ def test_default_train_reaches_95_percent_on_embedded_digits(tmp_path):
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
-    for key in ("epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                "lr", "epoch_seconds", "images_per_second"):
+    for key in (
+        "epoch",
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "epoch_seconds",
+        "images_per_second",
+    ):
         assert key in records[0]
-    for key in ("test_accuracy", "test_loss", "best_val_accuracy", "epochs", "total_params",
-                "train_seconds", "compile_seconds", "images_per_second", "dataset", "model",
-                "num_devices", "backend"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "best_val_accuracy",
+        "epochs",
+        "total_params",
+        "train_seconds",
+        "compile_seconds",
+        "images_per_second",
+        "dataset",
+        "model",
+        "num_devices",
+        "backend",
+    ):
         assert key in summary
     assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event files"
     config = json.loads((workdir / "config.json").read_text())
     assert config["model_spec"]["name"] == "digits_cnn"
 
 
-def test_mnist_keras_convnet_one_epoch_reaches_98_percent(tmp_path, tfds_dir, shared_data):
+def test_mnist_keras_convnet_one_epoch_reaches_98_percent(
+    tmp_path, tfds_dir, shared_data
+):
     """The classic Keras MNIST convnet, one epoch on real MNIST built from raw files."""
     result = _run_cli(
-        "train", "--model", "keras_mnist", "--dataset", "mnist", "--data-dir", str(tfds_dir),
-        "--manual-dir", str(shared_data / "mnist"), "--epochs", "1",
-        "--workdir", str(tmp_path / "run"),
+        "train",
+        "--model",
+        "keras_mnist",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tfds_dir),
+        "--manual-dir",
+        str(shared_data / "mnist"),
+        "--epochs",
+        "1",
+        "--workdir",
+        str(tmp_path / "run"),
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -79,12 +111,19 @@ def test_mnist_keras_convnet_one_epoch_reaches_98_percent(tmp_path, tfds_dir, sh
 def test_no_recompilation_after_first_step_and_eval(tmp_path):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, duration, **kw: compiles.append(event)
-        if event == "/jax/core/compile/backend_compile_duration" else None
+        lambda event, duration, **kw: (
+            compiles.append(event)
+            if event == "/jax/core/compile/backend_compile_duration"
+            else None
+        )
     )
     counts = []
-    train.fit(_digits(**{"train.epochs": 3}), tmp_path / "run", quiet=True,
-              on_epoch=lambda record: counts.append(len(compiles)))
+    train.fit(
+        _digits(**{"train.epochs": 3}),
+        tmp_path / "run",
+        quiet=True,
+        on_epoch=lambda record: counts.append(len(compiles)),
+    )
     assert counts[0] > 0
     assert counts[1] == counts[0] == counts[2], "epochs after the first compiled again"
 
@@ -106,14 +145,23 @@ _KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path, tfds_dir, shared_data):
-    config = RunConfig().with_overrides({
-        "model.name": "keras_mnist", "data.dataset": "mnist", "data.data_dir": str(tfds_dir),
-        "data.train_examples": 3072, "train.epochs": 4, "train.batch_size": 64,
-        "model.name": "keras_mnist",
-    })
+    config = RunConfig().with_overrides(
+        {
+            "model.name": "keras_mnist",
+            "data.dataset": "mnist",
+            "data.data_dir": str(tfds_dir),
+            "data.train_examples": 3072,
+            "train.epochs": 4,
+            "train.batch_size": 64,
+        }
+    )
     script = _KILL_SCRIPT.format(config=config.to_dict(), kill_after=2, delay=0.6)
-    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")],
-                            capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     epochs_done = len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines())
     assert 2 <= epochs_done < 4
@@ -121,9 +169,17 @@ def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path, tfds_dir, shared_
     fresh = train.fit(config, tmp_path / "b", quiet=True)
     a, b = _params(resumed.model), _params(fresh.model)
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    ma = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    mb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")}  # noqa: E731
+    ma = [
+        json.loads(x)
+        for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    mb = [
+        json.loads(x)
+        for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    strip = lambda r: {
+        k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")
+    }  # noqa: E731
     assert [strip(r) for r in ma] == [strip(r) for r in mb]
 
 
@@ -134,16 +190,24 @@ def test_resume_in_process_is_exact_and_extends_epochs(tmp_path):
     four = train.fit(_digits(**{"train.epochs": 4}), tmp_path / "a", quiet=True)
     straight = train.fit(_digits(**{"train.epochs": 4}), tmp_path / "b", quiet=True)
     assert four.epochs == 4
-    jax.tree.map(np.testing.assert_array_equal, _params(four.model), _params(straight.model))
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(four.model), _params(straight.model)
+    )
 
 
 def test_workdir_with_different_config_is_refused(tmp_path):
     train.fit(_digits(**{"train.epochs": 1}), tmp_path / "a", quiet=True)
     with pytest.raises(Exception, match="different config.*optim.lr"):
-        train.fit(_digits(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path / "a", quiet=True)
+        train.fit(
+            _digits(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path / "a", quiet=True
+        )
     # --restart discards the old run instead
-    result = train.fit(_digits(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path / "a",
-                       quiet=True, restart=True)
+    result = train.fit(
+        _digits(**{"train.epochs": 1, "optim.lr": 0.01}),
+        tmp_path / "a",
+        quiet=True,
+        restart=True,
+    )
     assert result.epochs == 1
 
 
@@ -154,8 +218,17 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_nan_via_cli_exits_2_without_traceback(tmp_path):
-    result = _run_cli("train", "--workdir", str(tmp_path / "r"), "--epochs", "2",
-                      "--optimizer", "sgd", "--lr", "1e12")
+    result = _run_cli(
+        "train",
+        "--workdir",
+        str(tmp_path / "r"),
+        "--epochs",
+        "2",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e12",
+    )
     assert result.returncode == 2
     assert "became" in result.stderr and "Traceback" not in result.stderr
 
@@ -185,15 +258,22 @@ def test_eval_and_predict_commands(tmp_path):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    image = Image.fromarray((digits.images[-1] * 255 / 16).astype(np.uint8)).resize((64, 64))
+    image = Image.fromarray((digits.images[-1] * 255 / 16).astype(np.uint8)).resize(
+        (64, 64)
+    )
     image.save(tmp_path / "digit.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     out = train.predict(workdir, [tmp_path / "digit.png", tmp_path / "broken.png"])
     assert "error" in out[1] and "broken.png" in out[1]["source"]
     probs = [t["probability"] for t in out[0]["top"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
-    result = _run_cli("predict", "--workdir", str(workdir), str(tmp_path / "digit.png"),
-                      str(tmp_path / "broken.png"))
+    result = _run_cli(
+        "predict",
+        "--workdir",
+        str(workdir),
+        str(tmp_path / "digit.png"),
+        str(tmp_path / "broken.png"),
+    )
     assert result.returncode == 2
     assert "broken.png" in result.stderr
     assert "digit.png" in result.stdout
@@ -216,4 +296,6 @@ def test_unknown_dataset_and_impossible_channels_exit_2(tmp_path):
     assert result.returncode == 2 and "mnist" in result.stderr
     assert "Traceback" not in result.stderr
     with pytest.raises(DataError):
-        train.fit(_digits(**{"model.input_shape": [8, 8, 2]}), tmp_path / "r2", quiet=True)
+        train.fit(
+            _digits(**{"model.input_shape": [8, 8, 2]}), tmp_path / "r2", quiet=True
+        )
