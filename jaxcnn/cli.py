@@ -80,6 +80,21 @@ def _add_train(sub, common) -> None:
     p.add_argument("--new-head", action="store_true",
                    help="with --init-from: re-initialise the last dense layer even when "
                    "the class counts agree")
+    g = p.add_argument_group(
+        "several processes (hosts)",
+        "one `jaxcnn train` per host (or per GPU), same flags except --process-id; "
+        "srun / mpirun jobs and JAX_COORDINATOR_ADDRESS are detected without flags",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0, reachable from every process")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
+    g.add_argument("--init-timeout", type=int, metavar="S",
+                   help="seconds to wait for all processes to join (default 120, "
+                   "env JAXCNN_INIT_TIMEOUT)")
+    g.add_argument("--heartbeat-timeout", type=int, metavar="S",
+                   help="seconds after which a silent process stops the job (default "
+                   "30, env JAXCNN_HEARTBEAT_TIMEOUT)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -107,10 +122,20 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args) -> int:
-    from jaxcnn import train
+    from jaxcnn import distributed, train
 
+    # before anything touches JAX devices
+    distributed.initialize(
+        args.coordinator, args.num_processes, args.process_id,
+        init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout,
+        verbose=not args.quiet,
+    )
     config = train_config_from_args(args)
-    train.fit(config, args.workdir, restart=args.restart, quiet=args.quiet)
+    try:
+        train.fit(config, args.workdir, restart=args.restart, quiet=args.quiet)
+    except Exception as e:  # several processes: leave at once so the others stop too
+        distributed.exit_on_error(e, debug=getattr(args, "debug", False))
+        raise
     return 0
 
 

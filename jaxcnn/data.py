@@ -162,6 +162,19 @@ class StreamSplit:
         for images, labels in tfds.as_numpy(ds):
             yield _padded_batch(images, labels, batch_size)
 
+    def shard(self, index: int, count: int) -> StreamSplit:
+        """Part `index` of `count` equal, disjoint parts (one per training process).
+
+        Uses TFDS split slicing (`tfds.even_splits`), so each process reads only its own
+        files/ranges; the up to count - 1 examples that do not divide evenly are dropped.
+        """
+        if count == 1:
+            return self
+        part = _tfds().even_splits(self.split, n=count, drop_remainder=True)[index]
+        return dataclasses.replace(
+            self, split=part, num_examples=self.num_examples // count
+        )
+
     def _convert(self, images):
         tf = _tf()
         out = _convert_tf(tf.cast(images, tf.float32) / 255.0, self.image_shape)

@@ -28,7 +28,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn import checkpoint, data, metrics, models, optim, shapes, transfer
+from jaxcnn import (
+    checkpoint,
+    data,
+    distributed,
+    metrics,
+    models,
+    optim,
+    shapes,
+    transfer,
+)
 from jaxcnn.errors import CheckpointError, DataError, JaxcnnError, TrainingError
 from jaxcnn.spec import ModelSpec, RunConfig
 
@@ -86,9 +95,11 @@ def _loss_and_metrics(model, images, labels, weights, label_smoothing):
 class Steps:
     """The compiled functions of one run: train k steps, train 1 step, evaluate a batch.
 
-    Data parallel over all local devices: a 1-D mesh, parameters and optimiser state
-    replicated, every batch split along its first axis; XLA inserts the gradient
-    all-reduce. On one device this is the plain single-device program.
+    Data parallel over all devices of all processes: a 1-D mesh, parameters and
+    optimiser state replicated, every batch split along its first axis; XLA inserts the
+    gradient all-reduce. On one device this is the plain single-device program. Arrays
+    enter through `_put` / `_put_local`, which build global arrays from what each
+    process holds, so one process and many run the same code.
     """
 
     def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, config: RunConfig):
@@ -103,7 +114,7 @@ class Steps:
         self.train_graph, state = nnx.split((model, optimizer))
         model.eval()
         self.eval_graph, _ = nnx.split((model, optimizer))
-        self.state = jax.device_put(state, self.replicated)
+        self.state = _put(state, self.replicated)
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
         seed = config.train.seed
@@ -164,7 +175,13 @@ class Steps:
         return len(self._compiled)
 
     def train(self, images, labels, indices, step0: int) -> jax.Array:
-        args = (self.state, images, labels, indices, jnp.int32(step0))
+        args = (
+            self.state,
+            images,
+            labels,
+            indices,
+            _put(np.int32(step0), self.replicated),
+        )
         compiled = self._get("train", self._train_steps, args, donate=(0,))
         self.state, sums = compiled(*args)
         return sums
@@ -173,26 +190,81 @@ class Steps:
         self, batches
     ) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
         """Returns ([loss_sum, correct, count], labels, predictions) of the real examples."""
-        totals = jnp.zeros((3,), jnp.float32)
+        totals = None
         labels, predictions = [], []
-        for batch in batches:
+        for batch in batches:  # every process holds the whole batch; feeds its devices
             args = (
                 self.state,
-                *jax.device_put(
-                    (batch.images, batch.labels, batch.mask), self.by_batch
-                ),
+                *_put((batch.images, batch.labels, batch.mask), self.by_batch),
             )
             sums, preds = self._get("eval", self._eval_batch, args)(*args)
-            totals = totals + sums
+            totals = sums if totals is None else totals + sums
             keep = batch.mask > 0
             labels.append(batch.labels[keep])
-            predictions.append(np.asarray(preds)[keep])
-        totals = tuple(float(v) for v in np.asarray(totals))
+            predictions.append(_host(preds)[keep])
+        totals = tuple(float(v) for v in _host(totals))
         return totals, np.concatenate(labels), np.concatenate(predictions)
 
     def model(self) -> nnx.Module:
         model, _ = nnx.merge(self.eval_graph, self.state)
         return model
+
+
+def _put(tree, sharding: NamedSharding):
+    """Global arrays with `sharding` from values every process holds in full.
+
+    Each process builds only the shards of its own devices (`make_array_from_callback`),
+    so this works for one process and for many (where `jax.device_put` of a committed
+    array onto other processes' devices is refused). Typed PRNG keys travel as key data.
+    """
+
+    def one(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(
+                one(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _put_local(tree, sharding: NamedSharding, global_batch: int, axis: int):
+    """Global arrays from this process's part of a batch (its rows along `axis`)."""
+
+    def one(x):
+        shape = list(x.shape)
+        shape[axis] = global_batch
+        return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _host(x) -> np.ndarray:
+    """A replicated array's value on the host (this process's copy)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+class _ReadOnlyLog:
+    """The metrics history on processes other than 0, which write no files."""
+
+    def __init__(self, workdir: pathlib.Path, resume_epoch: int):
+        self._records = [
+            r
+            for r in metrics.read_metrics(workdir)
+            if r.get("epoch", 0) <= resume_epoch
+        ]
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        self._records.append(dict(record))
+
+    def read(self) -> list[dict]:
+        return [dict(r) for r in self._records]
+
+    def close(self) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- run set-up
@@ -301,10 +373,28 @@ def fit(
     config = config or RunConfig()
     workdir = pathlib.Path(workdir or f"runs/{config.model.name}-{config.data.dataset}")
     enable_compilation_cache()
-    resume = _check_workdir(workdir, config, restart)
-    if not resume:
+    # Several processes share one workdir (a shared filesystem): process 0 decides and
+    # writes, the others follow its decision and only read.
+    primary = distributed.is_primary()
+    quiet = quiet or not primary
+    try:
+        resume = _check_workdir(workdir, config, restart) if primary else False
+    except JaxcnnError:
+        distributed.broadcast_from_primary(
+            -1
+        )  # the others stop too, instead of waiting
+        raise
+    status = distributed.broadcast_from_primary(int(resume))
+    if status < 0:
+        raise JaxcnnError(
+            f"process 0 refused workdir {workdir}; its error message says why"
+        )
+    resume = bool(status)
+    if primary and not resume:
         _clear_run_files(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier("jaxcnn:workdir")
 
     if dataset is None:
         # The class count does not change the input shape, which the data must match.
@@ -317,14 +407,15 @@ def fit(
             f"takes {spec.input_shape}"
         )
     summary_static = shapes.infer(spec)
-    metrics.write_json_atomic(
-        workdir / "config.json",
-        {
-            "run": config.to_dict(),
-            "model_spec": spec.to_dict(),
-            "dataset": _dataset_record(dataset),
-        },
-    )
+    if primary:
+        metrics.write_json_atomic(
+            workdir / "config.json",
+            {
+                "run": config.to_dict(),
+                "model_spec": spec.to_dict(),
+                "dataset": _dataset_record(dataset),
+            },
+        )
 
     cfg = config.train
     train_split = dataset.train
@@ -342,6 +433,12 @@ def fit(
                 f"train.{name}={getattr(cfg, name)} does not divide by the {num_devices} "
                 f"devices that share each batch; use a multiple of {num_devices}"
             )
+    num_processes = distributed.process_count()
+    if num_processes > 1 and not isinstance(train_split, data.Split):
+        # Streamed: each process reads its own equal slice of the training split and
+        # contributes batch_size / num_processes rows to every batch.
+        train_split = train_split.shard(distributed.process_index(), num_processes)
+        steps_per_epoch = train_split.num_examples // (batch_size // num_processes)
     model = models.build_model(spec, seed=cfg.seed, kernels=cfg.kernels)
     if cfg.init_from and not resume:
         for note in transfer.init_from_run(
@@ -366,17 +463,23 @@ def fit(
     with checkpoint.Checkpointer(
         workdir / "checkpoints", keep=cfg.keep_checkpoints
     ) as ckpt:
-        if resume:
+        if resume:  # every process restores (orbax reads collectively)
             restored, meta = ckpt.restore("latest", _pure(steps.state))
             nnx.replace_by_pure_dict(steps.state, restored)
             start_epoch = meta["epoch"]
             best_val = meta.get("best_val_accuracy", -1.0)
-        log = metrics.MetricsLog(workdir, resume_epoch=start_epoch)
+        if primary:
+            log = metrics.MetricsLog(workdir, resume_epoch=start_epoch)
+        else:
+            log = _ReadOnlyLog(workdir, resume_epoch=start_epoch)
         history = log.read()
         resident = isinstance(train_split, data.Split)
         if resident:
-            images_dev = jax.device_put(train_split.images, steps.replicated)
-            labels_dev = jax.device_put(train_split.labels, steps.replicated)
+            # Every process holds the (small) split and puts it on its own devices;
+            # each device then gathers its rows of every batch by index.
+            images_dev, labels_dev = _put(
+                (train_split.images, train_split.labels), steps.replicated
+            )
         epochs_without_improvement = _epochs_since_best(history)
         train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
         stopped_early = False
@@ -390,7 +493,7 @@ def fit(
                     steps_per_epoch, epoch=epoch + 1, epochs=cfg.epochs, quiet=quiet
                 )
                 step0 = epoch * steps_per_epoch
-                sums = jnp.zeros((3,), jnp.float32)
+                sums = None  # [loss sum, correct, count] summed over all processes
                 compile_before = steps.compile_seconds
                 if resident:
                     perm = data.epoch_permutation(
@@ -402,12 +505,13 @@ def fit(
                     done = 0
                     while done < steps_per_epoch:
                         n = k if steps_per_epoch - done >= k else 1
-                        sums = sums + steps.train(
+                        out = steps.train(
                             images_dev,
                             labels_dev,
-                            jax.device_put(order[done : done + n], steps.by_step_batch),
+                            _put(order[done : done + n], steps.by_step_batch),
                             step0 + done,
                         )
+                        sums = out if sums is None else sums + out
                         done += n
                         _report(
                             progress,
@@ -420,7 +524,7 @@ def fit(
                 else:  # streamed: stack n host batches, one dispatch
                     done, chunk = 0, []
                     for batch in train_split.batches(
-                        batch_size,
+                        batch_size // num_processes,
                         seed=cfg.seed,
                         epoch=epoch,
                         shuffle=True,
@@ -429,14 +533,17 @@ def fit(
                         chunk.append(batch)
                         if len(chunk) < (k if steps_per_epoch - done >= k else 1):
                             continue
-                        xs, ys = jax.device_put(
+                        xs, ys = _put_local(  # this process's rows of each batch
                             (
                                 np.stack([b.images for b in chunk]),
                                 np.stack([b.labels for b in chunk]),
                             ),
                             steps.by_step_batch,
+                            batch_size,
+                            axis=1,
                         )
-                        sums = sums + steps.train(xs, ys, None, step0 + done)
+                        out = steps.train(xs, ys, None, step0 + done)
+                        sums = out if sums is None else sums + out
                         done, chunk = done + len(chunk), []
                         _report(
                             progress,
@@ -446,7 +553,9 @@ def fit(
                             steps.compile_seconds - compile_before,
                             batch_size,
                         )
-                train_loss, train_correct, train_count = (float(v) for v in sums)
+                        if done >= steps_per_epoch:  # a shard may hold a few more
+                            break
+                train_loss, train_correct, train_count = (float(v) for v in _host(sums))
                 train_time = (
                     time.perf_counter() - t0 - (steps.compile_seconds - compile_before)
                 )
@@ -526,9 +635,11 @@ def fit(
         "dataset": dataset.name,
         "model": spec.name,
         "num_devices": jax.device_count(),
+        "num_processes": num_processes,
         "backend": backend,
     }
-    metrics.write_json_atomic(workdir / "summary.json", summary)
+    if primary:
+        metrics.write_json_atomic(workdir / "summary.json", summary)
     if not quiet:
         print(
             f"test accuracy {summary['test_accuracy']:.4f} (best val "
@@ -556,7 +667,7 @@ def _report(progress, done, sums, t0, compile_s, batch_size) -> None:
     if now - _last_report[0] < 0.25 and done < progress.total_steps:
         return
     _last_report[0] = now
-    loss, correct, count = (float(v) for v in sums)
+    loss, correct, count = (float(v) for v in _host(sums))
     elapsed = max(now - t0 - compile_s, 1e-9)
     progress.update(
         done,
