@@ -50,7 +50,9 @@ def main() -> None:
     }
     arrays = {}
     if args["mode"] == "fit":
-        config = spec.RunConfig().with_overrides({"train.epochs": args["epochs"]})
+        config = spec.RunConfig().with_overrides(
+            {"train.epochs": args["epochs"], **args.get("overrides", {})}
+        )
         result = train.fit(config, args["workdir"], quiet=True)
         meta["history"] = result.history
         for name, value in params(result.model).items():

@@ -46,6 +46,9 @@ def _worker(args: dict, devices: int) -> subprocess.Popen:
     )
 
 
+_METRICS = ("step", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
 def _job(tmp_path, name: str, processes: int, devices: int, **args) -> list[dict]:
     """Runs `processes` workers of one job; returns their outputs (meta + arrays)."""
     port = _free_port()
@@ -157,6 +160,62 @@ def test_two_processes_train_digits_like_one_process(tmp_path, devices):
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         name = "final" + jax.tree_util.keystr(path)
         np.testing.assert_array_equal(np.asarray(leaf), procs[0]["arrays"][name])
+
+    # ... and the 2-process run goes on in one process (3rd epoch), like any run
+    more = subprocess.run(
+        [sys.executable, "-m", "jaxcnn", "train", "--workdir", str(workdir), "--quiet",
+         "--epochs", "3"],
+        env=_env(1), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_own_shards(tmp_path):
+    # data.device_limit_mb=0 streams the digits from TFDS: each process reads half of
+    # the training split and contributes 16 rows to every global batch of 32.
+    procs = _job(
+        tmp_path, "p", 2, 1, mode="fit", epochs=2, workdir=str(tmp_path / "run"),
+        overrides={"data.device_limit_mb": 0},
+    )  # fmt: skip
+    history = procs[0]["meta"]["history"]
+    for a, b in zip(history, procs[1]["meta"]["history"], strict=True):
+        assert {k: a[k] for k in _METRICS} == {k: b[k] for k in _METRICS}
+    assert [r["step"] for r in history] == [42, 84]  # 1350 // 2 // 16 steps per epoch
+    assert history[-1]["val_accuracy"] > 0.8
+    for name, value in procs[0]["arrays"].items():
+        np.testing.assert_array_equal(value, procs[1]["arrays"][name], err_msg=name)
+
+
+def test_stream_shards_are_disjoint_and_equal():
+    from jaxcnn import data, spec
+
+    config = spec.RunConfig().with_overrides({"data.device_limit_mb": 0}).data
+    split = data.load_dataset(config, input_shape=(8, 8, 1)).train
+    assert isinstance(split, data.StreamSplit)
+    assert split.shard(0, 1) is split
+    seen = []
+    for index in range(3):
+        part = split.shard(index, 3)
+        assert part.num_examples == split.num_examples // 3
+        rows = [
+            image.tobytes() + label.tobytes()
+            for batch in part.batches(64)
+            for image, label, keep in zip(*batch, strict=True)
+            if keep
+        ]
+        assert len(rows) == part.num_examples
+        seen.append(set(rows))
+    everything = {
+        image.tobytes() + label.tobytes()
+        for batch in split.batches(64)
+        for image, label, keep in zip(*batch, strict=True)
+        if keep
+    }
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2])
+    assert seen[0] | seen[1] | seen[2] <= everything
 
 
 def _train_cmd(workdir, port, process_id, epochs, *extra) -> list[str]:
