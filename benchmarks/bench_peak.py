@@ -1,0 +1,50 @@
+"""Measured fp32 matmul peak of this machine, numpy (BLAS) and JAX (XLA:CPU), GFLOP/s.
+
+Prints one JSON line. The best of several timed repetitions of an n x n matmul.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+N = 2048
+REPS = 10
+
+
+def best_seconds(fn) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((N, N), dtype=np.float32)
+    b = rng.standard_normal((N, N), dtype=np.float32)
+    flops = 2 * N**3
+    np_s = best_seconds(lambda: a @ b)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    mm = jax.jit(jnp.matmul)
+    jax_s = best_seconds(lambda: mm(ja, jb).block_until_ready())
+    print(
+        json.dumps(
+            {
+                "n": N,
+                "numpy_gflops": flops / np_s / 1e9,
+                "jax_gflops": flops / jax_s / 1e9,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

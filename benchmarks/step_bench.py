@@ -1,0 +1,342 @@
+"""Train-step throughput of jaxcnn vs PyTorch and Keras/TF, side by side in one run.
+
+  .venv-bench/bin/python benchmarks/step_bench.py                 # full run
+  .venv-bench/bin/python benchmarks/step_bench.py --quick         # ~2 min sanity run
+  .venv-bench/bin/python benchmarks/step_bench.py --levers        # what each kernel lever is worth
+  .venv-bench/bin/python benchmarks/step_bench.py --cache         # persistent compilation cache
+
+Every (framework variant, model) is its own subprocess (no thread-pool or library
+conflicts). All of a model's workers are started first; then timing windows alternate
+between them in rounds (the idle ones block on a pipe), so slow drifts of the machine
+hit every framework alike. Per window the share of the machine that *other* processes
+used is measured (/proc/stat busy time minus the worker's own CPU time) and windows above
+0.15 cores are flagged. Synthetic data, batch 128, fp32, Adam, softmax cross-entropy.
+
+Writes benchmarks/results/<name>.json and <name>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+CONTENDED = 0.15  # other processes' cores above which a window is flagged
+MODELS = ("keras_mnist", "vgg_cifar")
+# name -> (worker script, variant argument)
+FRAMEWORKS = {
+    "jax_stock": ("bench_jax.py", "kernels=xla,k=1"),
+    "jaxcnn_k1": ("bench_jax.py", "kernels=auto,k=1"),
+    "jaxcnn_k2": ("bench_jax.py", "kernels=auto,k=2"),
+    "jaxcnn_k4": ("bench_jax.py", "kernels=auto,k=4"),
+    "jaxcnn_k8": ("bench_jax.py", "kernels=auto,k=8"),
+    "torch_cl": ("bench_torch.py", "channels_last"),
+    "torch_nchw": ("bench_torch.py", "nchw"),
+    "keras_tf": ("bench_keras.py", "train_on_batch"),
+}
+LEVERS = {
+    f"lever_{name}_k{k}": ("bench_jax.py", f"kernels=fast,k={k},lever={name}")
+    for name, k in [
+        ("baseline", 1),
+        ("fast_pool", 1),
+        ("fused_pool", 1),
+        ("crop", 1),
+        ("im2col", 1),
+        ("baseline", 8),
+        ("crop", 8),
+        ("im2col", 2),
+        ("im2col", 4),
+        ("im2col", 8),
+        ("im2col_first_xla", 4),
+        ("im2col_nofuse", 4),
+    ]
+}
+PEERS = ("torch_cl", "keras_tf")
+
+
+def train_flops_per_image(model: str) -> int:
+    """3x the forward multiply-add FLOPs (forward + two backward matmuls per layer)."""
+    from jaxcnn import models, shapes
+
+    return 3 * 2 * shapes.summarize(models.preset(model)).total_macs
+
+
+class Worker:
+    def __init__(
+        self, python: str, name: str, script: str, model: str, variant: str, env
+    ):
+        self.name, self.model = name, model
+        self.proc = subprocess.Popen(
+            [python, str(HERE / script), model, variant],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if not os.environ.get("BENCH_DEBUG") else None,
+            text=True,
+            cwd=HERE,
+            env=env,
+        )
+
+    def recv(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"{self.name}/{self.model}: worker exited ({self.proc.wait()})"
+            )
+        return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.recv()
+
+    def close(self) -> dict:
+        out = self.ask(cmd="quit")
+        self.proc.wait(timeout=60)
+        return out
+
+
+def measure_peak(python: str) -> dict:
+    out = subprocess.run(
+        [python, str(HERE / "bench_peak.py")], capture_output=True, text=True, cwd=HERE
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_model(python, model, names, table, rounds, window, env) -> dict:
+    results = {}
+    workers = []
+    for name in names:
+        script, variant = table[name]
+        w = Worker(python, name, script, model, variant, env)
+        ready = w.recv()
+        if "error" in ready:
+            print(f"  {name:22s} FAILED: {ready['error']}", flush=True)
+            results[name] = {"error": ready["error"]}
+            w.proc.wait()
+            continue
+        print(f"  {name:22s} first step {ready['first_step_s']:.2f} s", flush=True)
+        results[name] = {"setup": ready, "windows": []}
+        workers.append(w)
+    for r in range(rounds):
+        order = workers[r % len(workers) :] + workers[: r % len(workers)]
+        for w in order:
+            results[w.name]["windows"].append(w.ask(cmd="window", seconds=window))
+        line = ", ".join(
+            f"{w.name} {results[w.name]['windows'][-1]['images_per_s']:.0f}"
+            for w in workers
+        )
+        print(f"  round {r + 1}/{rounds}: {line}", flush=True)
+    for w in workers:
+        results[w.name].update(w.close())
+    return results
+
+
+def summarize(results: dict, flops: int, peak: dict) -> dict:
+    for res in results.values():
+        if "windows" not in res:
+            continue
+        rates = [w["images_per_s"] for w in res["windows"]]
+        clean = [
+            w["images_per_s"] for w in res["windows"] if w["other_cores"] <= CONTENDED
+        ]
+        use = clean if clean else rates
+        med = statistics.median(use)
+        res["summary"] = {
+            "images_per_s_median": med,
+            "images_per_s_min": min(use),
+            "images_per_s_max": max(use),
+            "windows": len(rates),
+            "contended_windows": len(rates) - len(clean),
+            "median_over": "uncontended windows"
+            if clean
+            else "all windows (all contended)",
+            "first_step_s": res["setup"]["first_step_s"],
+            "since_start_s": res["setup"]["since_start_s"],
+            "peak_rss_mb": res.get("peak_rss_mb"),
+            "gflops": med * flops / 1e9,
+            "fraction_of_numpy_peak": med * flops / 1e9 / peak["numpy_gflops"],
+            "fraction_of_jax_peak": med * flops / 1e9 / peak["jax_gflops"],
+        }
+    return results
+
+
+def markdown(report: dict) -> str:
+    peak = report["matmul_peak"]
+    lines = [
+        f"# Step benchmark: {report['name']}",
+        "",
+        f"{report['date']}, {report['machine']}. Batch 128, fp32, Adam, synthetic data, "
+        f"{report['rounds']} rounds of {report['window_s']} s windows per framework, "
+        "frameworks alternating.",
+        f"Matmul peak measured in this run: numpy {peak['numpy_gflops']:.0f} GFLOP/s, "
+        f"JAX {peak['jax_gflops']:.0f} GFLOP/s (fp32, {peak['n']}x{peak['n']}).",
+        "Median/min/max over windows where other processes used <= "
+        f"{CONTENDED} cores (all windows if none).",
+        "",
+    ]
+    for model, res in report["models"].items():
+        lines += [
+            f"## {model} ({res['train_mflops_per_image']:.1f} MFLOP per image per step)",
+            "",
+            "| framework | images/s median | min-max | vs best peer | first step s "
+            "| process start to first step s | peak RSS MB | GFLOP/s | of numpy peak "
+            "| contended windows |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        peers = [
+            res["frameworks"][p]["summary"]["images_per_s_median"]
+            for p in PEERS
+            if "summary" in res["frameworks"].get(p, {})
+        ]
+        best_peer = max(peers) if peers else None
+        for name, fw in res["frameworks"].items():
+            if "summary" not in fw:
+                lines.append(f"| {name} | failed: {fw.get('error', '?')} |||||||||")
+                continue
+            s = fw["summary"]
+            ratio = f"{s['images_per_s_median'] / best_peer:.2f}x" if best_peer else "-"
+            lines.append(
+                f"| {name} | {s['images_per_s_median']:,.0f} | "
+                f"{s['images_per_s_min']:,.0f}-{s['images_per_s_max']:,.0f} | {ratio} | "
+                f"{s['first_step_s']:.2f} | {s['since_start_s']:.2f} | "
+                f"{s['peak_rss_mb']:,.0f} | {s['gflops']:.1f} | "
+                f"{100 * s['fraction_of_numpy_peak']:.0f}% | "
+                f"{s['contended_windows']}/{s['windows']} |"
+            )
+        lines.append("")
+    if "cache" in report:
+        lines += [
+            "## Persistent compilation cache (fresh process, first step)",
+            "",
+            "| model | variant | cold first step s | warm first step s | saving s "
+            "| cold start-to-first-step s | warm start-to-first-step s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in report["cache"]:
+            lines.append(
+                f"| {row['model']} | {row['variant']} | {row['cold_first_step_s']:.2f} | "
+                f"{row['warm_first_step_s']:.2f} | "
+                f"{row['cold_first_step_s'] - row['warm_first_step_s']:.2f} | "
+                f"{row['cold_since_start_s']:.2f} | {row['warm_since_start_s']:.2f} |"
+            )
+        lines.append("")
+    lines += [
+        "Reproduce: `bash benchmarks/setup_env.sh && .venv-bench/bin/python "
+        f"benchmarks/step_bench.py {report['argv']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cache_runs(python: str, models, variant: str) -> list[dict]:
+    rows = []
+    for model in models:
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, JAXCNN_BENCH_CACHE=cache)
+            row = {"model": model, "variant": variant}
+            for label in ("cold", "warm"):
+                w = Worker(python, label, "bench_jax.py", model, variant, env)
+                ready = w.recv()
+                w.close()
+                row[f"{label}_first_step_s"] = ready["first_step_s"]
+                row[f"{label}_since_start_s"] = ready["since_start_s"]
+            print(f"  cache {model}: {row}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short sanity run")
+    p.add_argument("--levers", action="store_true", help="JAX kernel levers only")
+    p.add_argument(
+        "--cache", action="store_true", help="also measure the compile cache"
+    )
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--only", default="", help="comma-separated framework names")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--window", type=float, default=None, help="seconds per window")
+    p.add_argument("--name", default=None, help="results file stem")
+    p.add_argument("--python", default=None, help="interpreter of the workers")
+    args = p.parse_args(argv)
+
+    bench_py = REPO / ".venv-bench" / "bin" / "python"
+    python = args.python or (str(bench_py) if bench_py.exists() else sys.executable)
+    table = LEVERS if args.levers else FRAMEWORKS
+    names = [n for n in args.only.split(",") if n] or list(table)
+    rounds = args.rounds or (2 if args.quick else 5)
+    models = args.models.split(",")
+    name = args.name or ("levers" if args.levers else "step_bench") + (
+        "_quick" if args.quick else ""
+    )
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    env.pop("JAXCNN_BENCH_CACHE", None)
+
+    print("matmul peak ...", flush=True)
+    peak = measure_peak(python)
+    print(f"  {peak}", flush=True)
+    report = {
+        "name": name,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu_model": _cpu_model(),
+        "argv": " ".join(argv if argv is not None else sys.argv[1:]),
+        "rounds": rounds,
+        "window_s": None,
+        "matmul_peak": peak,
+        "models": {},
+    }
+    for model in models:
+        window = args.window or (
+            {"keras_mnist": 1.0, "vgg_cifar": 3.0}[model]
+            if args.quick
+            else {"keras_mnist": 3.0, "vgg_cifar": 8.0}[model]
+        )
+        report["window_s"] = window if report["window_s"] is None else "per model"
+        print(
+            f"{model}: {len(names)} workers, {rounds} rounds of {window} s", flush=True
+        )
+        flops = train_flops_per_image(model)
+        res = bench_model(python, model, names, table, rounds, window, env)
+        report["models"][model] = {
+            "train_mflops_per_image": flops / 1e6,
+            "window_s": window,
+            "frameworks": summarize(res, flops, peak),
+        }
+    if args.cache:
+        report["cache"] = cache_runs(python, models, FRAMEWORKS["jaxcnn_k4"][1])
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{name}.md").write_text(markdown(report))
+    print((out / f"{name}.md").read_text())
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    main()
+    print(f"total {time.time() - t0:.0f} s")
