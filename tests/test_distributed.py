@@ -227,7 +227,11 @@ def _train_cmd(workdir, port, process_id, epochs, *extra) -> list[str]:
 
 
 @pytest.mark.slow
-def test_killed_process_stops_the_other_and_rerun_resumes(tmp_path):
+@pytest.mark.parametrize(
+    "how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"]
+)
+def test_lost_process_stops_the_other_and_rerun_resumes(tmp_path, how):
+    """A dead peer breaks the next collective; a hung one misses its heartbeats (5 s)."""
     workdir = tmp_path / "run"
     port = _free_port()
     procs = [
@@ -249,9 +253,10 @@ def test_killed_process_stops_the_other_and_rerun_resumes(tmp_path):
         time.sleep(0.2)
     else:
         pytest.fail("no epoch finished in 180 s")
-    procs[1].send_signal(signal.SIGKILL)
+    procs[1].send_signal(how)
     killed_at = time.monotonic()
     _, err = procs[0].communicate(timeout=120)
+    procs[1].kill()
     procs[1].communicate()
     waited = time.monotonic() - killed_at
     assert procs[0].returncode != 0
