@@ -31,7 +31,8 @@ Storage notes (Optuna 5.0): only RDBStorage has heartbeats; JournalStorage has n
 the flock liveness check above, which holds on one machine only. An SQLite file shared by
 several local workers needs a busy timeout (set here: 120 s). Do not put SQLite (or the
 journal file) on a network filesystem: its locking is unreliable there. For workers on
-many machines use PostgreSQL (`--storage postgresql://...`) and a shared workdir.
+many machines use PostgreSQL (`--storage postgresql://...`) and a shared workdir; it
+needs a driver (`pip install 'psycopg[binary]'`, SQLAlchemy 2.1's default for postgresql://).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -534,13 +536,17 @@ def open_storage(storage: str | None, sweep_dir: pathlib.Path) -> Any:
     engine_kwargs = {}
     if storage.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 120}}
-    return optuna.storages.RDBStorage(
-        storage,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-        heartbeat_stale_trial_callback=_retry_copy,
-    )
+    # Heartbeats are experimental in Optuna 5.0; we opt in on purpose, so every worker
+    # need not warn about it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=_retry_copy,
+        )
 
 
 def _sampler(sweep: Sweep) -> Any:
