@@ -217,7 +217,8 @@ def main() -> None:
         "# End to end: keras_mnist on MNIST to 99% test accuracy",
         "",
         "Batch 128, Adam 1e-3, train from the first step (compile included), "
-        "full test set after each epoch.",
+        "full test set after each epoch. No contention control: other processes "
+        "on the machine slow every framework (PyTorch most).",
         "",
         "| framework | seconds to 99% | epochs | final test acc | peak RSS MB |",
         "|---|---|---|---|---|",
