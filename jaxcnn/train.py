@@ -56,22 +56,15 @@ def enable_compilation_cache(directory: str | None = None) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-# Forward FLOPs per example below which a CPU step is short enough that unrolling
-# several steps into one dispatch pays (benchmarks/results: keras_mnist, 5.6 MFLOP,
-# 4,104 -> 6,523 images/s from k=1 to k=4; vgg_cifar, 306 MFLOP, is fastest at k=1).
-_SMALL_MODEL_FLOPS = 50e6
-
-
-def default_steps_per_dispatch(backend: str, flops_per_example: float) -> int:
+def default_steps_per_dispatch(backend: str) -> int:
     """How many train steps one compiled call runs when the config says 0 (auto).
 
-    Unrolling multiplies compile time by k; it pays off only where dispatch overhead or
-    cross-step fusion matters: small models on CPU (measured in benchmarks/). Elsewhere
-    (large models, GPU/TPU, where it was not measured) one step per call.
+    On CPU, unrolling 4 steps into one call measured 1.7x (keras_mnist, 4,158 -> 6,955
+    images/s) and 1.3x (vgg_cifar, 172 -> 217) with the im2col kernels; 8 gains little more
+    and doubles compile time (benchmarks/results/levers_*). Not measured on GPU/TPU: one
+    step per call there.
     """
-    if backend == "cpu" and flops_per_example < _SMALL_MODEL_FLOPS:
-        return 4
-    return 1
+    return 4 if backend == "cpu" else 1
 
 
 @dataclasses.dataclass
@@ -464,9 +457,7 @@ def fit(
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     steps = Steps(model, optimizer, config)
     backend = jax.default_backend()
-    k = cfg.steps_per_dispatch or default_steps_per_dispatch(
-        backend, summary_static.total_flops
-    )
+    k = cfg.steps_per_dispatch or default_steps_per_dispatch(backend)
     k = min(k, steps_per_epoch)
 
     history: list[dict[str, Any]] = []
