@@ -38,19 +38,8 @@ _TRAIN, _FREEZE = "trainable", "frozen"
 
 
 def _path_str(path: tuple) -> str:
-    """`conv_0/kernel` for a JAX key path; nnx `Variable.value` attribute keys are dropped."""
-    parts = []
-    for entry in path:
-        if isinstance(entry, jax.tree_util.DictKey):
-            parts.append(str(entry.key))
-        elif isinstance(entry, jax.tree_util.SequenceKey):
-            parts.append(str(entry.idx))
-        elif isinstance(entry, jax.tree_util.GetAttrKey):
-            if entry.name != "value":
-                parts.append(entry.name)
-        else:  # FlattenedIndexKey and custom keys
-            parts.append(str(getattr(entry, "key", entry)))
-    return "/".join(parts)
+    """`conv_0/kernel` for a JAX key path (nnx Variables' trailing `value` dropped)."""
+    return jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
 
 
 def make_schedule(
