@@ -284,15 +284,19 @@ class Progress:
             f"loss {loss:.4f} acc {accuracy:.4f} {images_per_second:,.0f} img/s ETA {eta_text}"
         )
 
+    def wants_update(self, steps_done: int) -> bool:
+        """Whether `update` would draw now; callers skip computing (and syncing) otherwise."""
+        if self.quiet or not self.tty:
+            return False
+        since = time.monotonic() - self._last_draw
+        return steps_done >= self.total_steps or since >= self.min_interval
+
     def update(
         self, steps_done: int, *, loss: float, accuracy: float, images_per_second: float
     ) -> None:
-        if self.quiet or not self.tty:
+        if not self.wants_update(steps_done):
             return
-        now = time.monotonic()
-        if steps_done < self.total_steps and now - self._last_draw < self.min_interval:
-            return
-        self._last_draw = now
+        self._last_draw = time.monotonic()
         self._draw(
             self.line(
                 steps_done,

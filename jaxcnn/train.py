@@ -660,17 +660,12 @@ def _epochs_since_best(history: list[dict]) -> int:
     return since
 
 
-_last_report = [0.0]
-
-
 def _report(progress, done, sums, t0, compile_s, batch_size) -> None:
-    """Updates the progress bar at most ~4 times a second (each update syncs the device)."""
-    now = time.perf_counter()
-    if now - _last_report[0] < 0.25 and done < progress.total_steps:
+    """Updates the progress bar when it will draw (reading `sums` syncs the device)."""
+    if not progress.wants_update(done):
         return
-    _last_report[0] = now
     loss, correct, count = (float(v) for v in _host(sums))
-    elapsed = max(now - t0 - compile_s, 1e-9)
+    elapsed = max(time.perf_counter() - t0 - compile_s, 1e-9)
     progress.update(
         done,
         loss=loss / max(count, 1),
