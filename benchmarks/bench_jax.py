@@ -2,9 +2,10 @@
 
   python benchmarks/bench_jax.py MODEL VARIANT
 
-VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>]`. Levers force
-each kernel choice of a model built with kernels="fast" (see LEVERS), to measure what
-each one is worth.
+VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>]`.
+Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
+measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
+malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import sys
 import time
 
 T_START = time.perf_counter()
+
+if __name__ == "__main__":
+    for _part in sys.argv[2].split(","):
+        if _part.startswith("tune="):  # before `import jaxcnn` below applies it
+            os.environ["JAXCNN_CPU_TUNING"] = _part.split("=", 1)[1]
 
 import bench_common  # noqa: E402
 import jax  # noqa: E402
@@ -38,7 +44,7 @@ LEVERS = {
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(kernels="auto", k=1, lever=None)
+    out = dict(kernels="auto", k=1, lever=None, tune="on")
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value

@@ -37,7 +37,7 @@ CONTENDED = 0.15  # other processes' cores above which a window is flagged
 MODELS = ("keras_mnist", "vgg_cifar")
 # name -> (worker script, variant argument)
 FRAMEWORKS = {
-    "jax_stock": ("bench_jax.py", "kernels=xla,k=1"),
+    "jax_stock": ("bench_jax.py", "kernels=xla,k=1,tune=off"),
     "jaxcnn_k1": ("bench_jax.py", "kernels=auto,k=1"),
     "jaxcnn_k2": ("bench_jax.py", "kernels=auto,k=2"),
     "jaxcnn_k4": ("bench_jax.py", "kernels=auto,k=4"),
@@ -62,6 +62,15 @@ LEVERS = {
         ("im2col_first_xla", 4),
         ("im2col_nofuse", 4),
     ]
+}
+# jaxcnn.cputune's process settings, one at a time and none (im2col lever otherwise)
+LEVERS |= {
+    f"lever_im2col_k{k}_tune_{t}": (
+        "bench_jax.py",
+        f"kernels=fast,k={k},lever=im2col,tune={t}",
+    )
+    for k in (1, 4)
+    for t in ("off", "malloc", "flags")
 }
 PEERS = ("torch_cl", "keras_tf")
 

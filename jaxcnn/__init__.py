@@ -5,6 +5,7 @@ The names below are the public API; heavy modules (JAX, TFDS) load on first use.
 
 import importlib
 
+from jaxcnn import cputune
 from jaxcnn.errors import (
     CheckpointError,
     DataError,
@@ -24,6 +25,10 @@ from jaxcnn.spec import (
 )
 
 __version__ = "0.1.0"
+
+# malloc and XLA:CPU settings, before XLA starts (jaxcnn/cputune.py; JAXCNN_CPU_TUNING=off
+# opts out; an invalid value is reported by the CLI, or by cputune.apply())
+cputune.apply(strict=False)
 
 _LAZY = {
     "infer": "jaxcnn.shapes",

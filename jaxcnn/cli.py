@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from jaxcnn import cputune
 from jaxcnn.errors import JaxcnnError
 
 
@@ -56,45 +57,82 @@ def _add_train(sub, common) -> None:
         description="Train a model. With no arguments: digits_cnn on the 8x8 digits dataset "
         "shipped with scikit-learn (offline). Rerunning with the same --workdir resumes.",
     )
-    p.add_argument("--config", help="run config file (.toml/.json with [model] [data] [optim] [train])")
-    p.add_argument("--model", help="preset or family name, or a spec file (.toml/.json)")
+    p.add_argument(
+        "--config",
+        help="run config file (.toml/.json with [model] [data] [optim] [train])",
+    )
+    p.add_argument(
+        "--model", help="preset or family name, or a spec file (.toml/.json)"
+    )
     p.add_argument("--dataset", help="TFDS dataset name (default: digits, embedded)")
     p.add_argument("--data-dir", help="TFDS data directory")
-    p.add_argument("--manual-dir", help="folder of raw downloads to build the dataset from offline")
+    p.add_argument(
+        "--manual-dir", help="folder of raw downloads to build the dataset from offline"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", help="sgd, momentum, nesterov, adam, adamw, rmsprop")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--workdir", help="run directory (default: runs/<model>-<dataset>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set optim.schedule=cosine "
-                   "--set model.filters=64 (repeatable)")
-    p.add_argument("--restart", action="store_true", help="discard checkpoints in --workdir")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set optim.schedule=cosine "
+        "--set model.filters=64 (repeatable)",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="discard checkpoints in --workdir"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--init-from", metavar="RUN",
-                   help="start from the best checkpoint of a finished run (its --workdir)")
-    p.add_argument("--freeze", action="append", metavar="PATTERN",
-                   help="freeze parameters whose path (conv_0/kernel, dense_7/bias, ...) "
-                   "matches this regular expression, e.g. --freeze conv (repeatable)")
-    p.add_argument("--new-head", action="store_true",
-                   help="with --init-from: re-initialise the last dense layer even when "
-                   "the class counts agree")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start from the best checkpoint of a finished run (its --workdir)",
+    )
+    p.add_argument(
+        "--freeze",
+        action="append",
+        metavar="PATTERN",
+        help="freeze parameters whose path (conv_0/kernel, dense_7/bias, ...) "
+        "matches this regular expression, e.g. --freeze conv (repeatable)",
+    )
+    p.add_argument(
+        "--new-head",
+        action="store_true",
+        help="with --init-from: re-initialise the last dense layer even when "
+        "the class counts agree",
+    )
     g = p.add_argument_group(
         "several processes (hosts)",
         "one `jaxcnn train` per host (or per GPU), same flags except --process-id; "
         "srun / mpirun jobs and JAX_COORDINATOR_ADDRESS are detected without flags",
     )
-    g.add_argument("--coordinator", metavar="HOST:PORT",
-                   help="address of process 0, reachable from every process")
-    g.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0, reachable from every process",
+    )
+    g.add_argument(
+        "--num-processes", type=int, metavar="N", help="processes in the job"
+    )
     g.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
-    g.add_argument("--init-timeout", type=int, metavar="S",
-                   help="seconds to wait for all processes to join (default 120, "
-                   "env JAXCNN_INIT_TIMEOUT)")
-    g.add_argument("--heartbeat-timeout", type=int, metavar="S",
-                   help="seconds after which a silent process stops the job (default "
-                   "30, env JAXCNN_HEARTBEAT_TIMEOUT)")
+    g.add_argument(
+        "--init-timeout",
+        type=int,
+        metavar="S",
+        help="seconds to wait for all processes to join (default 120, "
+        "env JAXCNN_INIT_TIMEOUT)",
+    )
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="S",
+        help="seconds after which a silent process stops the job (default "
+        "30, env JAXCNN_HEARTBEAT_TIMEOUT)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -126,8 +164,11 @@ def _cmd_train(args) -> int:
 
     # before anything touches JAX devices
     distributed.initialize(
-        args.coordinator, args.num_processes, args.process_id,
-        init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout,
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        init_timeout=args.init_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
         verbose=not args.quiet,
     )
     config = train_config_from_args(args)
@@ -140,10 +181,16 @@ def _cmd_train(args) -> int:
 
 
 def _add_eval(sub, common) -> None:
-    p = sub.add_parser("eval", parents=[common], help="evaluate a run's best checkpoint on a split")
+    p = sub.add_parser(
+        "eval", parents=[common], help="evaluate a run's best checkpoint on a split"
+    )
     p.add_argument("--workdir", required=True)
-    p.add_argument("--split", default="test", help="test (default), val, train, or a TFDS split")
-    p.add_argument("--checkpoint", default="best", help="best (default), latest, or a step")
+    p.add_argument(
+        "--split", default="test", help="test (default), val, train, or a TFDS split"
+    )
+    p.add_argument(
+        "--checkpoint", default="best", help="best (default), latest, or a step"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
@@ -156,8 +203,10 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['split']}: {report['examples']} examples, checkpoint step {report['step']} "
-          f"(epoch {report['epoch']})")
+    print(
+        f"{report['split']}: {report['examples']} examples, checkpoint step {report['step']} "
+        f"(epoch {report['epoch']})"
+    )
     print(f"loss {report['loss']:.4f}  accuracy {report['accuracy']:.4f}")
     names = report["class_names"]
     width = max(len(n) for n in names)
@@ -171,11 +220,15 @@ def _cmd_eval(args) -> int:
 
 
 def _add_predict(sub, common) -> None:
-    p = sub.add_parser("predict", parents=[common], help="classify PNG/JPEG images with a trained run")
+    p = sub.add_parser(
+        "predict", parents=[common], help="classify PNG/JPEG images with a trained run"
+    )
     p.add_argument("--workdir", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per image"
+    )
     p.set_defaults(func=_cmd_predict)
 
 
@@ -211,9 +264,15 @@ def _add_sweep(sub, common) -> None:
     )
     p.add_argument("target", nargs="+", metavar="CONFIG | worker CONFIG | report DIR")
     p.add_argument("--workdir", help="sweep directory (default runs/sweeps/<name>)")
-    p.add_argument("--storage", help="Optuna storage URL (default: a journal file in workdir)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument("--smoke", action="store_true", help="the sweep's seconds-long version")
+    p.add_argument(
+        "--storage", help="Optuna storage URL (default: a journal file in workdir)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="the sweep's seconds-long version"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_sweep)
 
@@ -224,60 +283,101 @@ def _cmd_sweep(args) -> int:
     action, rest = args.target[0], args.target[1:]
     if action in ("report", "worker"):
         if len(rest) != 1:
-            raise JaxcnnError(f"usage: jaxcnn sweep {action} {'DIR' if action == 'report' else 'CONFIG'}")
+            raise JaxcnnError(
+                f"usage: jaxcnn sweep {action} {'DIR' if action == 'report' else 'CONFIG'}"
+            )
         if action == "report":
             from jaxcnn import sweep_report
 
             print(sweep_report.report(rest[0]))
             return 0
-        sweep.work(rest[0], args.workdir, storage=args.storage, smoke=args.smoke, quiet=args.quiet)
+        sweep.work(
+            rest[0],
+            args.workdir,
+            storage=args.storage,
+            smoke=args.smoke,
+            quiet=args.quiet,
+        )
         return 0
     if rest:
         raise JaxcnnError(f"jaxcnn sweep takes one CONFIG, got {args.target}")
-    sweep.run_sweep(action, args.workdir, storage=args.storage, workers=args.workers,
-                    smoke=args.smoke, quiet=args.quiet)
+    sweep.run_sweep(
+        action,
+        args.workdir,
+        storage=args.storage,
+        workers=args.workers,
+        smoke=args.smoke,
+        quiet=args.quiet,
+    )
     return 0
 
 
 # --------------------------------------------------------------------------- viz
 def _add_viz(sub, common) -> None:
-    p = sub.add_parser("viz", parents=[common], help="PNG figures of runs, filters and images")
+    p = sub.add_parser(
+        "viz", parents=[common], help="PNG figures of runs, filters and images"
+    )
     vsub = p.add_subparsers(dest="viz_command", required=True, metavar="FIGURE")
 
     def out(q):
-        q.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
+        q.add_argument(
+            "-o", "--output", required=True, metavar="OUT.png", help="PNG to write"
+        )
 
-    q = vsub.add_parser("featuremaps", parents=[common],
-                        help="an image's activations in every conv / pool / activation layer")
+    q = vsub.add_parser(
+        "featuremaps",
+        parents=[common],
+        help="an image's activations in every conv / pool / activation layer",
+    )
     q.add_argument("--workdir", required=True, help="a `jaxcnn train` run directory")
-    q.add_argument("image", metavar="IMAGE", help="PNG/JPEG of any size (converted to the "
-                   "model's input shape and channels)")
-    q.add_argument("--max-channels", type=int, default=64,
-                   help="channels drawn per layer, 1..512 (default 64)")
+    q.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="PNG/JPEG of any size (converted to the model's input shape and channels)",
+    )
+    q.add_argument(
+        "--max-channels",
+        type=int,
+        default=64,
+        help="channels drawn per layer, 1..512 (default 64)",
+    )
     out(q)
     q.set_defaults(func=_cmd_viz_featuremaps)
 
-    q = vsub.add_parser("filters", parents=[common], help="learned kernels of a conv layer")
+    q = vsub.add_parser(
+        "filters", parents=[common], help="learned kernels of a conv layer"
+    )
     q.add_argument("--workdir", required=True, help="a `jaxcnn train` run directory")
-    q.add_argument("--layer", help="conv layer, e.g. conv_2 or residual_3/conv_0 "
-                   "(default: the first)")
+    q.add_argument(
+        "--layer",
+        help="conv layer, e.g. conv_2 or residual_3/conv_0 (default: the first)",
+    )
     out(q)
     q.set_defaults(func=_cmd_viz_filters)
 
-    q = vsub.add_parser("edges", parents=[common],
-                        help="an image convolved with classic kernels (edges, Sobel, ...)")
+    q = vsub.add_parser(
+        "edges",
+        parents=[common],
+        help="an image convolved with classic kernels (edges, Sobel, ...)",
+    )
     q.add_argument("image", metavar="IMAGE", help="PNG/JPEG (drawn in grayscale)")
     out(q)
     q.set_defaults(func=_cmd_viz_edges)
 
-    q = vsub.add_parser("curves", parents=[common],
-                        help="loss and accuracy per epoch, train vs validation, runs overlaid")
+    q = vsub.add_parser(
+        "curves",
+        parents=[common],
+        help="loss and accuracy per epoch, train vs validation, runs overlaid",
+    )
     q.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     out(q)
     q.set_defaults(func=_cmd_viz_curves)
 
-    q = vsub.add_parser("confusion", parents=[common],
-                        help="confusion matrix of a run's best checkpoint (counts, normalised)")
+    q = vsub.add_parser(
+        "confusion",
+        parents=[common],
+        help="confusion matrix of a run's best checkpoint (counts, normalised)",
+    )
     q.add_argument("--workdir", required=True, help="a `jaxcnn train` run directory")
     q.add_argument("--split", default="test", help="test (default), val, train")
     out(q)
@@ -382,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     debug = getattr(args, "debug", False)
     try:
+        cputune.apply()  # an invalid JAXCNN_CPU_TUNING is a usage error
         return args.func(args)
     except JaxcnnError as e:
         if debug:

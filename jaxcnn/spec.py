@@ -36,7 +36,15 @@ GLOBAL_POOL_KINDS = ("max", "avg")
 NORM_KINDS = ("batch", "layer", "group")
 
 Activation = Literal[
-    "relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "softplus", "identity"
+    "relu",
+    "leaky_relu",
+    "elu",
+    "gelu",
+    "silu",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "identity",
 ]
 Pair = tuple[int, int]
 # Conv kernel initialisers: Flax's default, or a classic kernel (jaxcnn.filters)
@@ -264,8 +272,16 @@ class ConvSpec(LayerSpec):
         )
 
     def describe(self) -> str:
-        pad = self.padding if isinstance(self.padding, str) else f"pad {list(self.padding)}"
-        extra = f" stride {self.stride[0]}x{self.stride[1]}" if self.stride != (1, 1) else ""
+        pad = (
+            self.padding
+            if isinstance(self.padding, str)
+            else f"pad {list(self.padding)}"
+        )
+        extra = (
+            f" stride {self.stride[0]}x{self.stride[1]}"
+            if self.stride != (1, 1)
+            else ""
+        )
         return f"conv {self.kernel[0]}x{self.kernel[1]} {pad}{extra}"
 
 
@@ -290,7 +306,11 @@ class PoolSpec(LayerSpec):
         _check(self.p > 0, f"field 'p' must be > 0, got {self.p}")
 
     def describe(self) -> str:
-        pad = self.padding if isinstance(self.padding, str) else f"pad {list(self.padding)}"
+        pad = (
+            self.padding
+            if isinstance(self.padding, str)
+            else f"pad {list(self.padding)}"
+        )
         return f"{self.pool} pool {self.window[0]}x{self.window[1]} {pad}"
 
 
@@ -327,7 +347,9 @@ class DropoutSpec(LayerSpec):
     rate: float = 0.5
 
     def __post_init__(self):
-        _check(0.0 <= self.rate < 1.0, f"field 'rate' must be in [0, 1), got {self.rate}")
+        _check(
+            0.0 <= self.rate < 1.0, f"field 'rate' must be in [0, 1), got {self.rate}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,7 +414,9 @@ def layer_from_dict(data: Mapping[str, Any], where: str = "layer") -> LayerSpec:
     if isinstance(data, LayerSpec):
         return data
     if not isinstance(data, Mapping):
-        raise SpecError(f"{where}: expected a table like {{type = \"conv\", ...}}, got {data!r}")
+        raise SpecError(
+            f'{where}: expected a table like {{type = "conv", ...}}, got {data!r}'
+        )
     kind = data.get("type")
     if kind not in LAYER_TYPES:
         raise SpecError(
@@ -408,7 +432,8 @@ def layer_from_dict(data: Mapping[str, Any], where: str = "layer") -> LayerSpec:
         if not isinstance(inner, Sequence) or isinstance(inner, str):
             raise SpecError(f"{where}: field 'layers' must be a list of layer tables")
         kwargs["layers"] = tuple(
-            layer_from_dict(d, f"{where[: -len(kind) - 3]}.{j}") for j, d in enumerate(inner)
+            layer_from_dict(d, f"{where[: -len(kind) - 3]}.{j}")
+            for j, d in enumerate(inner)
         )
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING and f.name not in kwargs:
@@ -442,16 +467,23 @@ class ModelSpec:
         )
         _check(
             len(self.input_shape) == 3
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.input_shape),
+            and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                for d in self.input_shape
+            ),
             f"input_shape must be [H, W, C] of positive ints, got {list(self.input_shape)}",
         )
-        _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        _check(
+            self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"
+        )
         _check(len(self.layers) >= 1, "a model needs at least one layer")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         if not isinstance(data, Mapping):
-            raise SpecError(f"a model spec must be a table/object, got {type(data).__name__}")
+            raise SpecError(
+                f"a model spec must be a table/object, got {type(data).__name__}"
+            )
         kwargs = _fields_from_dict(cls, data, "model spec", skip=("layers",))
         for key in ("input_shape", "num_classes", "layers"):
             if key not in data:
@@ -459,7 +491,9 @@ class ModelSpec:
         layers = data["layers"]
         if not isinstance(layers, Sequence) or isinstance(layers, str):
             raise SpecError("model spec: 'layers' must be a list of layer tables")
-        kwargs["layers"] = tuple(layer_from_dict(d, f"layer {i}") for i, d in enumerate(layers))
+        kwargs["layers"] = tuple(
+            layer_from_dict(d, f"layer {i}") for i, d in enumerate(layers)
+        )
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -539,7 +573,10 @@ class DataConfig:
             self.train_examples is None or self.train_examples >= 1,
             f"data.train_examples must be >= 1, got {self.train_examples}",
         )
-        _check(self.augment_crop >= 0, f"data.augment_crop must be >= 0, got {self.augment_crop}")
+        _check(
+            self.augment_crop >= 0,
+            f"data.augment_crop must be >= 0, got {self.augment_crop}",
+        )
 
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
@@ -548,20 +585,29 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "onecycle")
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"] = "adam"
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"] = (
+        "adam"
+    )
     lr: float = 1e-3
     momentum: float = 0.9  # for momentum / nesterov / rmsprop
     weight_decay: float = 0.0  # decoupled for adamw, added to the gradient otherwise
-    schedule: Literal["constant", "cosine", "warmup_cosine", "step", "onecycle"] = "constant"
+    schedule: Literal["constant", "cosine", "warmup_cosine", "step", "onecycle"] = (
+        "constant"
+    )
     warmup_epochs: float = 0.0
-    step_epochs: tuple[int, ...] = ()  # "step": multiply lr by step_factor at these epochs
+    step_epochs: tuple[
+        int, ...
+    ] = ()  # "step": multiply lr by step_factor at these epochs
     step_factor: float = 0.1
     clip_norm: float | None = None  # clip the global gradient norm
     label_smoothing: float = 0.0
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            self.weight_decay >= 0,
+            f"optim.weight_decay must be >= 0, got {self.weight_decay}",
+        )
         _check(
             0.0 <= self.label_smoothing < 1.0,
             f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}",
@@ -570,7 +616,10 @@ class OptimConfig:
             self.clip_norm is None or self.clip_norm > 0,
             f"optim.clip_norm must be > 0, got {self.clip_norm}",
         )
-        _check(self.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(
+            self.warmup_epochs >= 0,
+            f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -586,13 +635,20 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
     kernels: Literal["auto", "xla", "fast"] = "auto"  # conv/pool implementation
-    init_from: str | None = None  # a finished run's workdir: start from its best weights
+    init_from: str | None = (
+        None  # a finished run's workdir: start from its best weights
+    )
     freeze: tuple[str, ...] = ()  # regexes searched in parameter paths (conv_0/kernel)
     new_head: bool = False  # with init_from: re-initialise the last dense layer
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every",
-                     "keep_checkpoints"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
             value = getattr(self, name)
             _check(value >= 1, f"train.{name} must be >= 1, got {value}")
         _check(self.patience >= 0, f"train.patience must be >= 0, got {self.patience}")
@@ -602,7 +658,12 @@ class TrainConfig:
         )
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -644,7 +705,10 @@ class RunConfig:
         out = {}
         for name in _SECTIONS:
             section = getattr(self, name)
-            table = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+            table = {
+                f.name: _plain(getattr(section, f.name))
+                for f in dataclasses.fields(section)
+            }
             if name == "model":
                 table["spec"] = self.model.spec.to_dict() if self.model.spec else None
             out[name] = table
@@ -666,7 +730,9 @@ class RunConfig:
             field = field[len("args.") :]
         if section == "model" and field not in ("name", "args", "spec"):
             args = {**self.model.args, field: value}
-            return dataclasses.replace(self, model=dataclasses.replace(self.model, args=args))
+            return dataclasses.replace(
+                self, model=dataclasses.replace(self.model, args=args)
+            )
         data = self.to_dict()
         data[section][field] = value
         if section == "model" and data["model"]["spec"] is None:

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn import (
     checkpoint,
+    cputune,
     data,
     distributed,
     metrics,
@@ -482,6 +483,8 @@ def fit(
             images_dev, labels_dev = _put(
                 (train_split.images, train_split.labels), steps.replicated
             )
+        # what loading and compiling left free goes back to the OS before the epochs
+        cputune.release_free_memory()
         epochs_without_improvement = _epochs_since_best(history)
         train_seconds = sum(r.get("epoch_seconds", 0.0) for r in history)
         stopped_early = False

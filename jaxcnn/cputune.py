@@ -1,0 +1,129 @@
+"""Process-wide settings that make XLA:CPU train faster, applied by ``import jaxcnn``.
+
+Two settings, each measured on the Keras MNIST convnet (benchmarks/results/levers_*.md):
+
+- **malloc**: XLA:CPU allocates one scratch buffer per executable run (about 70 MB for
+  keras_mnist at batch 128 and 4 steps per dispatch) with ``posix_memalign``. glibc
+  serves a block that large with a fresh ``mmap`` and gives it back with ``munmap``, so
+  every dispatch faults its scratch in again, page by page (17,000 page faults per
+  dispatch, up to half the step time). `keep_freed_memory` makes glibc serve every
+  allocation from its main heap (one arena, no ``mmap``) and keep freed memory instead
+  of trimming it, so the next dispatch reuses pages that are already mapped. The cost:
+  freed memory stays with the process for reuse rather than going back to the OS.
+- **flags**: `XLA_CPU_FLAGS` are added to ``XLA_FLAGS``. XLA's older LLVM loop emitter
+  for elementwise fusions (``--xla_cpu_use_fusion_emitters=false``) ran the im2col and
+  pooling fusions faster than the newer MLIR emitters and compiles in half the time.
+  A flag the user already set in ``XLA_FLAGS`` is left as it is. XLA reads ``XLA_FLAGS``
+  when its first backend starts, so this only takes effect when jaxcnn is imported
+  before anything has run on JAX. GPU and TPU backends ignore ``xla_cpu_*`` flags.
+
+Both must happen before XLA starts, which is why ``import jaxcnn`` calls `apply`.
+``JAXCNN_CPU_TUNING`` chooses: ``on`` (default), ``off``, ``malloc`` or ``flags``.
+Elsewhere than glibc (macOS, musl) the malloc part does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+from jaxcnn.errors import JaxcnnError
+
+ENV = "JAXCNN_CPU_TUNING"
+CHOICES = ("on", "off", "malloc", "flags")
+XLA_CPU_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+# keep up to 2 GiB of freed heap before giving any back (mallopt takes an int)
+_TRIM_THRESHOLD = 2**31 - 1
+
+_state: dict[str, bool] = {}
+
+
+def apply(strict: bool = True) -> dict[str, bool]:
+    """Applies the settings ``JAXCNN_CPU_TUNING`` asks for (idempotent).
+
+    Args:
+      strict: raise on an invalid ``JAXCNN_CPU_TUNING``; with False (what ``import
+        jaxcnn`` uses) nothing is applied and `problem` reports it, so that the CLI can
+        exit 2 with the message instead of failing the import.
+
+    Returns:
+      {"malloc": bool, "flags": bool}: which settings are in effect.
+
+    Raises:
+      JaxcnnError: ``JAXCNN_CPU_TUNING`` is not one of `CHOICES` (strict only).
+    """
+    if not _state:
+        raw = os.environ.get(ENV, "on")
+        choice = raw.strip().lower() or "on"
+        if choice not in CHOICES:
+            _state.update(
+                malloc=False,
+                flags=False,
+                problem=f"environment variable {ENV}={raw!r} is not valid; "
+                f"use one of {', '.join(CHOICES)}",
+            )
+        else:
+            _state["malloc"] = choice in ("on", "malloc") and keep_freed_memory()
+            _state["flags"] = choice in ("on", "flags") and _add_xla_flags()
+    if strict and problem():
+        raise JaxcnnError(problem())
+    return active()
+
+
+def problem() -> str | None:
+    """Why `apply` applied nothing (an invalid ``JAXCNN_CPU_TUNING``), else None."""
+    return _state.get("problem")
+
+
+def active() -> dict[str, bool]:
+    """Which settings `apply` put in effect in this process (all False before it ran)."""
+    return {"malloc": _state.get("malloc", False), "flags": _state.get("flags", False)}
+
+
+def keep_freed_memory() -> bool:
+    """glibc malloc: one arena, no mmap, no trimming (see the module docstring).
+
+    Returns:
+      True when glibc accepted all three settings; False elsewhere than glibc.
+    """
+    if not _is_glibc():
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return all(
+        libc.mallopt(param, value) == 1
+        for param, value in (
+            (_M_ARENA_MAX, 1),  # threads share the main arena, which can grow freely
+            (_M_MMAP_MAX, 0),  # large blocks come from the heap, not fresh mmaps
+            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+        )
+    )
+
+
+def release_free_memory() -> None:
+    """Returns the heap's free pages to the OS (glibc ``malloc_trim``), once, between
+    phases: with trimming off (`keep_freed_memory`), what dataset loading and compiling
+    freed would otherwise stay resident for the whole run. A no-op unless the malloc
+    setting is in effect."""
+    if active()["malloc"]:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+def _add_xla_flags() -> bool:
+    current = os.environ.get("XLA_FLAGS", "")
+    names = {part.split("=", 1)[0] for part in current.split()}
+    extra = [f for f in XLA_CPU_FLAGS if f.split("=", 1)[0] not in names]
+    if extra:
+        os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+    return True
+
+
+def _is_glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False

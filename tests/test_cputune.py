@@ -1,0 +1,131 @@
+"""jaxcnn.cputune: freed host memory is reused without page faults, XLA_FLAGS gets the
+CPU flags without overriding the user's, and JAXCNN_CPU_TUNING chooses or rejects.
+
+Each case runs in a fresh interpreter: these settings belong to a process and must be
+made before XLA starts, which is what `import jaxcnn` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxcnn import cputune
+from jaxcnn.cli import main
+
+glibc_only = pytest.mark.skipif(
+    not cputune._is_glibc(), reason="the malloc tuning applies to glibc only"
+)
+
+# Allocates, touches and frees 96 MiB on a worker thread (XLA allocates its scratch from
+# its own threads), twice, and counts the page faults of the second round.
+PROBE = """
+import ctypes, json, os, resource, threading
+import jaxcnn
+from jaxcnn import cputune
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 96 << 20
+out = {}
+
+def cycle():
+    p = libc.malloc(SIZE)
+    ctypes.memset(p, 1, SIZE)
+    libc.free(p)
+
+def worker():
+    cycle()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cycle()
+    out["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+out["rss_kept_mb"] = rss_mb()
+cputune.release_free_memory()
+out["rss_released_mb"] = rss_mb()
+print(json.dumps({**cputune.active(), **out, "xla_flags": os.environ.get("XLA_FLAGS")}))
+"""
+PAGES = (96 << 20) // os.sysconf("SC_PAGE_SIZE")
+
+
+def _probe(**env) -> dict:
+    env = {**os.environ, **env}
+    for name, value in list(env.items()):
+        if value is None:
+            del env[name]
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc_only
+def test_import_keeps_freed_memory_mapped():
+    result = _probe(JAXCNN_CPU_TUNING=None, XLA_FLAGS=None)
+    assert result["malloc"] is True
+    # the second 96 MiB round reuses pages that are already mapped
+    assert result["faults"] < PAGES // 20, result
+    # ... which stay resident until release_free_memory hands them back
+    assert result["rss_kept_mb"] - result["rss_released_mb"] > 64, result
+
+
+@glibc_only
+def test_opt_out_leaves_glibc_defaults():
+    result = _probe(JAXCNN_CPU_TUNING="off", XLA_FLAGS=None)
+    assert result["malloc"] is False and result["flags"] is False
+    # glibc maps a block this large afresh each time: every page faults again
+    assert result["faults"] > PAGES // 2, result
+    assert result["xla_flags"] is None
+
+
+def test_xla_flags_added_next_to_the_users():
+    result = _probe(
+        JAXCNN_CPU_TUNING="flags", XLA_FLAGS="--xla_cpu_enable_fast_math=false"
+    )
+    assert result["flags"] is True and result["malloc"] is False
+    assert result["xla_flags"].split() == [
+        "--xla_cpu_enable_fast_math=false",
+        *cputune.XLA_CPU_FLAGS,
+    ]
+
+
+def test_users_own_setting_of_a_flag_wins():
+    mine = "--xla_cpu_use_fusion_emitters=true"
+    result = _probe(JAXCNN_CPU_TUNING=None, XLA_FLAGS=mine)
+    assert result["xla_flags"] == mine
+
+
+def test_invalid_choice_applies_nothing_and_is_a_usage_error(monkeypatch, capsys):
+    result = _probe(JAXCNN_CPU_TUNING="fast", XLA_FLAGS=None)
+    assert result["malloc"] is False and result["flags"] is False
+    assert result["xla_flags"] is None
+    # the CLI turns it into exit 2 with the variable, the value and the choices
+    monkeypatch.setattr(cputune, "_state", {})
+    monkeypatch.setenv("JAXCNN_CPU_TUNING", "fast")
+    assert main(["summary", "keras_mnist"]) == 2
+    err = capsys.readouterr().err
+    assert "JAXCNN_CPU_TUNING='fast'" in err and "on, off, malloc, flags" in err
+    with pytest.raises(cputune.JaxcnnError, match="JAXCNN_CPU_TUNING"):
+        cputune.apply()
+
+
+def test_idempotent_and_reports_state():
+    first = cputune.apply()
+    assert cputune.apply() == first == cputune.active()
