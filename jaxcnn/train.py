@@ -60,10 +60,13 @@ def enable_compilation_cache(directory: str | None = None) -> None:
 def default_steps_per_dispatch(backend: str) -> int:
     """How many train steps one compiled call runs when the config says 0 (auto).
 
-    On CPU, unrolling 4 steps into one call measured 1.7x (keras_mnist, 4,158 -> 6,955
-    images/s) and 1.3x (vgg_cifar, 172 -> 217) with the im2col kernels; 8 gains little more
-    and doubles compile time (benchmarks/results/levers_*). Not measured on GPU/TPU: one
-    step per call there.
+    On CPU 4 steps per call: with jaxcnn.cputune's settings in effect, keras_mnist
+    measured 9,084 (1 step) vs 9,337 images/s (4 steps) on synthetic data and 1.05-1.15x
+    in real MNIST epochs; vgg_cifar 238 vs 248. Without them (JAXCNN_CPU_TUNING=off, or
+    not glibc) 4 steps per call is what amortises XLA re-faulting its scratch memory on
+    every call (1.7x). 8 gains nothing more and doubles compile time
+    (benchmarks/results/step_bench.md, levers_*). Not measured on GPU/TPU: one step per
+    call there.
     """
     return 4 if backend == "cpu" else 1
 
