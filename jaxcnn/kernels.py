@@ -216,15 +216,22 @@ def _first_max_masks(taps, y):
 
 
 def _max_pool_fwd_value(x, window, stride, padding, relu):
-    _, h, w, _ = x.shape
+    n, h, w, c = x.shape
     ho = out_size(h, window[0], stride[0], 1, padding[0])
     wo = out_size(w, window[1], stride[1], 1, padding[1])
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=-jnp.inf)
-    taps = _taps(xp, window, stride, (1, 1), (ho, wo))
-    y = functools.reduce(jnp.maximum, taps)
+    (kh, kw) = window
+    if tuple(window) == tuple(stride):
+        # Windows tile the input: a reshape and one reduction, which XLA materialises
+        # once. The max of shifted slices is an elementwise fusion that XLA recomputes
+        # inside every consumer, e.g. 9 times in the next conv's im2col taps (keras_mnist
+        # 8,972 -> 9,773 images/s at 4 steps per call).
+        y = xp[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw, c).max(axis=(2, 4))
+    else:
+        y = functools.reduce(jnp.maximum, _taps(xp, window, stride, (1, 1), (ho, wo)))
     if relu:
         y = jnp.maximum(y, 0)
-    return y, taps
+    return y
 
 
 def _max_pool_grad(x, y, g, window, stride, padding, relu):
@@ -261,11 +268,11 @@ def _max_pool_grad(x, y, g, window, stride, padding, relu):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_fast(x, window, stride, padding, relu):
-    return _max_pool_fwd_value(x, window, stride, padding, relu)[0]
+    return _max_pool_fwd_value(x, window, stride, padding, relu)
 
 
 def _max_pool_fast_fwd(x, window, stride, padding, relu):
-    y, _ = _max_pool_fwd_value(x, window, stride, padding, relu)
+    y = _max_pool_fwd_value(x, window, stride, padding, relu)
     return y, (x, y)
 
 
