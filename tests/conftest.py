@@ -11,10 +11,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout holds the raw MNIST / Fashion-MNIST files (CI has it).
-SHARED_DATA = pathlib.Path(os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = pathlib.Path(
+    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
+)
 # Built TFDS datasets live outside the repo and survive between sessions.
 TFDS_CACHE = pathlib.Path(
-    os.environ.get("JAXCNN_TEST_TFDS_DIR", pathlib.Path.home() / ".cache" / "jaxcnn-tests" / "tfds")
+    os.environ.get(
+        "JAXCNN_TEST_TFDS_DIR", pathlib.Path.home() / ".cache" / "jaxcnn-tests" / "tfds"
+    )
 )
 
 
@@ -43,5 +47,7 @@ def tfds_dir(shared_data) -> pathlib.Path:
     with open(TFDS_CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for name in ("mnist", "fashion_mnist"):
-            data.prepare_dataset(name, data_dir=str(TFDS_CACHE), manual_dir=str(shared_data / name))
+            data.prepare_dataset(
+                name, data_dir=str(TFDS_CACHE), manual_dir=str(shared_data / name)
+            )
     return TFDS_CACHE

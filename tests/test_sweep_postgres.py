@@ -46,7 +46,9 @@ def postgres_url():
     """
     bin_dir = _pg_bin()
     if bin_dir is None:
-        pytest.fail("-m postgres needs the PostgreSQL server binaries: apt-get install postgresql")
+        pytest.fail(
+            "-m postgres needs the PostgreSQL server binaries: apt-get install postgresql"
+        )
     root = pathlib.Path(tempfile.mkdtemp(prefix="jaxcnn-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:

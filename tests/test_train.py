@@ -184,9 +184,14 @@ def test_kill_mid_epoch_then_resume_is_bit_identical(tmp_path, tfds_dir, shared_
         json.loads(x)
         for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     ]
-    strip = lambda r: {
-        k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")
-    }  # noqa: E731
+
+    def strip(r):
+        return {
+            k: v
+            for k, v in r.items()
+            if k not in ("epoch_seconds", "images_per_second")
+        }
+
     assert [strip(r) for r in ma] == [strip(r) for r in mb]
 
 
