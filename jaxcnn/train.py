@@ -61,8 +61,8 @@ def default_steps_per_dispatch(backend: str) -> int:
     """How many train steps one compiled call runs when the config says 0 (auto).
 
     On CPU 4 steps per call: with jaxcnn.cputune's settings in effect, keras_mnist
-    measured 9,084 (1 step) vs 9,337 images/s (4 steps) on synthetic data and 1.05-1.15x
-    in real MNIST epochs; vgg_cifar 238 vs 248. Without them (JAXCNN_CPU_TUNING=off, or
+    measured 9,679 (1 step) vs 10,457 images/s (4 steps) on synthetic data and 1.05-1.15x
+    in real MNIST epochs; vgg_cifar 245 vs 260. Without them (JAXCNN_CPU_TUNING=off, or
     not glibc) 4 steps per call is what amortises XLA re-faulting its scratch memory on
     every call (1.7x). 8 gains nothing more and doubles compile time
     (benchmarks/results/step_bench.md, levers_*). Not measured on GPU/TPU: one step per
