@@ -16,21 +16,10 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from jaxcnn.errors import SpecError
 
-ACTIVATIONS = (
-    "relu",
-    "leaky_relu",
-    "elu",
-    "gelu",
-    "silu",
-    "tanh",
-    "sigmoid",
-    "softplus",
-    "identity",
-)
 POOL_KINDS = ("max", "avg", "sum", "lp", "geometric", "harmonic")
 GLOBAL_POOL_KINDS = ("max", "avg")
 NORM_KINDS = ("batch", "layer", "group")
@@ -46,6 +35,7 @@ Activation = Literal[
     "softplus",
     "identity",
 ]
+ACTIVATIONS = get_args(Activation)
 Pair = tuple[int, int]
 # Conv kernel initialisers: Flax's default, or a classic kernel (jaxcnn.filters)
 ConvInit = Literal[
