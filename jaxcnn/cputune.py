@@ -28,7 +28,7 @@ Elsewhere than glibc (macOS, musl) the malloc part does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 
 from jaxcnn.errors import JaxcnnError
@@ -96,9 +96,8 @@ def keep_freed_memory() -> bool:
     """
     if not _is_glibc():
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return all(
-        libc.mallopt(param, value) == 1
+        _libc().mallopt(param, value) == 1
         for param, value in (
             (_M_ARENA_MAX, 1),  # threads share the main arena, which can grow freely
             (_M_MMAP_MAX, 0),  # large blocks come from the heap, not fresh mmaps
@@ -113,7 +112,7 @@ def release_free_memory() -> None:
     freed would otherwise stay resident for the whole run. A no-op unless the malloc
     setting is in effect."""
     if active()["malloc"]:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
 
 
 def _add_xla_flags() -> bool:
@@ -123,6 +122,12 @@ def _add_xla_flags() -> bool:
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
     return True
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library this process already runs on (no search on disk)."""
+    return ctypes.CDLL(None)
 
 
 def _is_glibc() -> bool:

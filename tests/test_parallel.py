@@ -9,30 +9,32 @@ import numpy as np
 import pytest
 
 
-def _train(workdir, devices: int, epochs: int, *extra):
+def _jaxcnn(devices: int, *args) -> subprocess.CompletedProcess:
+    """Runs the jaxcnn CLI in a process with `devices` fake CPU devices."""
     env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
     }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxcnn",
-            "train",
-            "--workdir",
-            str(workdir),
-            "--quiet",
-            "--epochs",
-            str(epochs),
-            *extra,
-        ],
+    return subprocess.run(
+        [sys.executable, "-m", "jaxcnn", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    return result
+
+
+def _train(workdir, devices: int, epochs: int, *extra):
+    return _jaxcnn(
+        devices,
+        "train",
+        "--workdir",
+        str(workdir),
+        "--quiet",
+        "--epochs",
+        str(epochs),
+        *extra,
+    )
 
 
 def _curve(workdir):
@@ -87,25 +89,7 @@ def test_batch_that_does_not_divide_by_devices_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("devices", [2])
 def test_eval_runs_on_several_devices(tmp_path, devices):
     assert _train(tmp_path / "r", devices, 1).returncode == 0
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxcnn",
-            "eval",
-            "--workdir",
-            str(tmp_path / "r"),
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _jaxcnn(devices, "eval", "--workdir", str(tmp_path / "r"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["examples"] == 297

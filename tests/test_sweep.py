@@ -227,8 +227,10 @@ def test_seeds_report_mean_std_and_interval(tmp_path):
 
 
 # --------------------------------------------------------------------------- fault tolerance
-def _write_sweep_file(tmp_path, epochs: int, filters: list[int]) -> pathlib.Path:
-    path = tmp_path / "kill.toml"
+def _write_sweep_file(
+    tmp_path, epochs: int, filters: list[int], name: str = "kill"
+) -> pathlib.Path:
+    path = tmp_path / f"{name}.toml"
     path.write_text(
         f"""
 [model]
@@ -239,7 +241,7 @@ epochs = {epochs}
 batch_size = 16
 keep_checkpoints = 1
 [sweep]
-name = "kill"
+name = "{name}"
 [sweep.grid]
 "model.filters" = {filters}
 """

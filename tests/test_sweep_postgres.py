@@ -17,6 +17,7 @@ import time
 
 import optuna
 import pytest
+from test_sweep import _write_sweep_file
 
 from jaxcnn import sweep
 
@@ -81,26 +82,6 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _write_sweep_file(tmp_path, name: str, epochs: int, filters: list[int]):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(
-        f"""
-[model]
-name = "simple_cnn"
-args = {{ input_shape = [8, 8, 1], depth = 1, padding = "same", dense_units = 32 }}
-[train]
-epochs = {epochs}
-batch_size = 16
-keep_checkpoints = 1
-[sweep]
-name = "{name}"
-[sweep.grid]
-"model.filters" = {filters}
-"""
-    )
-    return path
-
-
 def _trials_by_key(url: str, name: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
     study = optuna.load_study(study_name=name, storage=url)
     out: dict[str, list] = {}
@@ -113,7 +94,7 @@ def test_three_concurrent_workers_on_postgres_run_every_trial_once(
     tmp_path, postgres_url
 ):
     epochs = 2
-    config = _write_sweep_file(tmp_path, "pg_grid", epochs, [4, 6, 8, 10, 12, 14])
+    config = _write_sweep_file(tmp_path, epochs, [4, 6, 8, 10, 12, 14], name="pg_grid")
     workdir = tmp_path / "sweep"
     rows = sweep.run_sweep(config, workdir, storage=postgres_url, workers=3, quiet=True)
     assert not (workdir / sweep.JOURNAL).exists()  # the trials went to PostgreSQL
@@ -143,7 +124,7 @@ def test_sigkilled_worker_is_found_by_heartbeat_and_its_trial_resumed(
     tmp_path, postgres_url
 ):
     epochs = 8
-    config = _write_sweep_file(tmp_path, "pg_kill", epochs, [8, 16, 24])
+    config = _write_sweep_file(tmp_path, epochs, [8, 16, 24], name="pg_kill")
     workdir = tmp_path / "sweep"
     command = [
         sys.executable,
