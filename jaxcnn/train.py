@@ -2,7 +2,7 @@
 
 The model and optimiser live as one pytree `state` between steps (nnx.split once, nnx.merge
 only inside compiled code), so each dispatch costs one call into XLA. A dispatch runs `k`
-train steps, unrolled in Python: on CPU a rolled `lax.scan` measured ~5x slower.
+train steps as one rolled loop (compiled once, whatever k is).
 
 Resume is exact: the data order of an epoch is a function of (seed, epoch), augmentation
 keys of (seed, step), and dropout draws from the model's own RNG state, which is part of
@@ -64,9 +64,9 @@ def default_steps_per_dispatch(backend: str) -> int:
     measured 9,679 (1 step) vs 10,457 images/s (4 steps) on synthetic data and 1.05-1.15x
     in real MNIST epochs; vgg_cifar 245 vs 260. Without them (JAXCNN_CPU_TUNING=off, or
     not glibc) 4 steps per call is what amortises XLA re-faulting its scratch memory on
-    every call (1.7x). 8 gains nothing more and doubles compile time
-    (benchmarks/results/step_bench.md, levers_*). Not measured on GPU/TPU: one step per
-    call there.
+    every call (1.7x). 8 or 16 gain nothing more (benchmarks/results/step_bench.md,
+    levers_*); the steps are a rolled loop, so k costs no compile time. Not measured on
+    GPU/TPU: one step per call there.
     """
     return 4 if backend == "cpu" else 1
 
@@ -127,12 +127,18 @@ class Steps:
         self.augment_key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
 
     def _train_steps(self, state, images, labels, indices, step0):
-        """Runs len(indices) steps; images/labels are the resident split or the batches."""
-        model, optimizer = nnx.merge(self.train_graph, state)
+        """Runs len(indices) steps; images/labels are the resident split or the batches.
+
+        The steps are one rolled `lax.fori_loop`: its body compiles once, so a call of k
+        steps compiles as fast as a call of one (keras_mnist k=4: first call 1.4-1.6 s
+        vs 5.2-5.6 s Python-unrolled), at the same speed per step.
+        """
         cfg = self.config
-        sums = jnp.zeros((3,), jnp.float32)  # loss sum, correct sum, examples
         num_steps = images.shape[0] if indices is None else indices.shape[0]
-        for i in range(num_steps):
+
+        def one_step(i, carry):
+            state, sums = carry
+            model, optimizer = nnx.merge(self.train_graph, state)
             if indices is None:  # streamed data: batch i was passed in
                 x, y = images[i], labels[i]
             else:  # resident data: gather the batch on device
@@ -144,7 +150,7 @@ class Steps:
                 )
             weights = jnp.ones(y.shape, jnp.float32)
 
-            def loss_fn(model, x=x, y=y, weights=weights):
+            def loss_fn(model):
                 return _loss_and_metrics(
                     model, x, y, weights, cfg.optim.label_smoothing
                 )
@@ -154,8 +160,11 @@ class Steps:
             )(model)
             optimizer.update(model, grads)
             sums = sums + jnp.stack([loss_sum, correct, jnp.float32(y.shape[0])])
-        _, state = nnx.split((model, optimizer))
-        return state, sums
+            _, state = nnx.split((model, optimizer))
+            return state, sums
+
+        sums = jnp.zeros((3,), jnp.float32)  # loss sum, correct sum, examples
+        return jax.lax.fori_loop(0, num_steps, one_step, (state, sums))
 
     def _eval_batch(self, state, images, labels, mask):
         model, _ = nnx.merge(self.eval_graph, state)
