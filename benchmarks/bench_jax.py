@@ -2,10 +2,12 @@
 
   python benchmarks/bench_jax.py MODEL VARIANT
 
-VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>]`.
+VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>][,loop=<l>]`.
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
 malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
+`loop` runs the k steps as one rolled `lax.fori_loop` (`fori`, the default, as
+jaxcnn.train does) or unrolled in Python (`unroll`, what jaxcnn did before).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ LEVERS = {
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(kernels="auto", k=1, lever=None, tune="on")
+    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="fori")
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value
@@ -82,16 +84,23 @@ def make_runner(model_name: str, variant: str):
         logits = nnx.merge(graphdef, params, rest)(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    def one_step(i, carry):
+        params, opt_state, start, _ = carry
+        j = (start + i) % n
+        x = jax.lax.dynamic_index_in_dim(xs, j, keepdims=False)
+        y = jax.lax.dynamic_index_in_dim(ys, j, keepdims=False)
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, start, loss
+
     def k_steps(params, opt_state, start):
-        # Python-unrolled: a rolled lax.scan measured ~5x slower on XLA:CPU.
-        for i in range(k):
-            j = (start + i) % n
-            x = jax.lax.dynamic_index_in_dim(xs, j, keepdims=False)
-            y = jax.lax.dynamic_index_in_dim(ys, j, keepdims=False)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-        return params, opt_state, loss
+        carry = (params, opt_state, start, jnp.float32(0))
+        if v["loop"] == "fori":
+            carry = jax.lax.fori_loop(0, k, one_step, carry)
+        else:
+            for i in range(k):
+                carry = one_step(i, carry)
+        return carry[0], carry[1], carry[3]
 
     step = jax.jit(k_steps, donate_argnums=(0, 1))
     state = {"params": params, "opt": opt_state, "start": 0}

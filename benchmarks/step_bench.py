@@ -72,6 +72,12 @@ LEVERS |= {
     for k in (1, 4)
     for t in ("off", "malloc", "flags")
 }
+# the k steps of a call as one rolled lax.fori_loop (jaxcnn.train) or unrolled in Python
+LEVERS |= {
+    f"lever_loop_{loop}_k{k}": ("bench_jax.py", f"kernels=auto,k={k},loop={loop}")
+    for k in (4, 8)
+    for loop in ("fori", "unroll")
+}
 PEERS = ("torch_cl", "keras_tf")
 
 
