@@ -124,45 +124,13 @@ def _conv_xla(x, w, stride, padding, dilation, groups):
 
 
 def _patches(x, kernel, stride, padding, dilation):
-    """im2col: [N, H, W, C] -> [N, Ho, Wo, kh*kw*C], features ordered (i, j, c).
-
-    Built in two concatenations, first of the kw column taps over the whole padded
-    height ([N, Hp, Wo, kw*C]), then of kh row slices of that. XLA:CPU materialises each
-    slice of a concatenation separately; 3 + 3 operands instead of 9 made keras_mnist's
-    conv2 patches 1.9 vs 2.8 ms and the step 3-8% faster (vgg_cifar unchanged).
-    """
+    """im2col: [N, H, W, C] -> [N, Ho, Wo, kh*kw*C], features ordered (i, j, c)."""
     _, h, w, _ = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    ho = out_size(h, kh, sh, dh, padding[0])
-    wo = out_size(w, kw, sw, dw, padding[1])
+    ho = out_size(h, kernel[0], stride[0], dilation[0], padding[0])
+    wo = out_size(w, kernel[1], stride[1], dilation[1], padding[1])
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    n, hp, _, c = xp.shape
-    cols = _concat(
-        [
-            lax.slice(
-                xp,
-                (0, 0, j * dw, 0),
-                (n, hp, j * dw + (wo - 1) * sw + 1, c),
-                (1, 1, sw, 1),
-            )
-            for j in range(kw)
-        ]
-    )
-    return _concat(
-        [
-            lax.slice(
-                cols,
-                (0, i * dh, 0, 0),
-                (n, i * dh + (ho - 1) * sh + 1, wo, kw * c),
-                (1, sh, 1, 1),
-            )
-            for i in range(kh)
-        ]
-    )
-
-
-def _concat(parts):
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    taps = _taps(xp, kernel, stride, dilation, (ho, wo))
+    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
