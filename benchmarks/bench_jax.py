@@ -6,8 +6,9 @@ VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>]
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
 malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
-`loop` runs the k steps as one rolled `lax.fori_loop` (`fori`, the default, as
-jaxcnn.train does) or unrolled in Python (`unroll`, what jaxcnn did before).
+`loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
+(`unroll`); `auto` (the default) chooses as jaxcnn.train does: rolled for k > 1 unless
+a convolution runs XLA's lax.conv on CPU (slow in a loop body, jax-ml/jax#12868).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ LEVERS = {
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="fori")
+    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="auto")
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value
@@ -68,6 +69,11 @@ def make_runner(model_name: str, variant: str):
     model = models.build_model(spec, seed=0, kernels=v["kernels"])
     if v["lever"]:
         apply_lever(model, v["lever"])
+    rolled = v["loop"] == "fori" or (
+        v["loop"] == "auto"
+        and k > 1
+        and not (jax.default_backend() == "cpu" and layers.runs_xla_convolution(model))
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
@@ -95,7 +101,7 @@ def make_runner(model_name: str, variant: str):
 
     def k_steps(params, opt_state, start):
         carry = (params, opt_state, start, jnp.float32(0))
-        if v["loop"] == "fori":
+        if rolled:
             carry = jax.lax.fori_loop(0, k, one_step, carry)
         else:
             for i in range(k):

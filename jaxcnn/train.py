@@ -33,6 +33,7 @@ from jaxcnn import (
     cputune,
     data,
     distributed,
+    layers,
     metrics,
     models,
     optim,
@@ -110,6 +111,11 @@ class Steps:
 
     def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, config: RunConfig):
         self.config = config
+        # XLA:CPU runs lax.conv ~25x slower inside a loop body (jax-ml/jax#12868): with
+        # XLA convolutions on CPU the steps of a call are unrolled instead of rolled.
+        self.rolled = not (
+            jax.default_backend() == "cpu" and layers.runs_xla_convolution(model)
+        )
         self.mesh = Mesh(np.array(jax.devices()), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
         self.by_batch = NamedSharding(self.mesh, P("data"))  # [batch, ...]
@@ -129,9 +135,10 @@ class Steps:
     def _train_steps(self, state, images, labels, indices, step0):
         """Runs len(indices) steps; images/labels are the resident split or the batches.
 
-        The steps are one rolled `lax.fori_loop`: its body compiles once, so a call of k
-        steps compiles as fast as a call of one (keras_mnist k=4: first call 1.4-1.6 s
-        vs 5.2-5.6 s Python-unrolled), at the same speed per step.
+        Several steps are one rolled `lax.fori_loop`: its body compiles once, so a call
+        of k steps compiles as fast as a call of one (keras_mnist k=4: first call
+        1.4-1.6 s vs 5.2-5.6 s Python-unrolled), at the same speed per step. Unrolled
+        where the loop would be slow (`self.rolled`); one step is called directly.
         """
         cfg = self.config
         num_steps = images.shape[0] if indices is None else indices.shape[0]
@@ -163,8 +170,12 @@ class Steps:
             _, state = nnx.split((model, optimizer))
             return state, sums
 
-        sums = jnp.zeros((3,), jnp.float32)  # loss sum, correct sum, examples
-        return jax.lax.fori_loop(0, num_steps, one_step, (state, sums))
+        carry = (state, jnp.zeros((3,), jnp.float32))  # loss sum, correct sum, examples
+        if self.rolled and num_steps > 1:
+            return jax.lax.fori_loop(0, num_steps, one_step, carry)
+        for i in range(num_steps):
+            carry = one_step(i, carry)
+        return carry
 
     def _eval_batch(self, state, images, labels, mask):
         model, _ = nnx.merge(self.eval_graph, state)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import layers, models
+from jaxcnn import layers, models, optim, train
+from jaxcnn.spec import RunConfig
 
 
 @nnx.jit
@@ -78,3 +79,19 @@ def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
     auto = models.build_model(models.preset("keras_mnist"), kernels="auto")
     expected = "im2col" if jax.default_backend() == "cpu" else "xla"
     assert auto.conv_0.impl == expected
+
+
+def test_train_rolls_its_steps_unless_an_xla_convolution_runs_on_cpu():
+    """XLA:CPU's lax.conv is ~25x slower in a loop body: those models unroll."""
+    fast = models.build_model(models.preset("keras_mnist"), kernels="fast")
+    assert not layers.runs_xla_convolution(fast)
+    assert layers.runs_xla_convolution(
+        models.build_model(models.preset("keras_mnist"), kernels="xla")
+    )
+    config = RunConfig()
+    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1, epochs=1)
+    assert train.Steps(fast, nnx.Optimizer(fast, tx, wrt=nnx.Param), config).rolled
+    fast.conv_2.impl = "xla"  # one XLA convolution is enough
+    assert layers.runs_xla_convolution(fast)
+    steps = train.Steps(fast, nnx.Optimizer(fast, tx, wrt=nnx.Param), config)
+    assert steps.rolled == (jax.default_backend() != "cpu")

@@ -207,6 +207,40 @@ def test_resume_in_process_is_exact_and_extends_epochs(tmp_path):
     )
 
 
+@pytest.mark.parametrize("kernels", ["auto", "xla"])
+def test_steps_per_call_change_neither_the_steps_nor_the_metrics(tmp_path, kernels):
+    """k=4 per call (rolled loop, or unrolled for XLA convs on CPU) equals one per call.
+
+    Digits has 42 batches an epoch: 10 calls of 4 steps and one of the last 2. Equal up
+    to float rounding (other fusions).
+    """
+    runs = {
+        k: train.fit(
+            _digits(
+                **{
+                    "train.epochs": 2,
+                    "train.steps_per_dispatch": k,
+                    "train.kernels": kernels,
+                }
+            ),
+            tmp_path / f"k{k}",
+            quiet=True,
+        )
+        for k in (1, 4)
+    }
+    one, four = runs[1], runs[4]
+    assert four.summary["steps_per_dispatch"] == 4
+    assert [r["step"] for r in four.history] == [42, 84]
+    for a, b in zip(one.history, four.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=1e-3)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-4),
+        _params(one.model),
+        _params(four.model),
+    )
+
+
 def test_workdir_with_different_config_is_refused(tmp_path):
     train.fit(_digits(**{"train.epochs": 1}), tmp_path / "a", quiet=True)
     with pytest.raises(Exception, match="different config.*optim.lr"):
