@@ -68,11 +68,16 @@ def run_jax(data, max_epochs: int, k: int):
         logits = nnx.merge(graphdef, params, rest)(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def k_steps(params, opt_state, idx):  # idx [k, batch]
-        for i in range(k):
-            grads = jax.grad(loss_fn)(params, xtr[idx[i]], ytr[idx[i]])
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
+    def one_step(i, carry):
+        params, opt_state, idx = carry
+        grads = jax.grad(loss_fn)(params, xtr[idx[i]], ytr[idx[i]])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, idx
+
+    def k_steps(params, opt_state, idx):  # idx [k, batch]; rolled as in jaxcnn.train
+        params, opt_state, _ = jax.lax.fori_loop(
+            0, k, one_step, (params, opt_state, idx)
+        )
         return params, opt_state
 
     k_steps = jax.jit(k_steps, donate_argnums=(0, 1))
