@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxcnn import layers, models  # noqa: E402
+from jaxcnn import layers, models, train  # noqa: E402
 
 # lever -> (conv impl, pool impl, fuse relu into max-pool, crop dead border)
 LEVERS = {
@@ -69,11 +69,7 @@ def make_runner(model_name: str, variant: str):
     model = models.build_model(spec, seed=0, kernels=v["kernels"])
     if v["lever"]:
         apply_lever(model, v["lever"])
-    rolled = v["loop"] == "fori" or (
-        v["loop"] == "auto"
-        and k > 1
-        and not (jax.default_backend() == "cpu" and layers.runs_xla_convolution(model))
-    )
+    rolled = train.rolls_steps(model) if v["loop"] == "auto" else v["loop"] == "fori"
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
@@ -101,11 +97,7 @@ def make_runner(model_name: str, variant: str):
 
     def k_steps(params, opt_state, start):
         carry = (params, opt_state, start, jnp.float32(0))
-        if rolled:
-            carry = jax.lax.fori_loop(0, k, one_step, carry)
-        else:
-            for i in range(k):
-                carry = one_step(i, carry)
+        carry = train.run_steps(one_step, k, carry, rolled)
         return carry[0], carry[1], carry[3]
 
     step = jax.jit(k_steps, donate_argnums=(0, 1))

@@ -56,7 +56,7 @@ def run_jax(data, max_epochs: int, k: int):
     import optax
     from flax import nnx
 
-    from jaxcnn import models
+    from jaxcnn import models, train
 
     xtr, ytr, xte, yte = (jnp.asarray(a) for a in data)  # resident on the device
     model = models.build_model(models.preset("keras_mnist"), seed=0, kernels="auto")
@@ -74,11 +74,11 @@ def run_jax(data, max_epochs: int, k: int):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, idx
 
-    def k_steps(params, opt_state, idx):  # idx [k, batch]; rolled as in jaxcnn.train
-        params, opt_state, _ = jax.lax.fori_loop(
-            0, k, one_step, (params, opt_state, idx)
-        )
-        return params, opt_state
+    rolled = train.rolls_steps(model)
+
+    def k_steps(params, opt_state, idx):  # idx [k, batch]; as jaxcnn.train runs them
+        carry = train.run_steps(one_step, k, (params, opt_state, idx), rolled)
+        return carry[0], carry[1]
 
     k_steps = jax.jit(k_steps, donate_argnums=(0, 1))
 

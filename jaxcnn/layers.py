@@ -432,9 +432,7 @@ def conv_pool(
 def runs_xla_convolution(model: nnx.Module) -> bool:
     """Whether some convolution of `model` runs as XLA's lax.conv (impl "xla", or grouped).
 
-    XLA:CPU runs such a convolution ~25x slower inside a loop body than outside
-    (jax-ml/jax#12868; a 3x3 conv step 13 ms vs 340 ms here), which decides how
-    jaxcnn.train runs several steps per call.
+    jaxcnn.train.rolls_steps asks: such a convolution is slow in a loop body on CPU.
     """
     return any(
         isinstance(m, Conv) and (m.impl == "xla" or m.feature_group_count != 1)
