@@ -7,11 +7,13 @@ Each op has an ``impl`` argument:
 
 - ``"xla"`` is the jax.lax reference (`lax.conv_general_dilated`, `lax.reduce_window`),
   the right choice on GPU/TPU (cuDNN and friends).
-- ``"im2col"`` (conv) and ``"fast"`` (pool) are written for XLA:CPU, whose backward
-  convolution and `reduce_window` max gradient are slow: the convolution becomes shifted
-  slices + one matmul with a matmul-only gradient, and the max-pool gradient an elementwise
-  mask against the pooled output. Both give the same values and gradients as the reference
-  (up to float summation order), ties in max pooling included.
+- ``"im2col"``, ``"winograd"`` (conv) and ``"fast"`` (pool) are written for XLA:CPU, whose
+  backward convolution and `reduce_window` max gradient are slow: im2col makes a
+  convolution shifted slices + one matmul with a matmul-only gradient; Winograd F(m, 3)
+  (3x3, stride 1) does a 3x3 convolution with 2.25-4x fewer multiplies, as batched matmuls
+  between elementwise tile transforms, in the forward and both gradients; the max-pool
+  gradient is an elementwise mask against the pooled output. All give the same values and
+  gradients as the reference (up to float rounding), ties in max pooling included.
 
 `choose_impl` picks one per layer and backend; `border_crop` finds the rows/columns of a
 convolution output that a following floor-mode pool never reads, so that they need not be
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
-ConvImpl = Literal["xla", "im2col"]
+ConvImpl = Literal["xla", "im2col", "winograd"]
 PoolImpl = Literal["xla", "fast"]
 PoolKind = Literal["max", "avg", "sum", "lp", "geometric", "harmonic"]
 
@@ -163,6 +165,193 @@ def _conv_im2col_bwd(stride, padding, dilation, res, g):
 _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
+# Winograd minimal filtering F(m, 3) (Lavin & Gray, "Fast Algorithms for Convolutional
+# Neural Networks", 2015). A 3x3 correlation of an (m+2)-long input tile d with a kernel g
+# is A^T [(G g) * (B^T d)]: (m+2) multiplies for m outputs instead of 3m. In 2-D, with
+# the transforms applied along rows and columns, an image is cut into (m+2)x(m+2) tiles
+# at stride m, and the (m+2)^2 elementwise products over channels become (m+2)^2 batched
+# matmuls [tiles, Cin] x [Cin, Cout]: 2.25x (m=2) or 4x (m=4) fewer multiplies than
+# direct or im2col. Rows: (B^T, G, A^T).
+_WINOGRAD = {
+    2: (
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1)),
+    ),
+    4: (
+        (
+            (4, 0, -5, 0, 1, 0),
+            (0, -4, -4, 1, 1, 0),
+            (0, 4, -4, -1, 1, 0),
+            (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0),
+            (0, 4, 0, -5, 0, 1),
+        ),
+        (
+            (1 / 4, 0, 0),
+            (-1 / 6, -1 / 6, -1 / 6),
+            (-1 / 6, 1 / 6, -1 / 6),
+            (1 / 24, 1 / 12, 1 / 6),
+            (1 / 24, -1 / 12, 1 / 6),
+            (0, 0, 1),
+        ),
+        (
+            (1, 1, 1, 1, 1, 0),
+            (0, 1, -1, 2, -2, 0),
+            (0, 1, 1, 4, 4, 0),
+            (0, 1, -1, 8, -8, 1),
+        ),
+    ),
+}
+# Below this many input channels the tile transforms cost more than the multiplies they
+# save (one vgg_cifar-sized layer, forward + backward: 3 channels 28-34 ms vs im2col's
+# 12-15, 8 channels even, 16 channels 22-23 vs 37-39).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def winograd_applies(kernel, stride, dilation, groups=1, dtype=jnp.float32) -> bool:
+    """Whether a conv can run as Winograd: 3x3, stride 1, undilated, ungrouped, f32/f64.
+
+    Lower precisions are left to im2col: the F(4, 3) transforms scale values by up to 25.
+    """
+    return (
+        _pair(kernel) == (3, 3)
+        and _pair(stride) == (1, 1)
+        and _pair(dilation) == (1, 1)
+        and groups == 1
+        and jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+    )
+
+
+def winograd_tile(out_hw: Sequence[int]) -> int:
+    """The output tile m (2 or 4) with the fewest multiplies for an output of out_hw."""
+
+    def multiplies(m):
+        return -(-out_hw[0] // m) * -(-out_hw[1] // m) * (m + 2) ** 2
+
+    return min((4, 2), key=multiplies)  # ties go to 4 (fewer, larger matmuls)
+
+
+def _mix(mat, x, axis):
+    """Applies a small constant matrix along `axis`: out[i] = sum_k mat[i][k] * x[k].
+
+    One sum of slices per output row, zero coefficients skipped, rows stacked.
+    """
+    parts = [lax.index_in_dim(x, k, axis, keepdims=False) for k in range(x.shape[axis])]
+    rows = []
+    for row in mat:
+        terms = [
+            p if c == 1 else -p if c == -1 else p * c
+            for c, p in zip(row, parts, strict=True)
+            if c
+        ]
+        rows.append(functools.reduce(jnp.add, terms))
+    return jnp.stack(rows, axis=axis)
+
+
+def _tiles(x, axis, m, tiles):
+    """[..., L, ...] -> [a, ..., tiles, ...]: the a = m + 2 overlapping positions.
+
+    Position k of tile i along `axis` is x[m * i + k]; the positions lead the result.
+    """
+    last = m * (tiles - 1) + 1
+    return jnp.stack([lax.slice_in_dim(x, k, k + last, m, axis) for k in range(m + 2)])
+
+
+def _untiles(t, axis, m):
+    """Transpose of `_tiles`: [a, ..., tiles, ...] -> [..., m * (tiles + 1), ...].
+
+    Positions 0..m-1 of tile i land in block i, positions m..a-1 at the start of block
+    i + 1 (the overlap with the next tile, a - m = 2 <= m); the overlaps are summed.
+    """
+    a = t.shape[0]
+    own = jnp.moveaxis(t[:m], 0, axis + 1)  # [..., tiles, m, ...]
+    cfg = [(0, 0, 0)] * own.ndim
+    cfg[axis] = (0, 1, 0)
+    own = lax.pad(own, jnp.zeros((), t.dtype), cfg)
+    cfg[axis], cfg[axis + 1] = (1, 0, 0), (0, 2 * m - a, 0)
+    spill = lax.pad(jnp.moveaxis(t[m:], 0, axis + 1), jnp.zeros((), t.dtype), cfg)
+    both = own + spill  # [..., tiles + 1, m, ...]
+    shape = list(both.shape)
+    shape[axis : axis + 2] = [shape[axis] * m]
+    return both.reshape(shape)
+
+
+def _winograd_geometry(in_hw, padding, m):
+    """Output size and tiles per axis: ((ho, wo), (th, tw))."""
+    out = tuple(in_hw[a] + padding[a][0] + padding[a][1] - 2 for a in range(2))
+    return out, tuple(-(-o // m) for o in out)
+
+
+def _winograd_inputs(x, w, padding, m):
+    """V = B^T d B for every tile, [a*a, N*th*tw, Cin]; U = G g G^T, [a*a, Cin, Cout]."""
+    bt, g, _ = _WINOGRAD[m]
+    a = m + 2
+    n, h, wd, cin = x.shape
+    (ho, wo), (th, tw) = _winograd_geometry((h, wd), padding, m)
+    (pt, pb), (pl, pr) = padding
+    pads = ((0, 0), (pt, pb + m * th - ho), (pl, pr + m * tw - wo), (0, 0))
+    xq = jnp.pad(x, pads)  # exactly th x tw tiles
+    rows = _mix(bt, _tiles(xq, 1, m, th), 0)  # [a, N, th, Wq, C]
+    v = _mix(bt, _tiles(rows, 3, m, tw), 0)  # [a(col), a(row), N, th, tw, C]
+    v = v.reshape(a * a, n * th * tw, cin)
+    gm = jnp.asarray(g, x.dtype)
+    u = jnp.einsum("ai,ijcf,bj->bacf", gm, w, gm).reshape(a * a, cin, w.shape[-1])
+    return v, u
+
+
+def _winograd_outputs(mm, n, geometry, m):
+    """Y = A^T M A per tile, tiles put back in place: [N, ho, wo, Cout]."""
+    _, _, at = _WINOGRAD[m]
+    a = m + 2
+    (ho, wo), (th, tw) = geometry
+    mm = mm.reshape(a, a, n, th, tw, -1)  # [col, row, ...]
+    y = _mix(at, _mix(at, mm, 1), 0)  # [m(col), m(row), N, th, tw, F]
+    y = y.transpose(2, 3, 1, 4, 0, 5).reshape(n, th * m, tw * m, -1)
+    return y[:, :ho, :wo]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_winograd(x, w, padding, m):
+    return _conv_winograd_fwd(x, w, padding, m)[0]
+
+
+def _conv_winograd_fwd(x, w, padding, m):
+    v, u = _winograd_inputs(x, w, padding, m)
+    geometry = _winograd_geometry(x.shape[1:3], padding, m)
+    y = _winograd_outputs(jnp.einsum("tpc,tcf->tpf", v, u), x.shape[0], geometry, m)
+    return y, (v, u, x.shape)
+
+
+def _conv_winograd_bwd(padding, m, res, gy):
+    """Transposes of the three stages: output transform, batched matmul, input transform."""
+    v, u, (n, h, wd, cin) = res
+    bt, g, at = _WINOGRAD[m]
+    a = m + 2
+    (ho, wo), (th, tw) = _winograd_geometry((h, wd), padding, m)
+    f = gy.shape[-1]
+    gq = jnp.pad(gy, ((0, 0), (0, m * th - ho), (0, m * tw - wo), (0, 0)))
+    dy = gq.reshape(n, th, m, tw, m, f).transpose(4, 2, 0, 1, 3, 5)  # [col, row, ...]
+    dm = _mix(_transpose(at), _mix(_transpose(at), dy, 0), 1)
+    dm = dm.reshape(a * a, n * th * tw, f)
+    gm = jnp.asarray(g, gy.dtype)
+    du = jnp.einsum("tpc,tpf->tcf", v, dm).reshape(a, a, cin, f)
+    dw = jnp.einsum("ai,bacf,bj->ijcf", gm, du, gm)
+    dv = jnp.einsum("tpf,tcf->tpc", dm, u).reshape(a, a, n, th, tw, cin)
+    btt = _transpose(bt)
+    drows = _untiles(_mix(btt, dv, 0), 3, m)  # [a(row), N, th, Wq', C]
+    dxq = _untiles(_mix(btt, drows, 0), 1, m)  # [N, Hq', Wq', C]
+    (pt, _), (pl, _) = padding
+    return dxq[:, pt : pt + h, pl : pl + wd], dw
+
+
+def _transpose(mat):
+    return tuple(zip(*mat, strict=True))
+
+
+_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
+
+
 def conv2d(
     x: jax.Array,
     w: jax.Array,
@@ -181,9 +370,10 @@ def conv2d(
       stride: (sh, sw) or an int.
       padding: explicit zero padding ((top, bottom), (left, right)).
       dilation: kernel (rhs) dilation, (dh, dw) or an int.
-      groups: feature groups. ``impl="im2col"`` with groups > 1 falls back to "xla".
-      impl: "xla" (lax.conv_general_dilated) or "im2col" (shifted slices + one matmul,
-        custom VJP with a matmul-only backward).
+      groups: feature groups. The hand-written impls fall back to "xla" when groups > 1.
+      impl: "xla" (lax.conv_general_dilated), "im2col" (shifted slices + one matmul,
+        custom VJP with a matmul-only backward) or "winograd" (F(m, 3), see
+        `winograd_applies`; a conv it does not apply to runs as "im2col").
 
     Returns:
       [N, Ho, Wo, Cout], Ho = floor((H + pt + pb - dh*(kh-1) - 1) / sh) + 1.
@@ -191,9 +381,14 @@ def conv2d(
     stride, dilation, padding = _pair(stride), _pair(dilation), _pads(padding)
     if impl == "xla" or groups != 1:
         return _conv_xla(x, w, stride, padding, dilation, groups)
-    if impl == "im2col":
+    if impl == "winograd" and winograd_applies(
+        w.shape[:2], stride, dilation, 1, x.dtype
+    ):
+        out_hw = [out_size(x.shape[1 + a], 3, 1, 1, padding[a]) for a in range(2)]
+        return _conv_winograd(x, w, padding, winograd_tile(out_hw))
+    if impl in ("im2col", "winograd"):
         return _conv_im2col(x, w, stride, padding, dilation)
-    raise ValueError(f"conv2d impl must be 'xla' or 'im2col', got {impl!r}")
+    raise ValueError(f"conv2d impl must be 'xla', 'im2col' or 'winograd', got {impl!r}")
 
 
 # --------------------------------------------------------------------------- pool
@@ -509,26 +704,38 @@ def choose_impl(
     *,
     kind: PoolKind = "max",
     groups: int = 1,
+    kernel: int | Sequence[int] = 1,
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    in_channels: int = 0,
 ) -> str:
     """The implementation to use for one layer on one backend.
 
-    On CPU the hand-written kernels measured faster (see benchmarks/README.md): "im2col"
-    convolutions (ungrouped) and "fast" pooling. On GPU/TPU, XLA's native convolution
-    (cuDNN) and reduce_window stay the default.
+    On CPU the hand-written kernels measured faster (see benchmarks/README.md): "winograd"
+    for 3x3 stride-1 convolutions with at least WINOGRAD_MIN_CHANNELS input channels,
+    "im2col" for the other ungrouped ones, and "fast" pooling. On GPU/TPU, XLA's native
+    convolution (cuDNN) and reduce_window stay the default.
 
     Args:
       backend: jax.default_backend() or a device platform: "cpu", "gpu", "cuda",
         "rocm", "tpu", ...
       op: "conv" or "pool".
       kind: the pool kind (pool only).
-      groups: feature groups (conv only); grouped convs stay on XLA.
+      groups, kernel, stride, dilation, in_channels: the conv's (conv only); grouped
+        convs stay on XLA.
 
     Returns:
-      "xla" | "im2col" for convs, "xla" | "fast" for pools.
+      "xla" | "im2col" | "winograd" for convs, "xla" | "fast" for pools.
     """
     cpu = backend == "cpu"
     if op == "conv":
-        return "im2col" if cpu and groups == 1 else "xla"
+        if not cpu or groups != 1:
+            return "xla"
+        if in_channels >= WINOGRAD_MIN_CHANNELS and winograd_applies(
+            kernel, stride, dilation
+        ):
+            return "winograd"
+        return "im2col"
     if op == "pool":
         return "fast" if cpu else "xla"
     raise ValueError(f"choose_impl op must be 'conv' or 'pool', got {op!r}")

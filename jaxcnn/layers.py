@@ -62,17 +62,19 @@ def activate(x: jax.Array, name: str) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- conv
-def resolve_impl(kernels: Kernels, op: Literal["conv", "pool"], groups: int = 1) -> str:
+def resolve_impl(kernels: Kernels, op: Literal["conv", "pool"], **conv) -> str:
     """The kernels.py implementation for `kernels` on the default backend.
 
-    "xla" is flax/XLA everywhere; "fast" forces the hand-written kernels ("im2col" convs,
-    "fast" max-pool); "auto" asks kernels.choose_impl (fast on CPU, XLA on GPU/TPU).
+    "xla" is flax/XLA everywhere; "fast" forces the hand-written kernels (the CPU
+    choice: "winograd" or "im2col" convs, "fast" max-pool) on any backend; "auto" asks
+    kernels.choose_impl for the default backend (fast on CPU, XLA on GPU/TPU). `conv`
+    is the conv's geometry (groups, kernel, stride, dilation, in_channels), see
+    kernels.choose_impl.
     """
-    if kernels == "auto":
-        return ops.choose_impl(jax.default_backend(), op, groups=groups)
-    if kernels == "fast":
-        return "im2col" if op == "conv" else "fast"
-    return "xla"
+    if kernels == "xla":
+        return "xla"
+    backend = "cpu" if kernels == "fast" else jax.default_backend()
+    return ops.choose_impl(backend, op, **conv)
 
 
 def conv2d(
@@ -81,11 +83,11 @@ def conv2d(
     """The single convolution call site: [batch, H, W, Cin] -> [batch, Ho, Wo, filters].
 
     Runs `layer.impl` (set at build from `kernels`, see `resolve_impl`): "xla" is
-    flax's nnx.Conv, "im2col" kernels.conv2d with the layer's own kernel and bias (same
-    parameters either way). `padding` overrides the layer's (border crop).
+    flax's nnx.Conv, "im2col" / "winograd" kernels.conv2d with the layer's own kernel and
+    bias (same parameters either way). `padding` overrides the layer's (border crop).
     """
     impl = getattr(layer, "impl", None) or resolve_impl(
-        kernels, "conv", layer.feature_group_count
+        kernels, "conv", groups=layer.feature_group_count
     )
     if impl == "xla" and padding is None:
         return nnx.Conv.__call__(layer, x)
@@ -136,7 +138,15 @@ class Conv(nnx.Conv):
             self.kernel.set_value(jnp.asarray(kernel))
         self.activation = spec.activation
         self.kernels = kernels
-        self.impl = resolve_impl(kernels, "conv", spec.groups)  # see set_kernels
+        self.impl = resolve_impl(  # see set_kernels
+            kernels,
+            "conv",
+            groups=spec.groups,
+            kernel=spec.kernel,
+            stride=spec.stride,
+            dilation=spec.dilation,
+            in_channels=input_shape[2],
+        )
         self.input_hw = tuple(input_shape[:2])
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -443,7 +453,7 @@ def runs_xla_convolution(model: nnx.Module) -> bool:
 def set_kernels(
     model: nnx.Module,
     *,
-    conv: Literal["xla", "im2col"] | None = None,
+    conv: ops.ConvImpl | None = None,
     pool: Literal["xla", "fast"] | None = None,
     fuse_relu_pool: bool | None = None,
     crop: bool | None = None,

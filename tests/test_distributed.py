@@ -142,7 +142,7 @@ def test_two_processes_train_digits_like_one_process(tmp_path, devices):
             for r in out["meta"]["history"]
         ]
         # Gradient sums cross processes (gloo) in another order than inside one
-        # process; with the CPU im2col kernels Adam amplifies that to ~1e-4 in 84 steps.
+        # process; with the hand-written CPU kernels Adam amplifies that in 84 steps.
         np.testing.assert_allclose(mine, curve, rtol=5e-3)
         for name, value in out["arrays"].items():
             np.testing.assert_array_equal(value, procs[0]["arrays"][name], err_msg=name)

@@ -1,5 +1,7 @@
 """Every kernel implementation equals the jax.lax reference, forward and gradient."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,8 +80,10 @@ def conv_cases(draw):
 
 
 @SETTINGS
-@given(conv_cases())
-def test_conv2d_im2col_matches_lax(case):
+@given(conv_cases(), st.sampled_from(["im2col", "winograd"]))
+def test_conv2d_hand_written_impls_match_lax(case, impl):
+    """Any kernel, stride, padding, dilation ("winograd" runs the convs it does not
+    apply to as im2col)."""
     rng = np.random.default_rng(case["seed"])
     x = jnp.asarray(rng.normal(size=case["x_shape"]), jnp.float32)
     w = jnp.asarray(rng.normal(size=case["w_shape"]), jnp.float32)
@@ -88,22 +92,87 @@ def test_conv2d_im2col_matches_lax(case):
     )
 
     def fast(x, w):
-        return kernels.conv2d(x, w, impl="im2col", **opts)
+        return kernels.conv2d(x, w, impl=impl, **opts)
 
-    def ref(x, w):
-        return jax.lax.conv_general_dilated(
-            x,
-            w,
-            opts["stride"],
-            opts["padding"],
-            rhs_dilation=opts["dilation"],
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-
-    _assert_same(fast, ref, (x, w), case["seed"])
+    _assert_same(fast, functools.partial(_lax_conv, **opts), (x, w), case["seed"])
 
 
-def test_conv2d_im2col_jits_and_matches_flax_conv():
+def _lax_conv(x, w, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1)):
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        stride,
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+@st.composite
+def winograd_cases(draw):
+    pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    h, w = draw(st.integers(1, 14)), draw(st.integers(1, 14))
+    assume(h + sum(pads[0]) >= 3 and w + sum(pads[1]) >= 3)
+    n, cin, cout = (
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 5)),
+        draw(st.integers(1, 4)),
+    )
+    return dict(
+        x_shape=(n, h, w, cin),
+        w_shape=(3, 3, cin, cout),
+        padding=pads,
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@SETTINGS
+@given(winograd_cases(), st.sampled_from([2, 4]))
+def test_winograd_matches_lax_for_both_tile_sizes(case, m):
+    """F(2, 3) and F(4, 3) on every 3x3 stride-1 shape: partial last tiles, any padding."""
+    rng = np.random.default_rng(case["seed"])
+    x = jnp.asarray(rng.normal(size=case["x_shape"]), jnp.float32)
+    w = jnp.asarray(rng.normal(size=case["w_shape"]), jnp.float32)
+    pads = case["padding"]
+
+    def fast(x, w):
+        return kernels._conv_winograd(x, w, pads, m)
+
+    _assert_same(fast, functools.partial(_lax_conv, padding=pads), (x, w), case["seed"])
+
+
+def test_winograd_tile_takes_the_fewest_multiplies():
+    assert kernels.winograd_tile((10, 10)) == 4  # 9 tiles x 36 < 25 tiles x 16
+    assert kernels.winograd_tile((32, 32)) == 4
+    assert kernels.winograd_tile((2, 2)) == 2  # one 4x4 tile instead of one 6x6
+    assert kernels.winograd_tile((2, 6)) == 2
+
+
+def test_winograd_applies_to_3x3_stride_1_float32_only():
+    assert kernels.winograd_applies(3, 1, 1)
+    assert kernels.winograd_applies((3, 3), (1, 1), (1, 1), 1, jnp.float64)
+    assert not kernels.winograd_applies((3, 5), 1, 1)
+    assert not kernels.winograd_applies(3, 2, 1)
+    assert not kernels.winograd_applies(3, 1, 2)
+    assert not kernels.winograd_applies(3, 1, 1, groups=2)
+    assert not kernels.winograd_applies(3, 1, 1, 1, jnp.bfloat16)
+
+
+def test_winograd_leaves_bfloat16_to_im2col():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    got = kernels.conv2d(x, w, padding=pads, impl="winograd")
+    want = kernels.conv2d(x, w, padding=pads, impl="im2col")
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        np.asarray(got, np.float32), np.asarray(want, np.float32)
+    )
+
+
+@pytest.mark.parametrize("impl", ["im2col", "winograd"])
+def test_conv2d_jits_and_matches_xla_on_the_keras_mnist_layer(impl):
     """The exact layer of the Keras MNIST convnet, under jit and grad."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(4, 13, 13, 32)), jnp.float32)
@@ -116,7 +185,7 @@ def test_conv2d_im2col_jits_and_matches_flax_conv():
 
         return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
 
-    for a, b in zip(loss("im2col"), loss("xla"), strict=True):
+    for a, b in zip(loss(impl), loss("xla"), strict=True):
         _close(a, b)
 
 
@@ -335,7 +404,14 @@ def test_border_crop_gives_identical_outputs_and_gradients(case):
 def test_choose_impl_per_backend():
     assert kernels.choose_impl("cpu", "conv") == "im2col"
     assert kernels.choose_impl("cpu", "conv", groups=2) == "xla"
+    conv3 = dict(kernel=(3, 3), stride=1, dilation=1)
+    assert kernels.choose_impl("cpu", "conv", in_channels=16, **conv3) == "winograd"
+    # few input channels: the tile transforms cost more than the multiplies saved
+    assert kernels.choose_impl("cpu", "conv", in_channels=3, **conv3) == "im2col"
+    strided = dict(conv3, stride=2)
+    assert kernels.choose_impl("cpu", "conv", in_channels=64, **strided) == "im2col"
     assert kernels.choose_impl("cpu", "pool", kind="max") == "fast"
     for backend in ("gpu", "cuda", "rocm", "tpu"):
         assert kernels.choose_impl(backend, "conv") == "xla"
+        assert kernels.choose_impl(backend, "conv", in_channels=64, **conv3) == "xla"
         assert kernels.choose_impl(backend, "pool") == "xla"

@@ -55,6 +55,7 @@ def test_fast_kernels_are_used_and_levers_can_be_forced():
     spec = models.preset("keras_mnist")
     model = models.build_model(spec, seed=0, kernels="fast")
     assert model.conv_0.impl == "im2col" and model.pool_1.kernels == "fast"
+    assert model.conv_2.impl == "winograd"  # 3x3, stride 1, 32 input channels
     assert model.crop and not model.fuse_relu_pool  # fusion only pays next to XLA convs
     # conv_2 (13x13 -> 11x11) feeds a 2x2 pool that never reads row/col 10
     plans = dict(model.pairs)
@@ -66,6 +67,7 @@ def test_fast_kernels_are_used_and_levers_can_be_forced():
         ("xla", "fast", True, False),
         ("xla", "xla", True, True),
         ("im2col", "xla", False, True),
+        ("winograd", "fast", False, True),
     ]:
         layers.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
         assert model.conv_2.impl == conv and model.pool_3.kernels == pool
@@ -77,8 +79,9 @@ def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
     assert xla.conv_0.impl == "xla" and xla.pool_1.kernels == "xla"
     assert not xla.crop and not xla.fuse_relu_pool
     auto = models.build_model(models.preset("keras_mnist"), kernels="auto")
-    expected = "im2col" if jax.default_backend() == "cpu" else "xla"
-    assert auto.conv_0.impl == expected
+    cpu = jax.default_backend() == "cpu"
+    assert auto.conv_0.impl == ("im2col" if cpu else "xla")
+    assert auto.conv_2.impl == ("winograd" if cpu else "xla")
 
 
 def test_train_rolls_its_steps_unless_an_xla_convolution_runs_on_cpu():
