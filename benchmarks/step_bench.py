@@ -61,6 +61,7 @@ LEVERS = {
         ("im2col", 8),
         ("im2col_first_xla", 4),
         ("im2col_nofuse", 4),
+        ("winograd", 4),
     ]
 }
 # jaxcnn.cputune's process settings, one at a time and none (im2col lever otherwise)

@@ -203,6 +203,10 @@ _WINOGRAD = {
         ),
     ),
 }
+# Rounding: F(4, 3) in float32 is off by ~5e-6 of the largest output or gradient entry,
+# 10x a direct convolution's ~5e-7 (its transforms scale by up to 25 and cancel); F(2, 3)
+# is as exact as direct. Enough to flip a ReLU mask or a max-pool argmax where values
+# nearly tie, never enough to change training (benchmarks/README.md, "Fourth session").
 # Below this many input channels the tile transforms cost more than the multiplies they
 # save (one vgg_cifar-sized layer, forward + backward: 3 channels 28-34 ms vs im2col's
 # 12-15, 8 channels even, 16 channels 22-23 vs 37-39).
