@@ -283,7 +283,7 @@ def _untiles(t, axis, m):
 
 def _winograd_geometry(in_hw, padding, m):
     """Output size and tiles per axis: ((ho, wo), (th, tw))."""
-    out = tuple(in_hw[a] + padding[a][0] + padding[a][1] - 2 for a in range(2))
+    out = tuple(out_size(in_hw[a], 3, 1, 1, padding[a]) for a in range(2))
     return out, tuple(-(-o // m) for o in out)
 
 
@@ -388,7 +388,7 @@ def conv2d(
     if impl == "winograd" and winograd_applies(
         w.shape[:2], stride, dilation, 1, x.dtype
     ):
-        out_hw = [out_size(x.shape[1 + a], 3, 1, 1, padding[a]) for a in range(2)]
+        out_hw, _ = _winograd_geometry(x.shape[1:3], padding, 1)
         return _conv_winograd(x, w, padding, winograd_tile(out_hw))
     if impl in ("im2col", "winograd"):
         return _conv_im2col(x, w, stride, padding, dilation)
