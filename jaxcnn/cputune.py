@@ -16,6 +16,13 @@ Two settings (what each is worth: benchmarks/results/levers_cputune.md):
   pooling fusions faster than the newer MLIR emitters (on top of the malloc setting:
   keras_mnist 7,778 -> 8,154 images/s, vgg_cifar 204 -> 230; the im2col patch building
   of vgg_cifar took about a third of the op time before, an eighth after).
+  Where no accelerator plugin is installed (or ``JAX_PLATFORMS`` says cpu), LLVM's loop
+  strength reduction is turned off too (``--xla_backend_extra_options=-disable-lsr``):
+  it was ~40% of XLA:CPU's code generation time, quadratic in the many address
+  expressions of the Winograd tile transforms, and the code it produced ran no faster
+  (vgg_cifar's train step compiled in 1.7-2.4 instead of 3.3-3.5 s; both models' speed
+  unchanged: benchmarks/results/levers_cputune.md). That option reaches every LLVM
+  backend of the process, GPU code generation included, hence the CPU-only condition.
   A flag the user already set in ``XLA_FLAGS`` is left as it is. XLA reads ``XLA_FLAGS``
   when its first backend starts, so this only takes effect when jaxcnn is imported
   before anything has run on JAX. GPU and TPU backends ignore ``xla_cpu_*`` flags.
@@ -29,13 +36,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 
 from jaxcnn.errors import JaxcnnError
 
 ENV = "JAXCNN_CPU_TUNING"
 CHOICES = ("on", "off", "malloc", "flags")
 XLA_CPU_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
+# only where the process has no accelerator backend (see the module docstring)
+XLA_CPU_ONLY_FLAGS = ("--xla_backend_extra_options=-disable-lsr",)
+ACCELERATOR_PLATFORMS = ("cuda", "gpu", "rocm", "tpu")
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -115,10 +128,38 @@ def release_free_memory() -> None:
         _libc().malloc_trim(0)
 
 
+def xla_flags() -> tuple[str, ...]:
+    """The flags `apply` adds to ``XLA_FLAGS`` in this process (unless set there)."""
+    return XLA_CPU_FLAGS + (XLA_CPU_ONLY_FLAGS if cpu_only() else ())
+
+
+def cpu_only() -> bool:
+    """Whether JAX will run on nothing but its CPU backend in this process.
+
+    ``JAX_PLATFORMS`` decides when it is set; otherwise whether a PJRT plugin (what
+    JAX's GPU and other backends are installed as: entry points or modules of the
+    ``jax_plugins`` group) or libtpu is installed.
+    """
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return not any(p.strip() in ACCELERATOR_PLATFORMS for p in platforms.split(","))
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return False
+    try:
+        namespace = importlib.util.find_spec("jax_plugins")
+    except (ImportError, ValueError):
+        namespace = None
+    if namespace is not None and any(
+        pkgutil.iter_modules(namespace.submodule_search_locations or [])
+    ):
+        return False
+    return importlib.util.find_spec("libtpu") is None
+
+
 def _add_xla_flags() -> bool:
     current = os.environ.get("XLA_FLAGS", "")
     names = {part.split("=", 1)[0] for part in current.split()}
-    extra = [f for f in XLA_CPU_FLAGS if f.split("=", 1)[0] not in names]
+    extra = [f for f in xla_flags() if f.split("=", 1)[0] not in names]
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
     return True

@@ -56,6 +56,9 @@ t.join()
 out["rss_kept_mb"] = rss_mb()
 cputune.release_free_memory()
 out["rss_released_mb"] = rss_mb()
+# XLA (and LLVM) accept the flags: an unknown one would end the process here
+import jax, jax.numpy as jnp
+out["computed"] = float(jax.jit(lambda x: jnp.sum(x * x))(jnp.arange(4.0)))
 print(json.dumps({**cputune.active(), **out, "xla_flags": os.environ.get("XLA_FLAGS")}))
 """
 PAGES = (96 << 20) // os.sysconf("SC_PAGE_SIZE")
@@ -97,19 +100,75 @@ def test_opt_out_leaves_glibc_defaults():
 
 def test_xla_flags_added_next_to_the_users():
     result = _probe(
-        JAXCNN_CPU_TUNING="flags", XLA_FLAGS="--xla_cpu_enable_fast_math=false"
+        JAXCNN_CPU_TUNING="flags",
+        XLA_FLAGS="--xla_cpu_enable_fast_math=false",
+        JAX_PLATFORMS="cpu",
     )
     assert result["flags"] is True and result["malloc"] is False
     assert result["xla_flags"].split() == [
         "--xla_cpu_enable_fast_math=false",
         *cputune.XLA_CPU_FLAGS,
+        *cputune.XLA_CPU_ONLY_FLAGS,
     ]
+    assert result["computed"] == 14.0
+
+
+def test_llvm_option_only_where_no_accelerator_runs():
+    # JAX_PLATFORMS naming an accelerator: LLVM's options would reach its code
+    # generation too, so only the xla_cpu_* flags are added (nothing runs on it here)
+    env = dict(JAXCNN_CPU_TUNING="flags", XLA_FLAGS=None)
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, jaxcnn; print(os.environ['XLA_FLAGS'])"],
+        env={
+            k: v
+            for k, v in {**os.environ, **env, "JAX_PLATFORMS": "cuda,cpu"}.items()
+            if v is not None
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == list(cputune.XLA_CPU_FLAGS)
+
+
+@pytest.mark.parametrize(
+    "platforms, plugins, tpu, expected",
+    [
+        ("cpu", ["cuda"], True, True),  # JAX_PLATFORMS decides when set
+        (" CPU ", [], False, True),
+        ("cuda", [], False, False),
+        ("cpu,tpu", [], False, False),
+        ("", [], False, True),  # unset: nothing installed but the CPU backend
+        ("", ["jax_cuda12_plugin"], False, False),  # a PJRT plugin's entry point
+        ("", [], True, False),  # libtpu
+    ],
+)
+def test_cpu_only(monkeypatch, platforms, plugins, tpu, expected):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    monkeypatch.setattr(
+        cputune.importlib.metadata, "entry_points", lambda group: plugins
+    )
+    real_find_spec = cputune.importlib.util.find_spec
+
+    def find_spec(name):
+        if name == "libtpu":
+            return object() if tpu else None
+        if name == "jax_plugins":
+            return None
+        return real_find_spec(name)
+
+    monkeypatch.setattr(cputune.importlib.util, "find_spec", find_spec)
+    assert cputune.cpu_only() is expected
+    flags = cputune.xla_flags()
+    assert (cputune.XLA_CPU_ONLY_FLAGS[0] in flags) is expected
+    assert flags[: len(cputune.XLA_CPU_FLAGS)] == cputune.XLA_CPU_FLAGS
 
 
 def test_users_own_setting_of_a_flag_wins():
-    mine = "--xla_cpu_use_fusion_emitters=true"
-    result = _probe(JAXCNN_CPU_TUNING=None, XLA_FLAGS=mine)
+    mine = "--xla_cpu_use_fusion_emitters=true --xla_backend_extra_options=-disable-lsr=false"
+    result = _probe(JAXCNN_CPU_TUNING=None, XLA_FLAGS=mine, JAX_PLATFORMS="cpu")
     assert result["xla_flags"] == mine
+    assert result["computed"] == 14.0
 
 
 def test_invalid_choice_applies_nothing_and_is_a_usage_error(monkeypatch, capsys):
