@@ -10,6 +10,7 @@ Images are NHWC float32: [batch, H, W, C].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -103,6 +104,18 @@ def conv2d(
     return y if layer.bias is None else y + layer.bias[...].reshape(1, 1, 1, -1)
 
 
+def conv_kernel_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    """nnx.Conv's default kernel init, drawn as the [kh * kw * Cin, Cout] matrix.
+
+    The same values bit for bit (lecun_normal's fan-in is the same, and JAX's random
+    bits of a shape are those of its flattening), but XLA:CPU compiles the draw of a
+    matrix 2x faster than that of a 4-D kernel (per new shape: building vgg_cifar took
+    3.3 s, 1.7 s this way; tests/test_layers.py checks the equality).
+    """
+    matrix = (math.prod(shape[:-1]), shape[-1])
+    return nnx.nn.linear.default_kernel_init(key, matrix, dtype).reshape(shape)
+
+
 class Conv(nnx.Conv):
     """nnx.Conv with explicit padding resolved by shapes.py and a fused activation."""
 
@@ -126,6 +139,7 @@ class Conv(nnx.Conv):
             kernel_dilation=spec.dilation,
             feature_group_count=spec.groups,
             use_bias=spec.use_bias,
+            kernel_init=conv_kernel_init,
             rngs=rngs,
         )
         if spec.init != "default":

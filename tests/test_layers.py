@@ -140,6 +140,21 @@ def test_conv_same_padding_puts_the_extra_pixel_bottom_right():
     np.testing.assert_allclose(y, want)
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, cin, filters",
+    [(3, 1, 3, 64), (5, 2, 8, 6), (1, 1, 16, 32), ((7, 1), 1, 2, 3)],
+)
+def test_conv_kernel_init_is_nnx_convs_default_bit_for_bit(
+    kernel, stride, cin, filters
+):
+    spec = ConvSpec(filters=filters, kernel=kernel, stride=stride)
+    ours = layers.Conv(spec, (9, 9, cin), rngs=nnx.Rngs(3)).kernel[...]
+    size = (kernel, kernel) if isinstance(kernel, int) else kernel
+    theirs = nnx.Conv(cin, filters, size, stride, rngs=nnx.Rngs(3)).kernel[...]
+    assert ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_conv_and_dense_apply_their_activation():
     conv = layers.Conv(
         ConvSpec(filters=3, kernel=1, activation="relu"), (2, 2, 1), rngs=nnx.Rngs(0)
