@@ -207,12 +207,17 @@ def test_resume_in_process_is_exact_and_extends_epochs(tmp_path):
     )
 
 
-@pytest.mark.parametrize("kernels", ["auto", "xla"])
-def test_steps_per_call_change_neither_the_steps_nor_the_metrics(tmp_path, kernels):
+@pytest.mark.parametrize(
+    "kernels, streamed", [("auto", False), ("xla", False), ("auto", True)]
+)
+def test_steps_per_call_change_neither_the_steps_nor_the_metrics(
+    tmp_path, kernels, streamed
+):
     """k=4 per call (rolled loop, or unrolled for XLA convs on CPU) equals one per call.
 
-    Digits has 42 batches an epoch: 10 calls of 4 steps and one of the last 2. Equal up
-    to float rounding (other fusions).
+    Digits has 42 batches an epoch: 10 calls of 4 steps and one of the last 2 (rolled:
+    one step first, then 4s, then 1). Equal up to float rounding (other fusions).
+    Streamed (data.device_limit_mb=0), the batches of a call are stacked and padded.
     """
     runs = {
         k: train.fit(
@@ -221,6 +226,7 @@ def test_steps_per_call_change_neither_the_steps_nor_the_metrics(tmp_path, kerne
                     "train.epochs": 2,
                     "train.steps_per_dispatch": k,
                     "train.kernels": kernels,
+                    **({"data.device_limit_mb": 0} if streamed else {}),
                 }
             ),
             tmp_path / f"k{k}",
@@ -231,6 +237,12 @@ def test_steps_per_call_change_neither_the_steps_nor_the_metrics(tmp_path, kerne
     one, four = runs[1], runs[4]
     assert four.summary["steps_per_dispatch"] == 4
     assert [r["step"] for r in four.history] == [42, 84]
+    # rolled, one train executable runs every count (1 first, 4s, the last 2), plus
+    # eval; unrolled, the calls of 4 and of 1 are two
+    rolled = train.rolls_steps(four.model)
+    assert rolled == (kernels == "auto" or jax.default_backend() != "cpu")
+    assert four.summary["executables"] == (2 if rolled else 3)
+    assert one.summary["executables"] == 2
     for a, b in zip(one.history, four.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=1e-3)
@@ -239,6 +251,36 @@ def test_steps_per_call_change_neither_the_steps_nor_the_metrics(tmp_path, kerne
         _params(one.model),
         _params(four.model),
     )
+
+
+@pytest.mark.parametrize("kernels", ["auto", "xla"])
+def test_steps_per_call_count_and_padding(kernels):
+    from jaxcnn import models, optim
+
+    config = _digits(**{"train.kernels": kernels})
+    model = models.build_model(
+        train.resolve_spec(config, 10), kernels=config.train.kernels
+    )
+    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=10, epochs=1)
+    steps = train.Steps(model, nnx.Optimizer(model, tx, wrt=nnx.Param), config, 4)
+    rows = np.arange(6, dtype=np.int32).reshape(2, 3)
+    if steps.rolled:
+        assert [steps.count(10, first=True), steps.count(10), steps.count(3)] == [
+            1,
+            4,
+            3,
+        ]
+        padded = steps.padded(rows)
+        assert padded.shape == (4, 3) and padded.dtype == rows.dtype
+        np.testing.assert_array_equal(padded[:2], rows)
+        assert not padded[2:].any()
+    else:  # XLA convs on CPU: each count compiles, so only 4 and 1
+        assert [steps.count(10, first=True), steps.count(4), steps.count(3)] == [
+            4,
+            4,
+            1,
+        ]
+        assert steps.padded(rows) is rows
 
 
 def test_workdir_with_different_config_is_refused(tmp_path):
