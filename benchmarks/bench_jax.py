@@ -6,6 +6,7 @@ VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>]
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
 malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
+`lsr=keep` leaves LLVM's loop strength reduction on (cputune turns it off on CPU).
 `loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
 (`unroll`); `auto` (the default) chooses as jaxcnn.train does: rolled for k > 1 unless
 a convolution runs XLA's lax.conv on CPU (slow in a loop body, jax-ml/jax#12868).
@@ -18,11 +19,16 @@ import sys
 import time
 
 T_START = time.perf_counter()
+LSR_KEEP = "--xla_backend_extra_options=-disable-lsr=false"
 
 if __name__ == "__main__":
     for _part in sys.argv[2].split(","):
         if _part.startswith("tune="):  # before `import jaxcnn` below applies it
             os.environ["JAXCNN_CPU_TUNING"] = _part.split("=", 1)[1]
+        if _part == "lsr=keep":  # LLVM's default, which cputune's flag would change
+            os.environ["XLA_FLAGS"] = " ".join(
+                [os.environ.get("XLA_FLAGS", ""), LSR_KEEP]
+            ).strip()
 
 import bench_common  # noqa: E402
 import jax  # noqa: E402
@@ -49,7 +55,7 @@ LEVERS = {
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="auto")
+    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="auto", lsr="off")
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value
@@ -97,28 +103,32 @@ def make_runner(model_name: str, variant: str):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, start, loss
 
-    def k_steps(params, opt_state, start):
+    def k_steps(params, opt_state, start, count):
         carry = (params, opt_state, start, jnp.float32(0))
-        carry = train.run_steps(one_step, k, carry, rolled)
+        # as jaxcnn.train.Steps: rolled, the step count is traced (one executable)
+        carry = train.run_steps(one_step, count if rolled else k, carry, rolled)
         return carry[0], carry[1], carry[3]
 
     step = jax.jit(k_steps, donate_argnums=(0, 1))
     state = {"params": params, "opt": opt_state, "start": 0}
 
-    def run_calls(calls: int) -> None:
+    def run_calls(calls: int, count: int = k) -> None:
         for _ in range(calls):
             start = jnp.int32(state["start"] % n)
             state["params"], state["opt"], loss = step(
-                state["params"], state["opt"], start
+                state["params"], state["opt"], start, jnp.int32(count)
             )
-            state["start"] += k
+            state["start"] += count
         loss.block_until_ready()
 
+    # The first call: compilation and one step when rolled (jaxcnn.train's first call
+    # of a run), all k steps otherwise.
     t0 = time.perf_counter()
-    run_calls(1)
+    run_calls(1, 1 if rolled else k)
     first = time.perf_counter() - t0
     info = {
         "steps_per_call": k,
+        "first_call_steps": 1 if rolled else k,
         "since_start_s": time.perf_counter() - T_START,
         "backend": jax.default_backend(),
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),

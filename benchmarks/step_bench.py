@@ -79,6 +79,12 @@ LEVERS |= {
     for k in (4, 8)
     for loop in ("fori", "unroll")
 }
+# LLVM's loop strength reduction kept (LLVM's default) vs turned off (cputune's flag)
+LEVERS |= {
+    f"lever_lsr_{lsr}_k{k}": ("bench_jax.py", f"kernels=auto,k={k},lsr={lsr}")
+    for k in (1, 4)
+    for lsr in ("keep", "off")
+}
 PEERS = ("torch_cl", "keras_tf")
 
 
