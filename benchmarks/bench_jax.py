@@ -6,6 +6,7 @@ VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>]
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
 malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
+`count=static` compiles the rolled loop for k steps (jaxcnn.train traces the count).
 `lsr=keep` leaves LLVM's loop strength reduction on (cputune turns it off on CPU).
 `loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
 (`unroll`); `auto` (the default) chooses as jaxcnn.train does: rolled for k > 1 unless
@@ -55,7 +56,15 @@ LEVERS = {
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="auto", lsr="off")
+    out = dict(
+        kernels="auto",
+        k=1,
+        lever=None,
+        tune="on",
+        loop="auto",
+        lsr="off",
+        count="traced",
+    )
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value
@@ -78,6 +87,7 @@ def make_runner(model_name: str, variant: str):
     if v["lever"]:
         apply_lever(model, v["lever"])
     rolled = train.rolls_steps(model) if v["loop"] == "auto" else v["loop"] == "fori"
+    traced = rolled and v["count"] == "traced"
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
@@ -106,7 +116,7 @@ def make_runner(model_name: str, variant: str):
     def k_steps(params, opt_state, start, count):
         carry = (params, opt_state, start, jnp.float32(0))
         # as jaxcnn.train.Steps: rolled, the step count is traced (one executable)
-        carry = train.run_steps(one_step, count if rolled else k, carry, rolled)
+        carry = train.run_steps(one_step, count if traced else k, carry, rolled)
         return carry[0], carry[1], carry[3]
 
     step = jax.jit(k_steps, donate_argnums=(0, 1))
@@ -124,11 +134,11 @@ def make_runner(model_name: str, variant: str):
     # The first call: compilation and one step when rolled (jaxcnn.train's first call
     # of a run), all k steps otherwise.
     t0 = time.perf_counter()
-    run_calls(1, 1 if rolled else k)
+    run_calls(1, 1 if traced else k)
     first = time.perf_counter() - t0
     info = {
         "steps_per_call": k,
-        "first_call_steps": 1 if rolled else k,
+        "first_call_steps": 1 if traced else k,
         "since_start_s": time.perf_counter() - T_START,
         "backend": jax.default_backend(),
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),

@@ -85,6 +85,12 @@ LEVERS |= {
     for k in (1, 4)
     for lsr in ("keep", "off")
 }
+# the rolled loop's step count traced (jaxcnn.train: one executable) or static
+LEVERS |= {
+    f"lever_count_{c}_k{k}": ("bench_jax.py", f"kernels=auto,k={k},count={c}")
+    for k in (1, 4)
+    for c in ("traced", "static")
+}
 PEERS = ("torch_cl", "keras_tf")
 
 
