@@ -21,7 +21,7 @@ Two settings (what each is worth: benchmarks/results/levers_cputune.md):
   it was ~40% of XLA:CPU's code generation time, quadratic in the many address
   expressions of the Winograd tile transforms, and the code it produced ran no faster
   (vgg_cifar's train step compiled in 1.7-2.4 instead of 3.3-3.5 s; both models' speed
-  unchanged: benchmarks/results/levers_cputune.md). That option reaches every LLVM
+  unchanged: benchmarks/results/levers_lsr*.md). That option reaches every LLVM
   backend of the process, GPU code generation included, hence the CPU-only condition.
   A flag the user already set in ``XLA_FLAGS`` is left as it is. XLA reads ``XLA_FLAGS``
   when its first backend starts, so this only takes effect when jaxcnn is imported

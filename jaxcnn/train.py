@@ -67,8 +67,7 @@ def default_steps_per_dispatch(backend: str) -> int:
     in real MNIST epochs; vgg_cifar 245 vs 260. Without them (JAXCNN_CPU_TUNING=off, or
     not glibc) 4 steps per call is what amortises XLA re-faulting its scratch memory on
     every call (1.7x). The steps are a rolled loop, so k costs no compile time; 8
-    measured 3-6% faster than 4 (within the run-to-run spread) and makes the first call,
-    which runs all k steps, longer (vgg_cifar 7.5 vs 4.5 s; benchmarks/results/
+    measured 3-6% faster than 4, within the run-to-run spread (benchmarks/results/
     levers_loop.md). Not measured on GPU/TPU: one step per call there.
     """
     return 4 if backend == "cpu" else 1
