@@ -299,9 +299,9 @@ def _winograd_inputs(x, w, padding, m):
     rows = _mix(bt, _tiles(xq, 1, m, th), 0)  # [a, N, th, Wq, C]
     v = _mix(bt, _tiles(rows, 3, m, tw), 0)  # [a(col), a(row), N, th, tw, C]
     v = v.reshape(a * a, n * th * tw, cin)
-    gm = jnp.asarray(g, x.dtype)
-    u = jnp.einsum("ai,ijcf,bj->bacf", gm, w, gm).reshape(a * a, cin, w.shape[-1])
-    return v, u
+    # G along the kernel's columns, then its rows: [a(col), a(row), Cin, Cout], like V
+    u = _mix(g, jnp.swapaxes(_mix(g, w, 1), 0, 1), 1)
+    return v, u.reshape(a * a, cin, w.shape[-1])
 
 
 def _winograd_outputs(mm, n, geometry, m):
@@ -338,9 +338,9 @@ def _conv_winograd_bwd(padding, m, res, gy):
     dy = gq.reshape(n, th, m, tw, m, f).transpose(4, 2, 0, 1, 3, 5)  # [col, row, ...]
     dm = _mix(_transpose(at), _mix(_transpose(at), dy, 0), 1)
     dm = dm.reshape(a * a, n * th * tw, f)
-    gm = jnp.asarray(g, gy.dtype)
-    du = jnp.einsum("tpc,tpf->tcf", v, dm).reshape(a, a, cin, f)
-    dw = jnp.einsum("ai,bacf,bj->ijcf", gm, du, gm)
+    du = jnp.einsum("tpc,tpf->tcf", v, dm).reshape(a, a, cin, f)  # [col, row, ...]
+    gt = _transpose(g)
+    dw = jnp.swapaxes(_mix(gt, _mix(gt, du, 1), 0), 0, 1)  # [row, col, Cin, Cout]
     dv = jnp.einsum("tpf,tcf->tpc", dm, u).reshape(a, a, n, th, tw, cin)
     btt = _transpose(bt)
     drows = _untiles(_mix(btt, dv, 0), 3, m)  # [a(row), N, th, Wq', C]
