@@ -79,6 +79,15 @@ def apply_lever(model: nnx.Module, lever: str) -> None:
         model.conv_0.impl = "xla"
 
 
+def cache_compression() -> str:
+    """What JAX compresses persistent-cache entries with: zstandard if it imports."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return "zlib"
+    return "zstd"
+
+
 def make_runner(model_name: str, variant: str):
     v = parse_variant(variant)
     k = v["k"]
@@ -142,6 +151,7 @@ def make_runner(model_name: str, variant: str):
         "since_start_s": time.perf_counter() - T_START,
         "backend": jax.default_backend(),
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
+        "cache_compression": cache_compression(),
     }
     return run_calls, k * bench_common.BATCH, first, info
 

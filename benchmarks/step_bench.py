@@ -257,13 +257,15 @@ def markdown(report: dict) -> str:
         lines += [
             "## Persistent compilation cache (fresh process, first step)",
             "",
-            "| model | variant | cold first step s | warm first step s | saving s "
+            "| model | variant | entries compressed by | cold first step s "
+            "| warm first step s | saving s "
             "| cold start-to-first-step s | warm start-to-first-step s |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in report["cache"]:
             lines.append(
-                f"| {row['model']} | {row['variant']} | {row['cold_first_step_s']:.2f} | "
+                f"| {row['model']} | {row['variant']} | {row.get('compression') or '?'} | "
+                f"{row['cold_first_step_s']:.2f} | "
                 f"{row['warm_first_step_s']:.2f} | "
                 f"{row['cold_first_step_s'] - row['warm_first_step_s']:.2f} | "
                 f"{row['cold_since_start_s']:.2f} | {row['warm_since_start_s']:.2f} |"
@@ -285,13 +287,14 @@ def cache_runs(python: str, models, variant: str) -> list[dict]:
     for model in models:
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, JAXCNN_BENCH_CACHE=cache)
-            row = {"model": model, "variant": variant}
+            row = {"model": model, "variant": variant, "compression": None}
             for label in ("cold", "warm"):
                 w = Worker(python, label, "bench_jax.py", model, variant, env)
                 ready = w.recv()
                 w.close()
                 row[f"{label}_first_step_s"] = ready["first_step_s"]
                 row[f"{label}_since_start_s"] = ready["since_start_s"]
+                row["compression"] = ready.get("cache_compression")
             print(f"  cache {model}: {row}", flush=True)
             rows.append(row)
     return rows
@@ -303,6 +306,13 @@ def main(argv=None) -> None:
     p.add_argument("--levers", action="store_true", help="JAX kernel levers only")
     p.add_argument(
         "--cache", action="store_true", help="also measure the compile cache"
+    )
+    p.add_argument(
+        "--cache-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the compile cache, N times per model (no throughput windows)",
     )
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--only", default="", help="comma-separated framework names")
@@ -338,7 +348,7 @@ def main(argv=None) -> None:
         "matmul_peak": peak,
         "models": {},
     }
-    for model in models:
+    for model in models if not args.cache_only else ():
         window = args.window or (
             {"keras_mnist": 1.0, "vgg_cifar": 3.0}[model]
             if args.quick
@@ -355,8 +365,12 @@ def main(argv=None) -> None:
             "window_s": window,
             "frameworks": summarize(res, flops, peak),
         }
-    if args.cache:
-        report["cache"] = cache_runs(python, models, FRAMEWORKS["jaxcnn_k4"][1])
+    if args.cache or args.cache_only:
+        report["cache"] = [
+            row
+            for _ in range(max(1, args.cache_only))
+            for row in cache_runs(python, models, FRAMEWORKS["jaxcnn_k4"][1])
+        ]
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
