@@ -75,7 +75,7 @@ def test_four_devices_with_the_default_cpu_kernels_follow_the_same_curve(tmp_pat
     # steps, the most in the loss of the 300 validation examples after epoch 2: measured
     # 0.311-0.323 over rounding variants (1 or 4 devices, XLA's or the hand-written
     # kernels, the weight transform as einsum or sums of slices), train losses within
-    # 1%, and 1 or 2 borderline validation examples may flip. Another data order
+    # ~1%, and 1 or 2 borderline validation examples may flip. Another data order
     # (seed 1) moves the validation loss by 20-40% and the accuracy by 4-10 points.
     assert _train(tmp_path / "one", 1, 2).returncode == 0
     assert _train(tmp_path / "four", 4, 2).returncode == 0
