@@ -60,7 +60,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from jaxcnn import metrics, models, shapes
+from jaxcnn import metrics, models, rundir, shapes
 from jaxcnn.errors import JaxcnnError, SpecError
 from jaxcnn.spec import RunConfig, read_table
 
@@ -852,7 +852,7 @@ class _Worker:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         except Exception as e:  # noqa: BLE001 -- one bad trial must not stop the sweep
             message = f"{type(e).__name__}: {e}"
-            metrics.write_text_atomic(run_dir / "error.txt", traceback.format_exc())
+            rundir.write_text_atomic(run_dir / "error.txt", traceback.format_exc())
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("error", message)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -879,7 +879,7 @@ class _Worker:
 
 
 def _history_result(run_dir: pathlib.Path) -> dict[str, Any]:
-    history = metrics.read_metrics(run_dir)
+    history = rundir.read_metrics(run_dir)
     if not history:
         return {}
     last = history[-1]
@@ -1064,9 +1064,9 @@ def write_results(sweep_dir: pathlib.Path, study: Any) -> list[dict[str, Any]]:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
-    metrics.write_text_atomic(sweep_dir / "results.csv", buffer.getvalue())
-    lines = "".join(metrics._dumps(row) + "\n" for row in rows)
-    metrics.write_text_atomic(sweep_dir / "results.jsonl", lines)
+    rundir.write_text_atomic(sweep_dir / "results.csv", buffer.getvalue())
+    lines = "".join(rundir.dumps(row) + "\n" for row in rows)
+    rundir.write_text_atomic(sweep_dir / "results.jsonl", lines)
     return rows
 
 
@@ -1100,7 +1100,7 @@ def _prepare_dir(sweep: Sweep, workdir: str | os.PathLike | None) -> pathlib.Pat
                 f"{sweep_dir} holds sweep {old.get('name')!r} with a different base config; "
                 "use another --workdir for a changed sweep"
             )
-    metrics.write_json_atomic(saved, sweep.to_dict())
+    rundir.write_json_atomic(saved, sweep.to_dict())
     return sweep_dir
 
 

@@ -20,7 +20,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-from jaxcnn import metrics
+from jaxcnn import metrics, rundir
 from jaxcnn.sweep import read_results
 
 DATA_AXES = ("data.dataset", "model.input_shape")
@@ -317,7 +317,7 @@ def report(sweep_dir: str | os.PathLike, *, figures: bool = True) -> str:
         md += ["## Invalid and failed trials", "", reasons, ""]
     if written:
         md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
-    metrics.write_text_atomic(sweep_dir / "report.md", "\n".join(md))
+    rundir.write_text_atomic(sweep_dir / "report.md", "\n".join(md))
     lines = [header, table]
     if written:
         lines.append("figures: " + ", ".join(str(p) for p in written))

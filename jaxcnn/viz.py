@@ -11,7 +11,6 @@ canvas, so no global pyplot state or GUI backend is touched.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -355,24 +354,23 @@ def plot_edges(
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a run's metrics.jsonl.
+    """The per-epoch records of a run's metrics.jsonl (`rundir.read_metrics`).
 
     Raises:
       JaxcnnError: the run has no (or an empty / unreadable) metrics.jsonl.
     """
-    path = pathlib.Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    from jaxcnn import rundir
+
+    run = rundir.RunDir(run_dir)
+    if not run.metrics_file.is_file():
         raise JaxcnnError(
             f"{run_dir} has no metrics.jsonl; pass the --workdir of a `jaxcnn train` run"
         )
-    try:
-        records = [
-            json.loads(line) for line in path.read_text().splitlines() if line.strip()
-        ]
-    except ValueError as e:
-        raise JaxcnnError(f"{path} is not valid JSON lines: {e}") from None
+    records = run.metrics()
     if not records:
-        raise JaxcnnError(f"{path} holds no epochs yet; train for at least one epoch")
+        raise JaxcnnError(
+            f"{run.metrics_file} holds no epochs yet; train for at least one epoch"
+        )
     return records
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxcnn import metrics
+from jaxcnn import metrics, rundir
 from jaxcnn.errors import DataError
 
 
@@ -32,27 +32,27 @@ def _record(epoch, steps_per_epoch=10, **extra):
 
 def test_atomic_writes_replace_whole_files_and_leave_no_temp_files(tmp_path):
     path = tmp_path / "out" / "summary.json"
-    metrics.write_json_atomic(
+    rundir.write_json_atomic(
         path, {"test_accuracy": np.float64(0.9), "shape": np.array([2, 3])}
     )
-    metrics.write_json_atomic(path, {"test_accuracy": 0.95, "nan": float("nan")})
+    rundir.write_json_atomic(path, {"test_accuracy": 0.95, "nan": float("nan")})
     assert json.loads(path.read_text()) == {"test_accuracy": 0.95, "nan": None}
-    metrics.write_text_atomic(tmp_path / "out" / "note.txt", "hello\n")
+    rundir.write_text_atomic(tmp_path / "out" / "note.txt", "hello\n")
     assert (tmp_path / "out" / "note.txt").read_text() == "hello\n"
     assert sorted(os.listdir(tmp_path / "out")) == ["note.txt", "summary.json"]
 
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "summary.json"
-    metrics.write_json_atomic(path, {"a": 1})
+    rundir.write_json_atomic(path, {"a": 1})
     with pytest.raises(TypeError, match="not JSON-serialisable"):
-        metrics.write_json_atomic(path, {"a": object()})
+        rundir.write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["summary.json"]
 
 
 def test_metrics_log_writes_lines_and_tensorboard_events(tmp_path):
-    with metrics.MetricsLog(tmp_path) as log:
+    with rundir.MetricsLog(tmp_path) as log:
         for epoch in (1, 2):
             log.log_epoch(_record(epoch))
         assert [r["epoch"] for r in log.read()] == [1, 2]
@@ -86,40 +86,40 @@ def test_metrics_log_writes_lines_and_tensorboard_events(tmp_path):
     }
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     with pytest.raises(ValueError, match="needs \\['step'\\]"):
-        metrics.MetricsLog(tmp_path, resume_epoch=2).log_epoch({"epoch": 3})
+        rundir.MetricsLog(tmp_path, resume_epoch=2).log_epoch({"epoch": 3})
 
 
 def test_resume_truncates_to_the_restored_epoch(tmp_path):
-    with metrics.MetricsLog(tmp_path) as log:
+    with rundir.MetricsLog(tmp_path) as log:
         for epoch in (1, 2, 3, 4):
             log.log_epoch(_record(epoch))
     # a kill while appending leaves half a line behind
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 5, "st')
-    assert [r["epoch"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rundir.read_metrics(tmp_path)] == [1, 2, 3, 4]
 
-    with metrics.MetricsLog(tmp_path, resume_epoch=2) as log:
+    with rundir.MetricsLog(tmp_path, resume_epoch=2) as log:
         assert [r["epoch"] for r in log.read()] == [1, 2]
-        assert [r["epoch"] for r in metrics.read_metrics(tmp_path)] == [1, 2]
+        assert [r["epoch"] for r in rundir.read_metrics(tmp_path)] == [1, 2]
         for epoch in (3, 4, 5):
             log.log_epoch(_record(epoch))
-    epochs = [r["epoch"] for r in metrics.read_metrics(tmp_path)]
+    epochs = [r["epoch"] for r in rundir.read_metrics(tmp_path)]
     assert epochs == [1, 2, 3, 4, 5]
     # a fresh run in the same directory starts a new file
-    metrics.MetricsLog(tmp_path).close()
-    assert metrics.read_metrics(tmp_path) == []
+    rundir.MetricsLog(tmp_path).close()
+    assert rundir.read_metrics(tmp_path) == []
 
 
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
     with pytest.raises(DataError, match="line 2 is not valid JSON"):
-        metrics.read_metrics(tmp_path)
+        rundir.read_metrics(tmp_path)
 
 
 def test_metrics_module_does_not_import_tensorflow(tmp_path):
     code = (
-        "import sys; from jaxcnn import metrics; "
-        f"log = metrics.MetricsLog({str(tmp_path)!r}); "
+        "import sys; from jaxcnn import rundir; "
+        f"log = rundir.MetricsLog({str(tmp_path)!r}); "
         "log.log_epoch({'epoch': 1, 'step': 5, 'train_loss': 0.5}); log.close(); "
         "print('tensorflow' in sys.modules)"
     )

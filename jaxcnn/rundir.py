@@ -1,0 +1,331 @@
+"""The run directory: its files, their atomic writes and reads, and the resume decision.
+
+    WORKDIR/config.json     the resolved run config, model spec and dataset record
+    WORKDIR/metrics.jsonl   one record per epoch, one fsynced line each
+    WORKDIR/summary.json    the final summary
+    WORKDIR/checkpoints/    orbax checkpoints (written through checkpoint.py)
+    WORKDIR/tensorboard/    TensorBoard event files
+
+A crash never leaves half a file behind: whole files go through a temporary file in the
+same directory that is fsynced and renamed over the target; `metrics.jsonl` grows by one
+fsynced line per epoch, and an unfinished last line left by a kill is dropped when the
+log is reopened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from jaxcnn import checkpoint
+from jaxcnn.errors import CheckpointError, DataError, JaxcnnError
+from jaxcnn.spec import ModelSpec, RunConfig
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+
+# Fields that may change when a run in an existing workdir is continued.
+RESUMABLE_CHANGES = ("train.epochs", "train.patience")
+
+
+# -- atomic files ---------------------------------------------------------------------------
+
+
+def _to_json(value: Any) -> Any:
+    """json.dumps fallback: numpy / JAX scalars and arrays become Python values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / Inf become null so every file is strict JSON (readable by jq, browsers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs) -> str:
+    # Round trip through the fallback first so numpy floats are checked for NaN as well.
+    plain = json.loads(json.dumps(obj, default=_to_json))
+    return json.dumps(_finite(plain), allow_nan=False, **kwargs)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` so readers see the old or the new file, never a mix.
+
+    The text goes to a temporary file in the same directory, which is flushed, fsynced
+    and renamed over `path` with `os.replace`.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes a rename durable; not every platform can open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON, atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# -- metrics.jsonl + TensorBoard ------------------------------------------------------------
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """The epoch records of `workdir/metrics.jsonl` ([] if there is none).
+
+    An unfinished last line (a run killed while appending) is ignored.
+    """
+    path = os.path.join(os.fspath(workdir), METRICS)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                break
+            raise DataError(f"{path} line {number} is not valid JSON: {e}") from e
+    return records
+
+
+def _tensorboard_tag(name: str) -> str:
+    """train_loss -> train/loss, so TensorBoard groups the curves by split."""
+    for split in ("train", "val", "test"):
+        if name.startswith(split + "_"):
+            return f"{split}/{name[len(split) + 1 :]}"
+    return name
+
+
+class MetricsLog:
+    """Appends one record per epoch to `metrics.jsonl` and TensorBoard (`tensorboard/`).
+
+    Opening the log truncates `metrics.jsonl` to the epochs <= `resume_epoch`, so a run
+    resumed from the checkpoint of epoch N (or restarted from scratch, N = 0) never
+    repeats an epoch; TensorBoard events after that point are purged the same way. Use
+    `read_metrics` to only read a workdir.
+
+    Args:
+      workdir: the run directory (created if missing).
+      resume_epoch: the epoch of the restored checkpoint, 0 for a fresh run.
+      write: False on the processes of a multi-process run other than process 0: they
+        keep the history in memory and write no file.
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike, *, resume_epoch: int = 0, write: bool = True
+    ):
+        self.workdir = os.fspath(workdir)
+        self.path = os.path.join(self.workdir, METRICS)
+        self.write = write
+        old = read_metrics(self.workdir)
+        kept = [r for r in old if r.get("epoch", 0) <= resume_epoch]
+        self._records = kept
+        self._writer = None  # created on the first record, so opening writes no events
+        self._purge_step = None
+        if not write:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        if os.path.exists(self.path):
+            write_text_atomic(self.path, "".join(dumps(r) + "\n" for r in kept))
+        tensorboard = os.path.join(self.workdir, TENSORBOARD)
+        if os.path.isdir(tensorboard) and os.listdir(tensorboard):
+            self._purge_step = (kept[-1].get("step", -1) + 1) if kept else 0
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """Appends `record` (must hold ``epoch`` and ``step``) as one fsynced JSON line."""
+        missing = {"epoch", "step"} - set(record)
+        if missing:
+            raise ValueError(
+                f"metrics record needs {sorted(missing)}, got keys {sorted(record)}"
+            )
+        line = dumps(dict(record))
+        if not self.write:
+            self._records.append(json.loads(line))
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._records.append(json.loads(line))
+        self._write_tensorboard(self._records[-1])
+
+    def _write_tensorboard(self, record: dict) -> None:
+        if self._writer is None:
+            from tensorboardX import SummaryWriter  # no TensorFlow import
+
+            self._writer = SummaryWriter(
+                os.path.join(self.workdir, TENSORBOARD), purge_step=self._purge_step
+            )
+        step = int(record["step"])
+        for name, value in record.items():
+            if name in ("epoch", "step") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                self._writer.add_scalar(_tensorboard_tag(name), value, step)
+        self._writer.flush()
+
+    def read(self) -> list[dict]:
+        """The records written so far, including those kept from before a resume."""
+        return [dict(r) for r in self._records]
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- the run directory ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """What config.json holds: the run config, the resolved spec, the dataset record."""
+
+    config: RunConfig
+    spec: ModelSpec
+    dataset: dict[str, Any]  # class names, normalisation statistics, split sizes
+
+
+class RunDir:
+    """One run's directory: paths, reads and writes of its files."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        self.config_file = self.path / CONFIG
+        self.metrics_file = self.path / METRICS
+        self.summary_file = self.path / SUMMARY
+        self.checkpoints = self.path / CHECKPOINTS
+        self.tensorboard = self.path / TENSORBOARD
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def read(self) -> SavedRun:
+        """The run's config.json.
+
+        Raises:
+          CheckpointError: not a run directory, or config.json is unreadable.
+        """
+        if not self.config_file.is_file():
+            raise CheckpointError(
+                f"{self.path} is not a jaxcnn run directory (no {CONFIG}); pass the "
+                f"--workdir of a finished `jaxcnn train` run"
+            )
+        try:
+            record = json.loads(self.config_file.read_text())
+            config = RunConfig.from_dict(record["run"])
+            spec = ModelSpec.from_dict(record["model_spec"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"{self.config_file} is not a readable run config ({type(e).__name__}: {e})"
+            ) from None
+        return SavedRun(config, spec, record.get("dataset", {}))
+
+    def write_config(
+        self, config: RunConfig, spec: ModelSpec, dataset: Mapping[str, Any]
+    ) -> None:
+        record = {"run": config.to_dict(), "model_spec": spec.to_dict()}
+        write_json_atomic(self.config_file, {**record, "dataset": dict(dataset)})
+
+    def metrics(self) -> list[dict]:
+        """The epoch records of metrics.jsonl ([] when there is none)."""
+        return read_metrics(self.path)
+
+    def write_metrics(self, records: list[Mapping[str, Any]]) -> None:
+        """Writes metrics.jsonl whole (atomically) from `records`."""
+        write_text_atomic(self.metrics_file, "".join(dumps(r) + "\n" for r in records))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_json_atomic(self.summary_file, summary)
+
+    def has_checkpoint(self) -> bool:
+        return checkpoint.has_checkpoint(self.checkpoints)
+
+    def resumes(self, config: RunConfig, restart: bool) -> bool:
+        """Whether training `config` here continues from the checkpoints in this directory.
+
+        Raises:
+          JaxcnnError: the directory holds a run with a different config.
+        """
+        if restart or not self.config_file.exists():
+            return False
+        saved = json.loads(self.config_file.read_text()).get("run", {})
+        diff = _config_diff(saved, config.to_dict())
+        if diff:
+            raise JaxcnnError(
+                f"workdir {self.path} holds a run with a different config ("
+                + "; ".join(diff[:5])
+                + "). Use another --workdir, or --restart to discard that run."
+            )
+        return self.has_checkpoint()
+
+    def clear(self) -> None:
+        """Removes the files of a previous run (checkpoints, metrics, summary, events)."""
+        for directory in (self.checkpoints, self.tensorboard):
+            shutil.rmtree(directory, ignore_errors=True)
+        for file in (self.metrics_file, self.summary_file):
+            file.unlink(missing_ok=True)
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    out = []
+    for section in new:
+        for key in sorted(set(old.get(section, {})) | set(new[section])):
+            path = f"{section}.{key}"
+            a, b = old.get(section, {}).get(key), new[section].get(key)
+            if a != b and path not in RESUMABLE_CHANGES:
+                out.append(
+                    f"{path}: {json.dumps(a)} in the workdir vs {json.dumps(b)} now"
+                )
+    return out
