@@ -16,7 +16,7 @@ optimiser state (see optim.py), so they stay bit-identical while training.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import pathlib
 import re
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcnn import checkpoint, models, optim
+from jaxcnn import checkpoint, models, optim, rundir
 from jaxcnn.errors import CheckpointError, SpecError
 from jaxcnn.spec import ConvSpec, DenseSpec, ModelSpec, ResidualSpec, RunConfig
 
@@ -124,30 +124,6 @@ def trainable_mask(
 
 
 # --------------------------------------------------------------------------- runs
-def read_run(run_dir: str | os.PathLike) -> tuple[RunConfig, ModelSpec, dict]:
-    """The (config, model spec, dataset record) saved in a run's config.json.
-
-    Raises:
-      CheckpointError: `run_dir` is not a run directory or its config.json is unreadable.
-    """
-    run_dir = pathlib.Path(run_dir)
-    saved = run_dir / "config.json"
-    if not saved.is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a jaxcnn run directory (no config.json); pass the "
-            f"--workdir of a finished `jaxcnn train` run"
-        )
-    try:
-        record = json.loads(saved.read_text())
-        config = RunConfig.from_dict(record["run"])
-        spec = ModelSpec.from_dict(record["model_spec"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{saved} is not a readable run config ({type(e).__name__}: {e})"
-        ) from None
-    return config, spec, record.get("dataset", {})
-
-
 def build_run_state(
     config: RunConfig, spec: ModelSpec
 ) -> tuple[nnx.Module, nnx.Optimizer]:
@@ -165,6 +141,54 @@ def build_run_state(
         config.optim, steps_per_epoch=1, epochs=config.train.epochs, trainable=mask
     )
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@dataclasses.dataclass
+class Restored:
+    """A run's model and optimiser with one checkpoint loaded, and what config.json says."""
+
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    config: RunConfig
+    spec: ModelSpec
+    dataset: dict[str, Any]  # the dataset record from config.json (class names, stats)
+    step: int
+    epoch: int
+
+
+def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
+    """Rebuilds a run's model from `workdir` and loads a checkpoint ("best", "latest", step).
+
+    The model is returned in eval mode.
+
+    Raises:
+      CheckpointError: not a run directory, or no such checkpoint.
+    """
+    run_dir = rundir.RunDir(workdir)
+    saved = run_dir.read()
+    model, optimizer = build_run_state(saved.config, saved.spec)
+    _, state = nnx.split((model, optimizer))
+    with checkpoint.Checkpointer(run_dir.checkpoints) as ckpt:
+        step = {"best": ckpt.best_step, "latest": ckpt.latest_step}.get(
+            which, lambda: which
+        )()
+        if step is None:
+            raise CheckpointError(
+                f"no checkpoint in {run_dir.checkpoints}; train first"
+            )
+        restored, meta = ckpt.restore(step, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update((model, optimizer), state)
+    model.eval()
+    return Restored(
+        model,
+        optimizer,
+        saved.config,
+        saved.spec,
+        saved.dataset,
+        int(step),
+        int(meta["epoch"]),
+    )
 
 
 def head_prefix(spec: ModelSpec) -> str | None:
@@ -210,79 +234,30 @@ def init_from_run(
         channels, or a weight whose shape (or presence) differs outside the head.
     """
     run_dir = pathlib.Path(run_dir)
-    config, old_spec, _ = read_run(run_dir)
-    if old_spec.input_shape[2] != spec.input_shape[2]:
-        raise CheckpointError(
-            f"train.init_from={run_dir}: that run's model takes "
-            f"{old_spec.input_shape[2]} input channel(s) "
-            f"({'x'.join(map(str, old_spec.input_shape))}) but this model takes "
-            f"{spec.input_shape[2]} ({'x'.join(map(str, spec.input_shape))}); the first "
-            f"convolution's weights cannot transfer. Use a dataset with "
-            f"{old_spec.input_shape[2]} channel(s) or pre-train on matching images"
-        )
-    ckpt_dir = run_dir / "checkpoints"
-    if not checkpoint.has_checkpoint(ckpt_dir):
-        raise CheckpointError(
-            f"train.init_from={run_dir}: the run has no checkpoint in {ckpt_dir}; "
-            f"let it finish at least one epoch first"
-        )
-    old_model, old_optimizer = build_run_state(config, old_spec)
-    _, state = nnx.split((old_model, old_optimizer))
-    with checkpoint.Checkpointer(ckpt_dir) as ckpt:
-        step = ckpt.best_step()
-        restored, meta = ckpt.restore("best", nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update((old_model, old_optimizer), state)
-    old = _weights(old_model)
-    new = _weights(model)
-
+    old_spec = _check_source(run_dir, spec)
+    source = restore(run_dir, "best")
+    old, new = _weights(source.model), _weights(model)
     head = head_prefix(spec)
     replace_head = new_head or old_spec.num_classes != spec.num_classes
     if replace_head and head is None:
+        why = (
+            "new_head is set"
+            if new_head
+            else f"the class counts differ: {old_spec.num_classes} vs {spec.num_classes}"
+        )
         raise CheckpointError(
             f"train.init_from={run_dir}: model {spec.name!r} has no dense layer to use "
-            f"as a new classifier head (needed because "
-            + (
-                "new_head is set"
-                if new_head
-                else f"the class counts differ: {old_spec.num_classes} vs "
-                f"{spec.num_classes}"
-            )
-            + ")"
+            f"as a new classifier head (needed because {why})"
         )
-    problems, kept = [], []
-    for path, var in new.items():
-        if replace_head and path.startswith(head):
-            kept.append(path)
-        elif path not in old:
-            problems.append(
-                f"{path} {tuple(var.shape)} is in this model but not in the run"
-            )
-        elif tuple(old[path].shape) != tuple(var.shape):
-            problems.append(
-                f"{path} has shape {tuple(old[path].shape)} in the run but "
-                f"{tuple(var.shape)} in this model"
-            )
-    if problems:
-        hint = (
-            f"only the classifier head ({head[:-1]}) may differ, and is re-initialised"
-            if head
-            else "the architectures must match"
-        )
-        raise CheckpointError(
-            f"train.init_from={run_dir}: the run's model {old_spec.name!r} does not fit "
-            f"this model {spec.name!r}: "
-            + "; ".join(problems[:5])
-            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            + f". {hint} (when the class counts differ or with --new-head)"
-        )
+    kept = [path for path in new if replace_head and path.startswith(head)]
+    _check_fit(run_dir, old_spec, spec, old, new, kept, head)
     copied = [path for path in new if path not in kept]
     for path in copied:
         new[path].set_value(jnp.asarray(old[path].get_value()))
     values = sum(int(np.prod(new[path].shape)) for path in copied)
     notes = [
         f"initialised {len(copied)} weight arrays ({values:,} values) from {run_dir} "
-        f"(best checkpoint: step {step}, epoch {meta.get('epoch')})"
+        f"(best checkpoint: step {source.step}, epoch {source.epoch})"
     ]
     if kept:
         reason = (
@@ -298,6 +273,58 @@ def init_from_run(
     if unused:
         notes.append(f"weights of the run not used by this model: {_listing(unused)}")
     return notes
+
+
+def _check_source(run_dir: pathlib.Path, spec: ModelSpec) -> ModelSpec:
+    """The spec of the run to start from, once it can serve `spec` (channels, checkpoint)."""
+    source = rundir.RunDir(run_dir)
+    old_spec = source.read().spec
+    if old_spec.input_shape[2] != spec.input_shape[2]:
+        raise CheckpointError(
+            f"train.init_from={run_dir}: that run's model takes "
+            f"{old_spec.input_shape[2]} input channel(s) "
+            f"({'x'.join(map(str, old_spec.input_shape))}) but this model takes "
+            f"{spec.input_shape[2]} ({'x'.join(map(str, spec.input_shape))}); the first "
+            f"convolution's weights cannot transfer. Use a dataset with "
+            f"{old_spec.input_shape[2]} channel(s) or pre-train on matching images"
+        )
+    if not source.has_checkpoint():
+        raise CheckpointError(
+            f"train.init_from={run_dir}: the run has no checkpoint in "
+            f"{source.checkpoints}; let it finish at least one epoch first"
+        )
+    return old_spec
+
+
+def _check_fit(run_dir, old_spec, spec, old, new, kept, head) -> None:
+    """Raises unless every weight outside the head has the run's path and shape."""
+    problems = []
+    for path, var in new.items():
+        if path in kept:
+            continue
+        if path not in old:
+            problems.append(
+                f"{path} {tuple(var.shape)} is in this model but not in the run"
+            )
+        elif tuple(old[path].shape) != tuple(var.shape):
+            problems.append(
+                f"{path} has shape {tuple(old[path].shape)} in the run but "
+                f"{tuple(var.shape)} in this model"
+            )
+    if not problems:
+        return
+    hint = (
+        f"only the classifier head ({head[:-1]}) may differ, and is re-initialised"
+        if head
+        else "the architectures must match"
+    )
+    raise CheckpointError(
+        f"train.init_from={run_dir}: the run's model {old_spec.name!r} does not fit "
+        f"this model {spec.name!r}: "
+        + "; ".join(problems[:5])
+        + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        + f". {hint} (when the class counts differ or with --new-head)"
+    )
 
 
 def _listing(paths: Sequence[str]) -> str:

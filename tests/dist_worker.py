@@ -34,6 +34,7 @@ def main() -> None:
     from flax import nnx
 
     from jaxcnn import models, optim, spec, train
+    from jaxcnn.train import sharding
 
     def params(model) -> dict[str, np.ndarray]:
         tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -66,17 +67,17 @@ def main() -> None:
         rng = np.random.default_rng(0)  # same data on every process
         images = rng.random((256, *model_spec.input_shape), dtype=np.float32)
         labels = rng.integers(0, 10, 256).astype(np.int32)
-        images_dev, labels_dev = train._put((images, labels), steps.replicated)
+        images_dev, labels_dev = sharding.put((images, labels), steps.layout.replicated)
         losses = []
         for step in range(args["steps"]):
             order = rng.permutation(256)[None, :32]  # [1 step, batch 32]
             sums = steps.train(
                 images_dev,
                 labels_dev,
-                train._put(order, steps.by_step_batch),
+                sharding.put(order, steps.layout.by_step_batch),
                 step,
             )
-            losses.append(float(train._host(sums)[0]))
+            losses.append(float(sharding.host(sums)[0]))
             for name, value in params(steps.model()).items():
                 arrays[f"{step}{name}"] = value
         meta["losses"] = losses

@@ -1,0 +1,106 @@
+"""A finished run's checkpoint on data: `evaluate` a split, `predict` image files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import data, metrics, transfer
+from jaxcnn.train import step
+
+
+def evaluate(
+    workdir: str | os.PathLike, split: str = "test", *, which: str | int = "best"
+) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint on a split."""
+    run = transfer.restore(workdir, which)
+    data_config = run.config.data
+    if split not in ("train", "val"):
+        data_config = dataclasses.replace(data_config, test_split=split)
+    ds = data.load_dataset(data_config, input_shape=run.spec.input_shape)
+    chosen = {"train": ds.train, "val": ds.val}.get(split, ds.test)
+    steps = step.Steps(run.model, run.optimizer, run.config)
+    (loss, correct, count), labels, predictions = steps.evaluate(
+        chosen.batches(run.config.train.eval_batch_size)
+    )
+    confusion = metrics.confusion_matrix(labels, predictions, ds.num_classes)
+    return {
+        "split": split,
+        "step": run.step,
+        "epoch": run.epoch,
+        "examples": int(count),
+        "loss": float(loss / count),
+        "accuracy": float(correct / count),
+        "class_names": list(ds.class_names),
+        "per_class_accuracy": metrics.per_class_accuracy(confusion).tolist(),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def predict(
+    workdir: str | os.PathLike,
+    images: Sequence[str | os.PathLike | np.ndarray],
+    *,
+    top_k: int = 3,
+    which: str | int = "best",
+) -> list[dict[str, Any]]:
+    """Classifies images (paths to PNG/JPEG files, or uint8 HxWxC arrays).
+
+    Returns one dict per input: `source`, and either `top` (list of {class, name,
+    probability}) or `error` for a file that could not be read.
+    """
+    run = transfer.restore(workdir, which)
+    results, arrays, where = [], [], []
+    for item in images:
+        source, array, error = _read_image(item, channels=run.spec.input_shape[2])
+        results.append({"source": source})
+        if error is not None:
+            results[-1]["error"] = error
+            continue
+        arrays.append(array)
+        where.append(len(results) - 1)
+    if not arrays:
+        return results
+    x = _model_input(arrays, run.spec.input_shape, run.dataset)
+    probs = np.asarray(jax.nn.softmax(run.model(jnp.asarray(x)), axis=-1))
+    names, k = run.dataset["class_names"], min(top_k, probs.shape[1])
+    for row, i in zip(probs, where, strict=True):
+        results[i]["top"] = [
+            {"class": int(c), "name": names[c], "probability": float(row[c])}
+            for c in np.argsort(-row)[:k]
+        ]
+    return results
+
+
+def _read_image(item, channels: int) -> tuple[str, np.ndarray | None, str | None]:
+    """(source name, HxWxC array or None, error message or None) of one input."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(item, np.ndarray):
+        array, source = item, "<array>"
+    else:
+        source = str(item)
+        try:
+            with Image.open(item) as img:
+                array = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+        except (OSError, UnidentifiedImageError) as e:
+            return source, None, f"cannot read image: {e}"
+    return source, array[:, :, None] if array.ndim == 2 else array, None
+
+
+def _model_input(arrays, input_shape, record: dict) -> np.ndarray:
+    """Images converted to the model's input and normalised as the run's data was."""
+    x = np.stack(
+        [data.convert_images(a[None], input_shape)[0][0] for a in arrays]
+    ).astype(np.float32)
+    if record.get("mean") is not None:
+        x = (x - np.asarray(record["mean"], np.float32)) / np.asarray(
+            record["std"], np.float32
+        )
+    return x

@@ -1,0 +1,290 @@
+"""The train step and the eval step, pure functions of (state, batch), and their compiled form.
+
+`train_step` and `eval_step` are the only definitions of what one optimiser step and one
+evaluation batch compute. `fit` runs them through `Steps` (k steps per compiled call on the
+run's `Layout`), `replicas` vmaps them over K seeds, and the benchmarks time `Steps`.
+
+State is the pytree of `nnx.split((model, optimizer))`; a graph def (train or eval mode)
+turns it back into modules inside compiled code only, so a call costs one dispatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxcnn import data, optim
+from jaxcnn.spec import RunConfig
+from jaxcnn.train import sharding
+
+_AUGMENT_STREAM = 0x5EED  # folded into the seed: augmentation keys, apart from init
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What a step computes beyond the model: label smoothing and augmentation."""
+
+    label_smoothing: float = 0.0
+    augment_crop: int = 0
+    augment_flip: bool = False
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> StepOptions:
+        return cls(
+            config.optim.label_smoothing,
+            config.data.augment_crop,
+            config.data.augment_flip,
+        )
+
+
+def augment_key(seed: int) -> jax.Array:
+    """The run's augmentation key; step s augments with fold_in(key, s)."""
+    return jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM)
+
+
+def loss_and_sums(model, images, labels, weights, label_smoothing: float):
+    """Weighted mean cross-entropy, its sums and the logits.
+
+    Returns:
+      (loss, sums, logits): sums is [loss sum, correct, weight sum] over the batch.
+    """
+    logits = model(images)
+    per_example = optim.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    total = jnp.sum(weights)
+    loss = jnp.sum(per_example * weights) / jnp.maximum(total, 1.0)
+    sums = jnp.stack(
+        [jnp.sum(per_example * weights), jnp.sum(correct * weights), total]
+    )
+    return loss, (sums, logits)
+
+
+def train_step(graph, state, images, labels, key, options: StepOptions):
+    """One optimiser step on one batch.
+
+    Args:
+      graph: the train-mode graph def of (model, optimizer).
+      state: its state pytree.
+      images: [batch, H, W, C]; labels: [batch] int32.
+      key: this step's augmentation key (unused without augmentation).
+      options: label smoothing and augmentation.
+
+    Returns:
+      (new state, [loss sum, correct, examples] of the batch).
+    """
+    model, optimizer = nnx.merge(graph, state)
+    if options.augment_crop or options.augment_flip:
+        images = data.augment(
+            images, key, crop=options.augment_crop, flip=options.augment_flip
+        )
+    weights = jnp.ones(labels.shape, jnp.float32)
+
+    def loss_fn(model):
+        return loss_and_sums(model, images, labels, weights, options.label_smoothing)
+
+    (_, (sums, _)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    return nnx.split((model, optimizer))[1], sums
+
+
+def eval_step(graph, state, images, labels, mask, options: StepOptions):
+    """Sums [loss, correct, count] of the masked examples and the predicted classes."""
+    model, _ = nnx.merge(graph, state)
+    _, (sums, logits) = loss_and_sums(
+        model, images, labels, mask, options.label_smoothing
+    )
+    return sums, jnp.argmax(logits, axis=-1)
+
+
+def run_steps(step: Callable, num_steps, carry, rolled: bool):
+    """carry = step(i, carry) for i in 0..num_steps-1, inside a traced function.
+
+    Rolled, the steps are one `lax.fori_loop` whose body compiles once, and num_steps may
+    be a traced int32 (one executable runs any count). Unrolled in Python otherwise, and
+    for a static count of one.
+    """
+    if rolled and not (isinstance(num_steps, int) and num_steps <= 1):
+        return jax.lax.fori_loop(0, num_steps, step, carry)
+    for i in range(num_steps):
+        carry = step(i, carry)
+    return carry
+
+
+def train_steps(
+    graph, options, rolled, state, images, labels, indices, step0, count, sums, key
+):
+    """Runs `count` train steps, adding each step's sums to the running `sums`.
+
+    Args:
+      images, labels: the resident split (then `indices` [steps, batch] picks each step's
+        rows on device) or the batches themselves ([steps, batch, ...], indices None).
+        When rolled, the leading axis is padded beyond `count`; the padding is never read.
+      step0: the global step of the first step (augmentation keys).
+      count: steps to run (traced when rolled).
+      sums: the epoch's running [loss sum, correct, examples]; adding in step order keeps
+        the epoch's totals independent of how its steps are grouped into calls.
+      key: the run's augmentation key.
+    """
+    num_steps = count if rolled else (images if indices is None else indices).shape[0]
+
+    def one(i, carry):
+        state, sums = carry
+        if indices is None:
+            x, y = images[i], labels[i]
+        else:
+            x, y = images[indices[i]], labels[indices[i]]
+        state, batch_sums = train_step(
+            graph, state, x, y, jax.random.fold_in(key, step0 + i), options
+        )
+        return state, sums + batch_sums
+
+    return run_steps(one, num_steps, (state, sums), rolled)
+
+
+def rolls_steps(model: nnx.Module) -> bool:
+    """Whether the steps of one call run as a rolled loop for `model` (its kernel plan)."""
+    from jaxcnn import layers
+
+    return not (jax.default_backend() == "cpu" and layers.runs_xla_convolution(model))
+
+
+def default_steps_per_dispatch(backend: str) -> int:
+    """Train steps per compiled call when the config says 0 (auto).
+
+    Several steps per call amortise the dispatch and XLA:CPU's per-call scratch memory
+    (benchmarks/results/levers_loop.md); on GPU/TPU one step per call.
+    """
+    return 4 if backend == "cpu" else 1
+
+
+class Steps:
+    """The compiled train and eval steps of one run, and its current state.
+
+    Each distinct argument shape compiles once (ahead of time, timed in
+    `compile_seconds`). With `steps_per_call` k and rolled steps, one executable runs any
+    count up to k; unrolled, each count is its own executable.
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer,
+        config: RunConfig,
+        steps_per_call: int | None = None,
+        layout: sharding.Layout | None = None,
+    ):
+        self.options = StepOptions.from_config(config)
+        self.rolled = rolls_steps(model)
+        self.k = steps_per_call
+        self.layout = layout or sharding.Layout.over_all_devices()
+        model.train()
+        self.train_graph, state = nnx.split((model, optimizer))
+        model.eval()
+        self.eval_graph, _ = nnx.split((model, optimizer))
+        self.state = sharding.put(state, self.layout.replicated)
+        self.key = sharding.put(augment_key(config.train.seed), self.layout.replicated)
+        self._compiled: dict[Any, Any] = {}
+        self.compile_seconds = 0.0
+
+    def _get(self, name: str, fn: Callable, args: tuple, donate: tuple[int, ...] = ()):
+        key = (name, tuple((a.shape, str(a.dtype)) for a in args[1:] if a is not None))
+        if key not in self._compiled:
+            start = time.perf_counter()
+            jitted = jax.jit(
+                fn, donate_argnums=donate, out_shardings=self.layout.replicated
+            )
+            self._compiled[key] = jitted.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    @property
+    def num_compiled(self) -> int:
+        return len(self._compiled)
+
+    def count(self, remaining: int, first: bool = False) -> int:
+        """How many steps the next call runs, `remaining` steps before the epoch ends.
+
+        Rolled: k, or the `remaining` ones (the same executable); the first call of a run
+        runs one step, so its loss arrives after compiling and one step rather than k.
+        Unrolled: k, then one at a time.
+        """
+        if self.rolled:
+            return 1 if first else min(self.k, remaining)
+        return self.k if remaining >= self.k else 1
+
+    def padded(self, rows: np.ndarray) -> np.ndarray:
+        """Per-step rows [n, ...] zero-padded to [k, ...] when rolled (the compiled shape)."""
+        if not self.rolled or len(rows) == self.k:
+            return rows
+        pad = np.zeros((self.k - len(rows), *rows.shape[1:]), rows.dtype)
+        return np.concatenate([rows, pad])
+
+    def train(self, images, labels, indices, step0: int, count=None, sums=None):
+        """Runs `count` train steps (default: one per row of the leading axis).
+
+        Returns the running [loss sum, correct, examples]: `sums` (default zeros) plus
+        those of these steps.
+        """
+        if count is None:
+            count = (images if indices is None else indices).shape[0]
+        if sums is None:
+            sums = np.zeros((3,), np.float32)
+        replicated = self.layout.replicated
+        fn = functools.partial(train_steps, self.train_graph, self.options, self.rolled)
+        args = (
+            self.state,
+            images,
+            labels,
+            indices,
+            sharding.put(np.int32(step0), replicated),
+            sharding.put(np.int32(count), replicated),
+            sums if isinstance(sums, jax.Array) else sharding.put(sums, replicated),
+            self.key,
+        )
+        self.state, sums = self._get("train", fn, args, donate=(0,))(*args)
+        return sums
+
+    def evaluate(self, batches: Iterable[data.Batch]):
+        """([loss sum, correct, count], labels, predictions) over the real examples.
+
+        Every process holds each whole batch and feeds its own devices their rows.
+        """
+        fn = functools.partial(eval_step, self.eval_graph, options=self.options)
+        totals, labels, predictions = None, [], []
+        for batch in batches:
+            parts = (batch.images, batch.labels, batch.mask)
+            args = (self.state, *sharding.put(parts, self.layout.by_batch))
+            sums, preds = self._get("eval", fn, args)(*args)
+            totals = sums if totals is None else totals + sums
+            keep = batch.mask > 0
+            labels.append(batch.labels[keep])
+            predictions.append(sharding.host(preds)[keep])
+        totals = tuple(float(v) for v in sharding.host(totals))
+        return totals, np.concatenate(labels), np.concatenate(predictions)
+
+    def model(self) -> nnx.Module:
+        """The model with the current state, in eval mode."""
+        model, _ = nnx.merge(self.eval_graph, self.state)
+        return model
+
+
+def enable_compilation_cache(directory: str | None = None) -> None:
+    """Turns on JAX's persistent compilation cache (shared by runs, trials, workers)."""
+    import os
+    import pathlib
+
+    directory = directory or os.environ.get(
+        "JAXCNN_COMPILATION_CACHE",
+        str(pathlib.Path.home() / ".cache" / "jaxcnn" / "xla"),
+    )
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
