@@ -1,16 +1,18 @@
-"""JAX worker: a jaxcnn model (jaxcnn.models.build_model), Adam, k train steps per call.
+"""JAX worker: `jaxcnn.train.Steps`, the compiled train step `jaxcnn train` runs.
 
   python benchmarks/bench_jax.py MODEL VARIANT
+
+A jaxcnn preset, Adam 1e-3 through `optim.make_optimizer`, a resident synthetic set of
+NUM_BATCHES batches gathered on device by index, k train steps per call: the same
+`Steps.train` call `fit` makes for a resident dataset.
 
 VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>][,loop=<l>]`.
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
 malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
-`count=static` compiles the rolled loop for k steps (jaxcnn.train traces the count).
 `lsr=keep` leaves LLVM's loop strength reduction on (cputune turns it off on CPU).
 `loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
-(`unroll`); `auto` (the default) chooses as jaxcnn.train does: rolled for k > 1 unless
-a convolution runs XLA's lax.conv on CPU (slow in a loop body, jax-ml/jax#12868).
+(`unroll`); `auto` (the default) chooses as jaxcnn.train does.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ if __name__ == "__main__":
 
 import bench_common  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxcnn import layers, models, train  # noqa: E402
+import jaxcnn  # noqa: E402
+from jaxcnn import models, optim, train  # noqa: E402
+from jaxcnn.spec import RunConfig  # noqa: E402
+from jaxcnn.train import sharding  # noqa: E402
 
 # lever -> (conv impl, pool impl, fuse relu into max-pool, crop dead border)
 LEVERS = {
@@ -47,36 +50,18 @@ LEVERS = {
     "fused_pool": ("xla", "fast", True, False),
     "crop": ("xla", "fast", True, True),
     "im2col": ("im2col", "fast", True, True),
-    # im2col everywhere but the first conv (few input channels: a skinny matmul)
-    "im2col_first_xla": ("im2col", "fast", True, True),
-    "im2col_nofuse": ("im2col", "fast", False, True),  # kernels="auto" before Winograd
+    "im2col_nofuse": ("im2col", "fast", False, True),
     # Winograd for every conv it applies to (3x3 stride 1), the first layer included
     "winograd": ("winograd", "fast", False, True),
 }
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(
-        kernels="auto",
-        k=1,
-        lever=None,
-        tune="on",
-        loop="auto",
-        lsr="off",
-        count="traced",
-    )
+    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="auto", lsr="off")
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value
     return out
-
-
-def apply_lever(model: nnx.Module, lever: str) -> None:
-    """Forces every conv / pool / fusion choice of `model` (see layers.set_kernels)."""
-    conv, pool, fuse, crop = LEVERS[lever]
-    layers.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
-    if lever == "im2col_first_xla":
-        model.conv_0.impl = "xla"
 
 
 def cache_compression() -> str:
@@ -88,66 +73,56 @@ def cache_compression() -> str:
     return "zstd"
 
 
+def make_steps(model_name: str, v: dict) -> tuple[train.Steps, object]:
+    """The run's compiled steps for a preset, as `fit` builds them, and its spec."""
+    spec = models.preset(model_name)
+    config = RunConfig().with_overrides(
+        {"train.kernels": v["kernels"], "train.batch_size": bench_common.BATCH}
+    )
+    model = models.build_model(spec, seed=0, kernels=v["kernels"])
+    if v["lever"]:
+        conv, pool, fuse, crop = LEVERS[v["lever"]]
+        jaxcnn.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
+    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=100, epochs=1)
+    steps = train.Steps(model, nnx.Optimizer(model, tx, wrt=nnx.Param), config, v["k"])
+    if v["loop"] != "auto":
+        steps.rolled = v["loop"] == "fori"
+    return steps, spec
+
+
 def make_runner(model_name: str, variant: str):
     v = parse_variant(variant)
     k = v["k"]
-    spec = models.preset(model_name)
-    model = models.build_model(spec, seed=0, kernels=v["kernels"])
-    if v["lever"]:
-        apply_lever(model, v["lever"])
-    rolled = train.rolls_steps(model) if v["loop"] == "auto" else v["loop"] == "fori"
-    traced = rolled and v["count"] == "traced"
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adam(1e-3)
-    opt_state = tx.init(params)
-
+    steps, spec = make_steps(model_name, v)
     rng = np.random.default_rng(0)
-    h, w, c = spec.input_shape
-    n = bench_common.NUM_BATCHES
-    xs = jnp.asarray(rng.uniform(size=(n, bench_common.BATCH, h, w, c)), jnp.float32)
-    ys = jnp.asarray(
-        rng.integers(0, spec.num_classes, (n, bench_common.BATCH)), jnp.int32
-    )
+    n = bench_common.NUM_BATCHES * bench_common.BATCH
+    images = rng.uniform(size=(n, *spec.input_shape)).astype(np.float32)
+    labels = rng.integers(0, spec.num_classes, n).astype(np.int32)
+    images, labels = sharding.put((images, labels), steps.layout.replicated)
+    order = rng.permutation(n).reshape(-1, bench_common.BATCH)
+    state = {"step": 0}
 
-    def loss_fn(params, x, y):
-        logits = nnx.merge(graphdef, params, rest)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def one_step(i, carry):
-        params, opt_state, start, _ = carry
-        j = (start + i) % n
-        x = jax.lax.dynamic_index_in_dim(xs, j, keepdims=False)
-        y = jax.lax.dynamic_index_in_dim(ys, j, keepdims=False)
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, start, loss
-
-    def k_steps(params, opt_state, start, count):
-        carry = (params, opt_state, start, jnp.float32(0))
-        # as jaxcnn.train.Steps: rolled, the step count is traced (one executable)
-        carry = train.run_steps(one_step, count if traced else k, carry, rolled)
-        return carry[0], carry[1], carry[3]
-
-    step = jax.jit(k_steps, donate_argnums=(0, 1))
-    state = {"params": params, "opt": opt_state, "start": 0}
+    def rows(count: int):
+        first = state["step"] % len(order)
+        index = np.arange(first, first + count) % len(order)
+        return sharding.put(steps.padded(order[index]), steps.layout.by_step_batch)
 
     def run_calls(calls: int, count: int = k) -> None:
+        sums = None
         for _ in range(calls):
-            start = jnp.int32(state["start"] % n)
-            state["params"], state["opt"], loss = step(
-                state["params"], state["opt"], start, jnp.int32(count)
-            )
-            state["start"] += count
-        loss.block_until_ready()
+            sums = steps.train(images, labels, rows(count), state["step"], count, sums)
+            state["step"] += count
+        jax.block_until_ready(sums)
 
-    # The first call: compilation and one step when rolled (jaxcnn.train's first call
-    # of a run), all k steps otherwise.
+    # The first call: compilation and the steps fit's first call runs (count(first=True)).
+    first_steps = steps.count(k, first=True)
     t0 = time.perf_counter()
-    run_calls(1, 1 if traced else k)
+    run_calls(1, first_steps)
     first = time.perf_counter() - t0
     info = {
         "steps_per_call": k,
-        "first_call_steps": 1 if traced else k,
+        "first_call_steps": first_steps,
+        "rolled": steps.rolled,
         "since_start_s": time.perf_counter() - T_START,
         "backend": jax.default_backend(),
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),

@@ -51,58 +51,37 @@ def load_mnist(folder: pathlib.Path):
 
 # --------------------------------------------------------------------------- jaxcnn
 def run_jax(data, max_epochs: int, k: int):
+    """`jaxcnn.train.Steps` (the step `jaxcnn train` runs) on the resident arrays."""
     import jax
-    import jax.numpy as jnp
-    import optax
+    import numpy as np
     from flax import nnx
 
-    from jaxcnn import models, train
+    from jaxcnn import data as jdata
+    from jaxcnn import models, optim, train
+    from jaxcnn.spec import RunConfig
+    from jaxcnn.train import sharding
 
-    xtr, ytr, xte, yte = (jnp.asarray(a) for a in data)  # resident on the device
+    xtr, ytr, xte, yte = data
+    config = RunConfig().with_overrides({"train.batch_size": BATCH})
     model = models.build_model(models.preset("keras_mnist"), seed=0, kernels="auto")
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adam(1e-3)
-    opt_state = tx.init(params)
-
-    def loss_fn(params, x, y):
-        logits = nnx.merge(graphdef, params, rest)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def one_step(i, carry):
-        params, opt_state, idx = carry
-        grads = jax.grad(loss_fn)(params, xtr[idx[i]], ytr[idx[i]])
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, idx
-
-    rolled = train.rolls_steps(model)
-
-    def k_steps(params, opt_state, idx):  # idx [k, batch]; as jaxcnn.train runs them
-        carry = train.run_steps(one_step, k, (params, opt_state, idx), rolled)
-        return carry[0], carry[1]
-
-    k_steps = jax.jit(k_steps, donate_argnums=(0, 1))
-
-    @jax.jit
-    def correct(params, x, y):
-        logits = nnx.merge(graphdef, params, rest)(x)
-        return jnp.sum(jnp.argmax(logits, -1) == y)
-
-    steps = len(ytr) // BATCH // k * k
+    tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1, epochs=1)
+    steps = train.Steps(model, nnx.Optimizer(model, tx, wrt=nnx.Param), config, k)
+    images, labels = sharding.put((xtr, ytr), steps.layout.replicated)
+    test = jdata.Split(xte, yte)
+    per_epoch = len(ytr) // BATCH // k * k
     history = []
     t0 = time.perf_counter()
     for epoch in range(max_epochs):
-        perm = jax.random.permutation(jax.random.key(epoch), len(ytr))
-        order = perm[: steps * BATCH].reshape(steps // k, k, BATCH)
-        for idx in order:
-            params, opt_state = k_steps(params, opt_state, idx)
-        hits = sum(
-            int(correct(params, xte[i : i + 1000], yte[i : i + 1000]))
-            for i in range(0, len(yte), 1000)
-        )
-        history.append((time.perf_counter() - t0, hits / len(yte)))
-        if hits / len(yte) >= TARGET:
+        perm = np.asarray(jax.random.permutation(jax.random.key(epoch), len(ytr)))
+        order = perm[: per_epoch * BATCH].reshape(per_epoch // k, k, BATCH)
+        for i, rows in enumerate(order):
+            rows = sharding.put(rows, steps.layout.by_step_batch)
+            steps.train(images, labels, rows, (epoch * per_epoch // k + i) * k, k)
+        (_, hits, count), _, _ = steps.evaluate(test.batches(1000))
+        history.append((time.perf_counter() - t0, hits / count))
+        if hits / count >= TARGET:
             break
-    return history, {"steps_per_call": k, "steps_per_epoch": steps}
+    return history, {"steps_per_call": k, "steps_per_epoch": per_epoch}
 
 
 # --------------------------------------------------------------------------- torch

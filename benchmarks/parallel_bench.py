@@ -73,6 +73,7 @@ def worker(args: dict) -> None:
     from flax import nnx
 
     from jaxcnn import models, optim, spec, train
+    from jaxcnn.train import sharding
 
     config = spec.RunConfig().with_overrides(
         {"model.name": "keras_mnist", "train.batch_size": BATCH}
@@ -87,7 +88,7 @@ def worker(args: dict) -> None:
     rng = np.random.default_rng(0)
     images = rng.random((EXAMPLES, *model_spec.input_shape), dtype=np.float32)
     labels = rng.integers(0, 10, EXAMPLES).astype(np.int32)
-    images_dev, labels_dev = train._put((images, labels), steps.replicated)
+    images_dev, labels_dev = sharding.put((images, labels), steps.layout.replicated)
     orders = [
         rng.permutation(EXAMPLES)[: k * BATCH].reshape(k, BATCH) for _ in range(8)
     ]
@@ -96,15 +97,15 @@ def worker(args: dict) -> None:
         return steps.train(
             images_dev,
             labels_dev,
-            train._put(orders[i % len(orders)], steps.by_step_batch),
+            sharding.put(orders[i % len(orders)], steps.layout.by_step_batch),
             i * k,
         )
 
     start = time.perf_counter()
-    train._host(dispatch(0))
+    sharding.host(dispatch(0))
     first = time.perf_counter() - start
     for i in range(3):
-        train._host(dispatch(i))
+        sharding.host(dispatch(i))
     windows, busy, own = [], [], []
     for _ in range(args["windows"]):
         # a fixed number of dispatches per window, the same on every process
@@ -112,7 +113,7 @@ def worker(args: dict) -> None:
         start, busy0, own0 = time.perf_counter(), _machine_busy(), _own_cpu()
         for i in range(n):
             out = dispatch(i)
-        train._host(out)
+        sharding.host(out)
         seconds = time.perf_counter() - start
         windows.append(n * k * BATCH / seconds)
         busy.append((_machine_busy() - busy0) / HZ / seconds)  # cores, whole machine

@@ -59,7 +59,6 @@ LEVERS = {
         ("im2col", 2),
         ("im2col", 4),
         ("im2col", 8),
-        ("im2col_first_xla", 4),
         ("im2col_nofuse", 4),
         ("winograd", 4),
     ]
@@ -84,12 +83,6 @@ LEVERS |= {
     f"lever_lsr_{lsr}_k{k}": ("bench_jax.py", f"kernels=auto,k={k},lsr={lsr}")
     for k in (1, 4)
     for lsr in ("keep", "off")
-}
-# the rolled loop's step count traced (jaxcnn.train: one executable) or static
-LEVERS |= {
-    f"lever_count_{c}_k{k}": ("bench_jax.py", f"kernels=auto,k={k},count={c}")
-    for k in (1, 4)
-    for c in ("traced", "static")
 }
 PEERS = ("torch_cl", "keras_tf")
 

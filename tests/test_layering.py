@@ -1,0 +1,105 @@
+"""The package's layers: every `jaxcnn` import points down (DESIGN.md), so there is no cycle.
+
+Each module has a rank; a module may import only modules of lower rank (lazy imports
+inside functions included). A new module must be given its rank here.
+"""
+
+import ast
+import pathlib
+
+import jaxcnn
+
+PACKAGE = pathlib.Path(jaxcnn.__file__).parent
+
+RANKS = {
+    "jaxcnn.errors": 0,
+    "jaxcnn.spec": 1,
+    "jaxcnn.cputune": 1,
+    "jaxcnn.filters": 1,
+    "jaxcnn.shapes": 2,
+    "jaxcnn.kernels": 3,
+    "jaxcnn.layers": 4,
+    "jaxcnn.models": 5,
+    "jaxcnn.data": 5,
+    "jaxcnn.optim": 5,
+    "jaxcnn.checkpoint": 5,
+    "jaxcnn.metrics": 5,
+    "jaxcnn.distributed": 5,
+    "jaxcnn.rundir": 6,
+    "jaxcnn.transfer": 7,
+    "jaxcnn.train.sharding": 8.0,
+    "jaxcnn.train.step": 8.1,
+    "jaxcnn.train.batches": 8.2,
+    "jaxcnn.train.loop": 8.3,
+    "jaxcnn.train.evaluate": 8.4,
+    "jaxcnn.train": 8.5,
+    "jaxcnn.replicas": 9,
+    "jaxcnn.viz": 10,
+    "jaxcnn.sweep": 11,
+    "jaxcnn.sweep_report": 11.5,
+    "jaxcnn.cli": 12,
+    "jaxcnn": 13,
+    "jaxcnn.__main__": 14,
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = ("jaxcnn", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _rank(name: str) -> float:
+    """The rank of a module: its own, else its package's (jaxcnn.kernels.conv -> kernels)."""
+    probe = name
+    while probe not in RANKS:
+        probe, _, _ = probe.rpartition(".")
+        assert probe, f"{name} has no rank in tests/test_layering.py RANKS"
+    return RANKS[probe]
+
+
+def _imports(tree: ast.AST, module: str) -> set[str]:
+    """The jaxcnn modules `module` imports (`from jaxcnn import x` names module x)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("jaxcnn")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if not node.module.startswith("jaxcnn"):
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (PACKAGE.parent / sub.replace(".", "/")).with_suffix(
+                    ".py"
+                ).exists() or (PACKAGE.parent / sub.replace(".", "/")).is_dir()
+                found.add(sub if is_module else node.module)
+    return found - {module}
+
+
+def _same_package(a: str, b: str) -> bool:
+    return a.rpartition(".")[0] == b.rpartition(".")[0] != "jaxcnn"
+
+
+def test_every_import_points_down():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        for imported in _imports(ast.parse(path.read_text()), module):
+            if module.startswith(imported + "."):
+                continue  # a package's own __init__ (e.g. jaxcnn.errors from jaxcnn)
+            if _rank(imported) < _rank(module):
+                continue
+            if _same_package(module, imported) and _rank(imported) <= _rank(module):
+                continue  # siblings of one package of equal rank, e.g. kernels.conv/pool
+            wrong.append(f"{module} ({_rank(module)}) imports {imported} ({_rank(imported)})")
+    assert not wrong, "imports that point up or sideways:\n" + "\n".join(wrong)
+
+
+def test_every_module_has_a_rank():
+    for path in PACKAGE.rglob("*.py"):
+        _rank(_module_name(path))
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    tree = ast.parse("from jaxcnn import train\nimport jaxcnn.cli\n")
+    assert _imports(tree, "jaxcnn.layers") == {"jaxcnn.train", "jaxcnn.cli"}
+    assert _rank("jaxcnn.train") > _rank("jaxcnn.layers")
