@@ -49,7 +49,7 @@ LEVERS = {
     "im2col": ("im2col", "fast", True, True),
     # im2col everywhere but the first conv (few input channels: a skinny matmul)
     "im2col_first_xla": ("im2col", "fast", True, True),
-    "im2col_nofuse": ("im2col", "fast", False, True),  # kernels="auto" before Winograd
+    "im2col_nofuse": ("im2col", "fast", False, True),  # im2col only, no Winograd
     # Winograd for every conv it applies to (3x3 stride 1), the first layer included
     "winograd": ("winograd", "fast", False, True),
 }
