@@ -16,8 +16,8 @@ Two settings (what each is worth: benchmarks/results/levers_cputune.md):
   strength reduction is turned off too (``--xla_backend_extra_options=-disable-lsr``):
   it takes much of XLA:CPU's code generation time, quadratic in the many address
   expressions of the Winograd tile transforms, and the code it produces runs no faster
-  (benchmarks/results/levers_lsr*.md and one_off.md). That option reaches every LLVM backend of the
-  process, GPU code generation included, hence the CPU-only condition.
+  (benchmarks/results/levers_lsr*.md and one_off.md). That option reaches every LLVM
+  backend of the process, GPU code generation included, hence the CPU-only condition.
   A flag the user already set in ``XLA_FLAGS`` is left as it is. XLA reads ``XLA_FLAGS``
   when its first backend starts, so this only takes effect when jaxcnn is imported
   before anything has run on JAX. GPU and TPU backends ignore ``xla_cpu_*`` flags.
