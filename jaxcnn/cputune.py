@@ -2,26 +2,21 @@
 
 Two settings (what each is worth: benchmarks/results/levers_cputune.md):
 
-- **malloc**: XLA:CPU allocates one scratch buffer per executable run (about 70 MB for
-  keras_mnist at batch 128 and 4 steps per dispatch) with ``posix_memalign``. glibc
-  serves a block that large with a fresh ``mmap`` and gives it back with ``munmap``, so
-  every dispatch faults its scratch in again, page by page (17,000 page faults per
-  dispatch; keras_mnist at 1 step per call ran at 4,219 images/s, 7,778 with this
-  setting; vgg_cifar 132 -> 204). `keep_freed_memory` makes glibc serve every
-  allocation from its main heap (one arena, no ``mmap``) and keep freed memory instead
-  of trimming it, so the next dispatch reuses pages that are already mapped. The cost:
-  freed memory stays with the process for reuse rather than going back to the OS.
+- **malloc**: XLA:CPU allocates one large scratch buffer per executable run with
+  ``posix_memalign``. glibc serves a block that large with a fresh ``mmap`` and gives it
+  back with ``munmap``, so without this setting every dispatch faults its scratch in
+  again, page by page. `keep_freed_memory` makes glibc serve every allocation from its
+  main heap (one arena, no ``mmap``) and keep freed memory instead of trimming it, so
+  the next dispatch reuses pages that are already mapped. The cost: freed memory stays
+  with the process for reuse rather than going back to the OS.
 - **flags**: `XLA_CPU_FLAGS` are added to ``XLA_FLAGS``. XLA's older LLVM loop emitter
   for elementwise fusions (``--xla_cpu_use_fusion_emitters=false``) runs the im2col and
-  pooling fusions faster than the newer MLIR emitters (on top of the malloc setting:
-  keras_mnist 7,778 -> 8,154 images/s, vgg_cifar 204 -> 230; the im2col patch building
-  of vgg_cifar took about a third of the op time before, an eighth after).
+  pooling fusions faster than the newer MLIR emitters.
   Where no accelerator plugin is installed (or ``JAX_PLATFORMS`` says cpu), LLVM's loop
   strength reduction is turned off too (``--xla_backend_extra_options=-disable-lsr``):
-  it was ~40% of XLA:CPU's code generation time, quadratic in the many address
-  expressions of the Winograd tile transforms, and the code it produced ran no faster
-  (vgg_cifar's train step compiled in 1.7-2.4 instead of 3.3-3.5 s; both models' speed
-  unchanged: benchmarks/results/levers_lsr*.md). That option reaches every LLVM
+  it takes much of XLA:CPU's code generation time, quadratic in the many address
+  expressions of the Winograd tile transforms, and the code it produces runs no faster
+  (benchmarks/results/levers_lsr*.md and one_off.md). That option reaches every LLVM
   backend of the process, GPU code generation included, hence the CPU-only condition.
   A flag the user already set in ``XLA_FLAGS`` is left as it is. XLA reads ``XLA_FLAGS``
   when its first backend starts, so this only takes effect when jaxcnn is imported

@@ -769,7 +769,7 @@ def _convert_tf(images, target: tuple[int, int, int]):
             images = tf.image.rgb_to_grayscale(images)
     h, w = images.shape[1:3]
     if (h, w) != (height, width):
-        # Antialiasing only matters when shrinking, and costs ~10x when enlarging.
+        # Antialiasing only matters when shrinking, and is far slower when enlarging.
         shrink = height < h or width < w
         images = tf.image.resize(
             images, (height, width), method="bilinear", antialias=shrink

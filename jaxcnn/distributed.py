@@ -89,6 +89,22 @@ def _timeout(value: int | None, flag: str, variable: str, default: int) -> int:
     return int(value)
 
 
+def _timeouts(
+    init_timeout: int | None, heartbeat_timeout: int | None
+) -> tuple[int, int]:
+    """(init, heartbeat) seconds: the arguments, else the environment, else defaults."""
+    init_s = _timeout(
+        init_timeout, "--init-timeout", "JAXCNN_INIT_TIMEOUT", DEFAULT_INIT_TIMEOUT
+    )
+    heartbeat_s = _timeout(
+        heartbeat_timeout,
+        "--heartbeat-timeout",
+        "JAXCNN_HEARTBEAT_TIMEOUT",
+        DEFAULT_HEARTBEAT_TIMEOUT,
+    )
+    return init_s, heartbeat_s
+
+
 def _cluster_detected() -> str | None:
     """Names the launcher whose environment describes a multi-process job, if any.
 
@@ -145,11 +161,25 @@ def initialize(
     Raises:
       JaxcnnError: incomplete or invalid arguments, or JAX already started.
     """
-    given = {
-        "--coordinator": coordinator,
-        "--num-processes": num_processes,
-        "--process-id": process_id,
-    }
+    _check_arguments(coordinator, num_processes, process_id)
+    init_s, heartbeat_s = _timeouts(init_timeout, heartbeat_timeout)
+    if jax.distributed.is_initialized():
+        return _info()
+    launcher = _cluster_detected()
+    if not _joins_a_job(coordinator, num_processes, process_id, launcher):
+        return ProcessInfo(0, 1, None)
+    _require_unstarted_backends()
+    job = (coordinator, num_processes, process_id, launcher, init_s, heartbeat_s)
+    if verbose:
+        _announce(*job)
+    _connect(*job)
+    return _info()
+
+
+def _check_arguments(
+    coordinator: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+    """Checks each given flag on its own and process_id against num_processes."""
     if num_processes is not None and num_processes < 1:
         raise JaxcnnError(f"--num-processes must be >= 1, got {num_processes}")
     if process_id is not None and process_id < 0:
@@ -165,32 +195,41 @@ def initialize(
         )
     if coordinator is not None:
         parse_address(coordinator)
-    init_s = _timeout(
-        init_timeout, "--init-timeout", "JAXCNN_INIT_TIMEOUT", DEFAULT_INIT_TIMEOUT
-    )
-    heartbeat_s = _timeout(
-        heartbeat_timeout,
-        "--heartbeat-timeout",
-        "JAXCNN_HEARTBEAT_TIMEOUT",
-        DEFAULT_HEARTBEAT_TIMEOUT,
-    )
 
-    if jax.distributed.is_initialized():
-        return _info()
-    launcher = _cluster_detected()
+
+def _joins_a_job(
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    launcher: str | None,
+) -> bool:
+    """Whether the flags (or else a cluster launcher) describe a multi-process job.
+
+    Raises:
+      JaxcnnError: some flags of a multi-process job given, others missing, and no
+        launcher to provide them.
+    """
+    given = {
+        "--coordinator": coordinator,
+        "--num-processes": num_processes,
+        "--process-id": process_id,
+    }
     if all(v is None for v in given.values()):
-        if launcher is None:
-            return ProcessInfo(0, 1, None)
-    elif num_processes == 1 and process_id in (None, 0):
-        return ProcessInfo(0, 1, None)  # one process needs no coordinator
-    elif launcher is None and any(v is None for v in given.values()):
+        return launcher is not None
+    if num_processes == 1 and process_id in (None, 0):
+        return False  # one process needs no coordinator
+    if launcher is None and any(v is None for v in given.values()):
         missing = [flag for flag, v in given.items() if v is None]
         raise JaxcnnError(
             f"a multi-process run needs --coordinator HOST:PORT, --num-processes N and "
             f"--process-id I on every process; missing {', '.join(missing)} (or start "
             f"the processes with srun / mpirun, which provide them)"
         )
+    return True
 
+
+def _require_unstarted_backends() -> None:
+    """Raises JaxcnnError when JAX has already started a backend in this process."""
     from jax._src import xla_bridge  # the check jax.distributed itself uses
 
     if xla_bridge.backends_are_initialized():
@@ -198,24 +237,45 @@ def initialize(
             "jaxcnn.distributed.initialize() must run before anything uses JAX devices "
             "(jax.devices(), an array, a computation); call it first in the program"
         )
+
+
+def _announce(
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    launcher: str | None,
+    init_s: int,
+    heartbeat_s: int,
+) -> None:
+    """One line on stderr before connecting, so that a wait has a visible reason."""
+    where = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or launcher
+    who = (
+        f"process {process_id} of {num_processes}"
+        if process_id is not None
+        else f"a {launcher} process"
+    )
+    print(
+        f"jaxcnn: {who} joining {where} (waits up to {init_s} s for the others; "
+        f"a process silent for {heartbeat_s} s stops the job)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _connect(
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    launcher: str | None,
+    init_s: int,
+    heartbeat_s: int,
+) -> None:
+    """Starts JAX's multi-controller runtime (gloo for CPU collectives by default)."""
     if jax.config.jax_cpu_collectives_implementation is None:
         # gloo (TCP) is the cross-process CPU collective that needs no MPI install; it
         # only concerns the CPU backend, so GPU/TPU runs are unaffected. A user's own
         # choice (e.g. "mpi") is kept.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if verbose:
-        where = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or launcher
-        who = (
-            f"process {process_id} of {num_processes}"
-            if process_id is not None
-            else f"a {launcher} process"
-        )
-        print(
-            f"jaxcnn: {who} joining {where} (waits up to {init_s} s for the others; "
-            f"a process silent for {heartbeat_s} s stops the job)",
-            file=sys.stderr,
-            flush=True,
-        )
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator,
@@ -229,7 +289,6 @@ def initialize(
         raise JaxcnnError(
             f"cannot start the multi-process runtime ({launcher or 'flags'}): {e}"
         ) from e
-    return _info()
 
 
 def exit_on_error(error: BaseException, *, debug: bool = False) -> None:

@@ -191,7 +191,7 @@ def test_mnist_streamed_and_converted(tfds_dir):
 
 
 def test_fashion_mnist_is_not_mnist(tfds_dir):
-    # Both use the same raw file names; TFDS's shared extraction folder once mixed them up.
+    # Both use the same raw file names, which a shared TFDS extraction folder mixes up.
     builder = data._tfds().builder("fashion_mnist", data_dir=str(tfds_dir))
     images, labels = data._read_split(builder, "test", ("image", "label"))
     np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)

@@ -29,7 +29,7 @@ def _assert_close(a, b, rtol=2e-5):
         )
 
 
-# the two larger presets compile for ~10-30 s on 2 cores
+# the two larger presets take long to compile on a small CPU
 SLOW = ("resnet_cifar", "vgg_cifar")
 
 
@@ -59,11 +59,11 @@ def _smooth(layer_specs):
 def test_fast_kernels_match_xla_for_every_preset(name, smooth):
     """The presets themselves with im2col convs; with Winograd, their smooth twins.
 
-    Winograd's forward differs from XLA's by ~5e-6 (relative) instead of ~1e-7: enough
-    to flip a ReLU mask or a max-pool argmax where two values nearly tie, which changes
-    the exact gradient by 1e-3..1e-2 of its largest entry (vgg_cifar: conv 3's kernel
-    gradient). The kernels are not the cause: with GELU and average pooling the Winograd
-    model's gradients agree with float64 to ~7e-7, as im2col's do.
+    Winograd's forward rounds about 10x more than XLA's: enough to flip a ReLU mask or
+    a max-pool argmax where two values nearly tie, which moves the exact gradient far
+    more than the rounding itself (vgg_cifar: conv 3's kernel gradient). The kernels are
+    not the cause: with GELU and average pooling the Winograd model's gradients agree
+    with float64 as closely as im2col's do (benchmarks/results/one_off.md).
     """
     spec = models.preset(name)
     if smooth:
@@ -117,7 +117,7 @@ def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
 
 
 def test_train_rolls_its_steps_unless_an_xla_convolution_runs_on_cpu():
-    """XLA:CPU's lax.conv is ~25x slower in a loop body: those models unroll."""
+    """XLA:CPU's lax.conv is slow in a loop body (jax-ml/jax#12868): those unroll."""
     fast = models.build_model(models.preset("keras_mnist"), kernels="fast")
     assert not layers.runs_xla_convolution(fast)
     assert layers.runs_xla_convolution(

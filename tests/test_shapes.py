@@ -133,7 +133,7 @@ def test_keras_mnist_shapes_params_and_receptive_field():
         26,
     ]
     assert [info.jump[0] for info in summary.layers[:5]] == [1, 2, 2, 4, 4]
-    # 16.8 MFLOP per train step (perf-notes) = 3 x forward conv/dense FLOPs
+    # 16.8 MFLOP per train step (benchmarks/README.md) = 3 x forward conv/dense FLOPs
     conv_dense = sum(
         i.flops for i in summary.layers if i.spec.type in ("conv", "dense")
     )
