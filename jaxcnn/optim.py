@@ -7,12 +7,17 @@ The chain applied to the gradients of trainable parameters is, in order:
 
 1. ``optax.clip_by_global_norm(clip_norm)`` when ``clip_norm`` is set; the norm covers the
    trainable parameters only.
-2. Weight decay: ``adamw`` decouples it (``optax.adamw(weight_decay=...)``); every other
-   optimiser adds ``weight_decay * param`` to the gradient first
-   (``optax.add_decayed_weights``, i.e. L2 regularisation). Either way only parameters with
-   ``ndim > 1`` (convolution and dense kernels) are decayed: biases and normalisation
-   scales/offsets are left alone, as is usual for CNNs.
-3. The optimiser itself, scaled by the schedule.
+2. ``l2``: coupled L2 regularisation, ``l2 * param`` added to the gradient
+   (``optax.add_decayed_weights``), as PyTorch's ``weight_decay``.
+3. The optimiser itself, scaled by the schedule, with Keras 3's defaults for every field
+   the config leaves None (see the constants below and the README's "Optimisers").
+4. ``weight_decay``: decoupled, as Keras's ``weight_decay`` on every optimiser and as
+   AdamW: ``-lr * weight_decay * param`` is added to the update, outside the optimiser's
+   moments (``optax.adamw`` for adamw, ``optax.add_decayed_weights`` scaled by the
+   schedule otherwise).
+
+Both decays skip parameters with ``ndim <= 1`` (biases, normalisation scales/offsets), as
+is usual for CNNs; Keras and PyTorch decay every parameter unless told otherwise.
 
 Frozen parameters (``trainable`` mask False) go through ``optax.set_to_zero`` inside an
 ``optax.multi_transform``: their update is exactly zero, so they stay bit-identical
@@ -35,6 +40,16 @@ from jaxcnn.spec import OptimConfig
 PyTree = Any
 
 _TRAIN, _FREEZE = "trainable", "frozen"
+
+# Keras 3's defaults (keras.optimizers.SGD / Adam / AdamW / RMSprop), used for the
+# OptimConfig fields left None. PyTorch's differ: eps 1e-8; RMSprop alpha 0.99 with eps
+# outside the square root; AdamW weight_decay 0.01.
+EPSILON = 1e-7  # Adam, AdamW, RMSprop (optax's own default: 1e-8)
+ADAM_BETAS = (0.9, 0.999)
+RMSPROP_RHO = 0.9
+ADAMW_WEIGHT_DECAY = 0.004
+# Keras's SGD has momentum 0; "momentum" and "nesterov" name SGD(momentum=0.9, ...).
+SGD_MOMENTUM = 0.9
 
 
 def _path_str(path: tuple) -> str:
@@ -149,23 +164,44 @@ def _decay_mask(params: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _weight_decay(config: OptimConfig) -> float:
+    if config.weight_decay is not None:
+        return config.weight_decay
+    return ADAMW_WEIGHT_DECAY if config.optimizer == "adamw" else 0.0
+
+
 def _base_optimizer(
     config: OptimConfig, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    name, momentum = config.optimizer, config.momentum
+    name = config.optimizer
+    eps = EPSILON if config.epsilon is None else config.epsilon
     if name == "sgd":
         return optax.sgd(schedule)
-    if name == "momentum":
-        return optax.sgd(schedule, momentum=momentum)
-    if name == "nesterov":
-        return optax.sgd(schedule, momentum=momentum, nesterov=True)
+    if name in ("momentum", "nesterov"):
+        momentum = SGD_MOMENTUM if config.momentum is None else config.momentum
+        return optax.sgd(schedule, momentum=momentum, nesterov=name == "nesterov")
     if name == "adam":
-        return optax.adam(schedule)
+        return optax.adam(schedule, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=eps)
     if name == "adamw":
-        # Pass weight_decay explicitly: optax's default (1e-4) would decay with 0 configured.
-        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
+        return optax.adamw(
+            schedule,
+            b1=ADAM_BETAS[0],
+            b2=ADAM_BETAS[1],
+            eps=eps,
+            weight_decay=_weight_decay(config),
+            mask=_decay_mask,
+        )
     if name == "rmsprop":
-        return optax.rmsprop(schedule, momentum=momentum)
+        # eps inside the square root, zero initial accumulator, lr inside the momentum
+        # buffer: Keras's RMSprop. No momentum buffer at all for momentum 0, as Keras.
+        return optax.rmsprop(
+            schedule,
+            decay=RMSPROP_RHO,
+            eps=eps,
+            eps_in_sqrt=True,
+            initial_scale=0.0,
+            momentum=config.momentum or None,
+        )
     raise SpecError(
         f"optim.optimizer={name!r} is not known; valid: sgd, momentum, nesterov, adam, "
         f"adamw, rmsprop"
@@ -224,9 +260,16 @@ def make_optimizer(
     parts = []
     if config.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.clip_norm))
-    if config.weight_decay > 0 and config.optimizer != "adamw":
-        parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
+    if config.l2 > 0:
+        parts.append(optax.add_decayed_weights(config.l2, mask=_decay_mask))
     parts.append(_base_optimizer(config, schedule))
+    weight_decay = _weight_decay(config)
+    if weight_decay > 0 and config.optimizer != "adamw":  # adamw decays inside optax
+        parts.append(
+            optax.add_decayed_weights(
+                lambda step: -weight_decay * schedule(step), mask=_decay_mask
+            )
+        )
     tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
     if trainable is not None:
         tx = optax.multi_transform(

@@ -579,8 +579,14 @@ class OptimConfig:
         "adam"
     )
     lr: float = 1e-3
-    momentum: float = 0.9  # for momentum / nesterov / rmsprop
-    weight_decay: float = 0.0  # decoupled for adamw, added to the gradient otherwise
+    # None: the optimiser's own default, which is Keras's (constants in optim.py):
+    # momentum 0.9 for momentum / nesterov, none for rmsprop; sgd, adam, adamw ignore it.
+    momentum: float | None = None
+    epsilon: float | None = None  # adam / adamw / rmsprop; None: Keras's 1e-7
+    # Decoupled, as Keras's `weight_decay` on every optimiser: p -= lr * weight_decay * p
+    # each step, outside the optimiser's moments. None: 0.004 for adamw (Keras), else 0.
+    weight_decay: float | None = None
+    l2: float = 0.0  # coupled: adds l2 * p to the gradient (PyTorch's weight_decay)
     schedule: Literal["constant", "cosine", "warmup_cosine", "step", "onecycle"] = (
         "constant"
     )
@@ -595,9 +601,18 @@ class OptimConfig:
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(
-            self.weight_decay >= 0,
-            f"optim.weight_decay must be >= 0, got {self.weight_decay}",
+            self.momentum is None or 0 <= self.momentum < 1,
+            f"optim.momentum must be in [0, 1), got {self.momentum}",
         )
+        _check(
+            self.epsilon is None or self.epsilon > 0,
+            f"optim.epsilon must be > 0, got {self.epsilon}",
+        )
+        for name in ("weight_decay", "l2"):
+            value = getattr(self, name)
+            _check(
+                value is None or value >= 0, f"optim.{name} must be >= 0, got {value}"
+            )
         _check(
             0.0 <= self.label_smoothing < 1.0,
             f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}",

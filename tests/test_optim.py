@@ -193,25 +193,72 @@ def test_unknown_optimizer_raises_spec_error():
         optim.make_optimizer(config, steps_per_epoch=1, epochs=1)
 
 
-def test_weight_decay_skips_biases_and_adamw_decay_is_decoupled():
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_weight_decay_is_decoupled_and_skips_biases(name):
     params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
     zero = jax.tree_util.tree_map(jnp.zeros_like, params)
-    for name in ("sgd", "adamw"):
-        tx, _ = optim.make_optimizer(
-            OptimConfig(optimizer=name, lr=0.1, weight_decay=0.5),
-            steps_per_epoch=1,
-            epochs=1,
-        )
-        updates, _ = tx.update(zero, tx.init(params), params)
-        # zero gradient: only weight decay moves the kernel (-lr * wd * w); the bias stays
-        np.testing.assert_allclose(updates["w"], -0.05 * np.ones((2, 2)), rtol=1e-6)
-        np.testing.assert_array_equal(updates["b"], np.zeros(2))
-    # adamw with weight_decay=0 must not fall back to optax's default decay
     tx, _ = optim.make_optimizer(
-        OptimConfig(optimizer="adamw", lr=0.1), steps_per_epoch=1, epochs=1
+        OptimConfig(optimizer=name, lr=0.1, weight_decay=0.5),
+        steps_per_epoch=1,
+        epochs=1,
     )
     updates, _ = tx.update(zero, tx.init(params), params)
-    np.testing.assert_array_equal(updates["w"], np.zeros((2, 2)))
+    # zero gradient: only weight decay moves the kernel (-lr * wd * w); the bias stays.
+    # Coupled L2 would go through Adam / RMSprop's normalisation and move it by ~lr.
+    np.testing.assert_allclose(updates["w"], -0.05 * np.ones((2, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(updates["b"], np.zeros(2))
+
+
+def test_decoupled_weight_decay_follows_the_schedule():
+    # Keras decays by the current learning rate: -lr_t * wd * w
+    config = OptimConfig(
+        optimizer="momentum",
+        lr=0.1,
+        weight_decay=0.5,
+        schedule="step",
+        step_epochs=(1,),
+    )
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=2, epochs=2)
+    params = {"w": jnp.ones((1, 1))}
+    state = tx.init(params)
+    moves = []
+    for _ in range(4):
+        updates, state = tx.update({"w": jnp.zeros((1, 1))}, state, params)
+        moves.append(float(updates["w"][0, 0]))
+    assert moves == pytest.approx([-0.05, -0.05, -0.005, -0.005], rel=1e-6)
+
+
+def test_weight_decay_defaults_to_keras_adamw_and_zero_elsewhere():
+    params = {"w": jnp.ones((2, 2))}
+    zero = {"w": jnp.zeros((2, 2))}
+
+    def update(**kw):
+        tx, _ = optim.make_optimizer(
+            OptimConfig(lr=0.1, **kw), steps_per_epoch=1, epochs=1
+        )
+        return np.asarray(tx.update(zero, tx.init(params), params)[0]["w"])
+
+    np.testing.assert_allclose(
+        update(optimizer="adamw"), -0.1 * optim.ADAMW_WEIGHT_DECAY, rtol=1e-6
+    )
+    # an explicit 0 is 0, not optax's adamw default (1e-4)
+    np.testing.assert_array_equal(update(optimizer="adamw", weight_decay=0.0), 0.0)
+    for name in ("sgd", "momentum", "nesterov", "adam", "rmsprop"):
+        np.testing.assert_array_equal(update(optimizer=name), 0.0)
+
+
+def test_l2_is_added_to_the_gradient_before_the_optimizer():
+    # momentum 0.5, zero loss gradient, w = 1: the L2 term 0.2 enters the velocity,
+    # so the second step moves by lr * (0.2 + 0.5 * 0.2), not by lr * 0.2 again.
+    params = {"w": jnp.ones((1, 1))}
+    config = OptimConfig(optimizer="momentum", lr=0.1, momentum=0.5, l2=0.2)
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=1, epochs=1)
+    state = tx.init(params)
+    moves = []
+    for _ in range(2):
+        updates, state = tx.update({"w": jnp.zeros((1, 1))}, state, params)
+        moves.append(float(updates["w"][0, 0]))
+    assert moves == pytest.approx([-0.02, -0.03], rel=1e-6)
 
 
 def test_clip_norm_bounds_the_update():

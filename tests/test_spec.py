@@ -310,6 +310,15 @@ def test_run_config_round_trip_and_overrides(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[model]\nname = "keras_mnist"\n[train]\nepochs = 3\n')
     assert load_run_config(path).train.epochs == 3
+    # optimiser fields left out stay None (the optimiser's own default) through JSON
+    assert config.optim.momentum is config.optim.epsilon is None
+    assert config.to_dict()["optim"]["weight_decay"] is None
+    path.write_text(
+        "[optim]\noptimizer = 'rmsprop'\nmomentum = 0.9\nweight_decay = 0\n"
+    )
+    optim = load_run_config(path).optim
+    assert (optim.momentum, optim.weight_decay, optim.epsilon) == (0.9, 0.0, None)
+    assert RunConfig().override("optim.epsilon", 1e-8).optim.epsilon == 1e-8
     assert parse_override("optim.lr=0.01") == ("optim.lr", 0.01)
     assert parse_override("model.pool=avg") == ("model.pool", "avg")
 
@@ -319,6 +328,11 @@ def test_run_config_round_trip_and_overrides(tmp_path):
     [
         ({"optimizer": {}}, "unknown section 'optimizer'"),
         ({"optim": {"lr": -1}}, "optim.lr must be > 0, got -1"),
+        ({"optim": {"momentum": 1.0}}, "optim.momentum must be in [0, 1), got 1.0"),
+        ({"optim": {"epsilon": 0.0}}, "optim.epsilon must be > 0, got 0.0"),
+        ({"optim": {"weight_decay": -1}}, "optim.weight_decay must be >= 0, got -1"),
+        ({"optim": {"l2": -0.1}}, "optim.l2 must be >= 0, got -0.1"),
+        ({"optim": {"momentum": "high"}}, "[optim]: field 'momentum' must be"),
         ({"train": {"epochs": 0}}, "train.epochs must be >= 1, got 0"),
         (
             {"train": {"kernels": "cuda"}},
