@@ -94,7 +94,7 @@ def prepare(names: list[str]) -> None:
 
 def main(module_file: str) -> None:
     """`python experiments/NAME.py [--smoke] [--workdir DIR]`: prepare data, sweep, report."""
-    from jaxcnn import sweep
+    from jaxcnn import cli
 
     prepare(datasets("--smoke" in sys.argv))
-    sys.exit(sweep.experiment_main(module_file))
+    sys.exit(cli.experiment_main(module_file))

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jaxcnn import cputune
 from jaxcnn.errors import JaxcnnError
@@ -287,9 +288,9 @@ def _cmd_sweep(args) -> int:
                 f"usage: jaxcnn sweep {action} {'DIR' if action == 'report' else 'CONFIG'}"
             )
         if action == "report":
-            from jaxcnn import sweep_report
+            from jaxcnn.sweep import report
 
-            print(sweep_report.report(rest[0]))
+            print(report.write_report(rest[0]))
             return 0
         sweep.work(
             rest[0],
@@ -309,6 +310,55 @@ def _cmd_sweep(args) -> int:
         smoke=args.smoke,
         quiet=args.quiet,
     )
+    return 0
+
+
+def experiment_main(module_file: str, argv: Sequence[str] | None = None) -> int:
+    """The command line of an experiments/*.py script: runs its sweep, then the report.
+
+    `python experiments/NAME.py [--smoke] [--workdir DIR] [--storage URL] [--workers N]
+    [--quiet] [--no-report]`; returns the exit status, as `main` does.
+    """
+    name = pathlib.Path(module_file).stem
+    parser = argparse.ArgumentParser(
+        prog=f"experiments/{name}.py",
+        description=f"Runs the {name!r} sweep, then its report.",
+    )
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long version")
+    parser.add_argument(
+        "--workdir",
+        help=f"sweep directory (default runs/sweeps/{name}, or {name}-smoke)",
+    )
+    parser.add_argument(
+        "--storage", help="Optuna storage URL (default: journal in workdir)"
+    )
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--no-report", action="store_true", help="skip the report")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help (0)
+        return int(e.code or 0)
+    args.module_file = module_file
+    args.workdir = args.workdir or f"runs/sweeps/{name}{'-smoke' if args.smoke else ''}"
+    return _dispatch(_cmd_experiment, args)
+
+
+def _cmd_experiment(args) -> int:
+    from jaxcnn import sweep
+
+    sweep.run_sweep(
+        args.module_file,
+        args.workdir,
+        storage=args.storage,
+        workers=args.workers,
+        smoke=args.smoke,
+        quiet=args.quiet,
+    )
+    if not args.no_report:
+        from jaxcnn.sweep import report
+
+        print(report.write_report(args.workdir))
     return 0
 
 
@@ -480,10 +530,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage errors (2) and --help (0)
         return int(e.code or 0)
+    return _dispatch(args.func, args)
+
+
+def _dispatch(command: Callable[[argparse.Namespace], int], args) -> int:
+    """Runs one command; JaxcnnError -> message and 2, anything else -> traceback and 1."""
     debug = getattr(args, "debug", False)
     try:
         cputune.apply()  # an invalid JAXCNN_CPU_TUNING is a usage error
-        return args.func(args)
+        return command(args)
     except JaxcnnError as e:
         if debug:
             traceback.print_exc()

@@ -300,7 +300,9 @@ class RunDir:
         """
         if restart or not self.config_file.exists():
             return False
-        saved = json.loads(self.config_file.read_text()).get("run", {})
+        # Through RunConfig, so fields added since the run was written take their
+        # defaults instead of counting as changes.
+        saved = self.read().config.to_dict()
         diff = _config_diff(saved, config.to_dict())
         if diff:
             raise JaxcnnError(

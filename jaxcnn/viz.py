@@ -1,4 +1,5 @@
-"""Figures of what a network learned and how it trained (the only matplotlib user).
+"""Figures of what a network learned, how it trained, and how a sweep came out (the only
+matplotlib user).
 
 Arrays first, pictures second: `feature_maps` and `edge_responses` return numpy arrays
 that tests and notebooks can check; the `plot_*` functions draw them into PNG files
@@ -473,6 +474,119 @@ def plot_confusion(
             f"{n} class names"
         )
     return _save(_confusion_figure(confusion, class_names, title), path)
+
+
+# --------------------------------------------------------------------------- sweeps
+def plot_tradeoff(
+    points: Mapping[str, Sequence[tuple[float, float]]],
+    fronts: Mapping[str, Sequence[int]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str = "test accuracy",
+) -> pathlib.Path:
+    """Accuracy against a cost (log x axis), one colour per label (e.g. dataset).
+
+    Args:
+      points: label -> [(cost, accuracy), ...].
+      fronts: label -> indices into its points on the Pareto front, by cost; they are
+        starred and joined by a step line.
+      path: the PNG to write.
+      xlabel: the cost's name.
+      ylabel: the accuracy's name.
+    """
+    fig = _figure(6, 4)
+    ax = fig.subplots()
+    for i, (label, pts) in enumerate(points.items()):
+        color = f"C{i % 10}"
+        xs, ys = [x for x, _ in pts], [y for _, y in pts]
+        ax.plot(xs, ys, "o", color=color, alpha=0.6, label=label)
+        front = [pts[j] for j in fronts.get(label, ())]
+        xs, ys = [x for x, _ in front], [y for _, y in front]
+        ax.plot(xs, ys, "-", color=color, drawstyle="steps-post", linewidth=1.5)
+        ax.plot(xs, ys, "*", color=color, markersize=11)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{ylabel} vs {xlabel} (stars/line: Pareto front)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_heatmaps(
+    panels: Sequence[tuple[str, np.ndarray, Mapping[tuple[int, int], str]]],
+    path: str | os.PathLike,
+    *,
+    xticks: Sequence[Any],
+    yticks: Sequence[Any],
+    xlabel: str,
+    ylabel: str,
+) -> pathlib.Path:
+    """Heatmaps side by side, each cell labelled with its value.
+
+    Args:
+      panels: (title, values [len(yticks), len(xticks)], marks) per panel; a NaN cell
+        is blank and shows its text from marks[(row, column)], if any.
+      path: the PNG to write.
+      xticks, yticks: the column and row labels.
+      xlabel, ylabel: the axis names.
+    """
+    fig = _figure(3.6 * len(panels), 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, values, marks) in zip(axes, panels, strict=True):
+        image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+        for (i, j), value in np.ndenumerate(values):
+            blank = np.isnan(value)
+            text = marks.get((i, j), "") if blank else f"{value:.3f}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if blank else "white",
+            )
+        ax.set_xticks(range(len(xticks)), [str(t) for t in xticks])
+        ax.set_yticks(range(len(yticks)), [str(t) for t in yticks])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, path)
+
+
+def plot_effect(
+    values: Sequence[Any],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str = "test accuracy (mean ± std)",
+) -> pathlib.Path:
+    """Mean and error bar per value of one swept axis, one line per label.
+
+    Args:
+      values: the axis values, drawn evenly spaced in this order.
+      series: label -> (means, error bars), one of each per value (NaN: no point).
+      path: the PNG to write.
+      xlabel: the axis name.
+      ylabel: what the means are.
+    """
+    fig = _figure(5, 3.4)
+    ax = fig.subplots()
+    for label, (means, errs) in series.items():
+        ax.errorbar(
+            range(len(values)), means, yerr=errs, marker="o", capsize=4, label=label
+        )
+    ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"effect of {xlabel}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- commands

@@ -1,7 +1,9 @@
 """Sweep engine: grid expansion, static invalid detection, ordering, real sweeps on digits,
-failure isolation, pruning, kill -9 resume and concurrent workers."""
+failure isolation, pruning, kill -9 resume and concurrent workers; the package's imports."""
 
+import ast
 import json
+import math
 import os
 import pathlib
 import signal
@@ -12,8 +14,9 @@ import time
 import optuna
 import pytest
 
-from jaxcnn import spec, sweep, sweep_report
+from jaxcnn import spec, sweep
 from jaxcnn.errors import SpecError
+from jaxcnn.sweep import report, storage
 
 # A small simple_cnn on the embedded 8x8 digits: a trial trains in about a second.
 BASE = spec.RunConfig.from_dict(
@@ -40,7 +43,7 @@ def _sweep(points, name="t", **kwargs) -> sweep.Sweep:
 
 def _complete_per_key(sweep_dir: pathlib.Path, name: str) -> dict[str, int]:
     study = optuna.load_study(
-        study_name=name, storage=sweep.open_storage(None, sweep_dir)
+        study_name=name, storage=storage.open_storage(None, sweep_dir)
     )
     counts: dict[str, int] = {}
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
@@ -70,7 +73,7 @@ def test_plan_marks_collapsing_shapes_invalid_and_orders_by_program():
         {"model.stride": 3, "model.pool": "max"},  # 28 -> 9 -> 4 -> 1: 1x1 < 2x2 window
         {"model.filters": 0},  # a bad value is invalid too, with the field named
     ]
-    plans = sweep.plan(sweep.Sweep(name="p", base=base, points=tuple(points)))
+    plans = sweep.plan_sweep(sweep.Sweep(name="p", base=base, points=tuple(points)))
     assert [p.error is not None for p in plans] == [True, True, False, False, False]
     assert "smaller than the 2x2 window" in plans[0].error + plans[1].error
     assert "filters must be >= 1" in plans[0].error + plans[1].error
@@ -120,7 +123,87 @@ pruner = "median"
 
 def test_pareto_front():
     points = [(10, 0.5), (20, 0.7), (15, 0.4), (30, 0.69), (40, 0.9)]
-    assert sweep_report.pareto_front(points) == [0, 1, 4]
+    assert report.pareto_front(points) == [0, 1, 4]
+
+
+def test_heatmap_panels_and_effect_series():
+    rows = [
+        {"trial": "a", "status": "ok", "model.filters": 8, "model.stride": 1,
+         "model.pool": "max", "dataset": "digits", "test_accuracy": 0.9},
+        {"trial": "b", "status": "invalid", "model.filters": 16, "model.stride": 2,
+         "model.pool": "max", "dataset": "digits", "test_accuracy": None},
+        {"trial": "c", "status": "ok", "model.filters": 16, "model.stride": 1,
+         "model.pool": "max", "dataset": "digits", "test_accuracy": 0.7,
+         "test_accuracy_ci95": 0.05},
+        {"trial": "d", "status": "ok", "model.filters": 8, "model.stride": 2,
+         "model.pool": "avg", "dataset": "digits", "test_accuracy": 0.5},
+    ]  # fmt: skip
+    ((title, grid, marks),) = report.heatmap_panels(rows, "max", [8, 16], [1, 2])
+    assert title == "digits, pool=max" and marks == {(1, 1): "invalid"}
+    assert grid[0].tolist() == [0.9, 0.7] and all(map(math.isnan, grid[1]))
+    ok = [r for r in rows if r["status"] == "ok"]
+    means, errs = report.effect_series(ok, "model.filters", [8, 16, 32])["digits"]
+    assert means[:2] == [pytest.approx(0.7), 0.7] and math.isnan(means[2])
+    assert errs[0] == pytest.approx(0.28284, abs=1e-5)  # std of 0.9 and 0.5
+    assert errs[1:] == [0.05, 0.0]  # one trial: its 95 % interval over seeds
+
+
+# --------------------------------------------------------------------------- imports
+SWEEP_DIR = pathlib.Path(sweep.__file__).parent
+# Each module may import only those before it; results.py is the leaf.
+SWEEP_ORDER = [
+    "results",
+    "config",
+    "plan",
+    "storage",
+    "trial",
+    "worker",
+    "run",
+    "report",
+]
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """The jaxcnn modules `path` imports, e.g. {"jaxcnn.metrics", "jaxcnn.sweep.config"}."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return {name for name in out if name.startswith("jaxcnn")}
+
+
+def test_sweep_modules_import_downward_only():
+    found = sorted(p.stem for p in SWEEP_DIR.glob("*.py") if p.stem != "__init__")
+    assert found == sorted(SWEEP_ORDER)
+    modules = {f"jaxcnn.sweep.{name}" for name in SWEEP_ORDER}
+    for i, name in enumerate(SWEEP_ORDER):
+        imported = _imported_modules(SWEEP_DIR / f"{name}.py") & modules
+        allowed = {f"jaxcnn.sweep.{n}" for n in SWEEP_ORDER[:i]}
+        assert imported <= allowed, f"sweep/{name}.py imports {imported - allowed}"
+    assert not any(
+        m.startswith("jaxcnn.sweep")
+        for m in _imported_modules(SWEEP_DIR / "results.py")
+    )
+
+
+def test_only_the_cli_imports_the_sweep_package():
+    package = SWEEP_DIR.parent
+    importers = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.parent != SWEEP_DIR
+        and any(m.startswith("jaxcnn.sweep") for m in _imported_modules(path))
+    }
+    assert importers == {"cli.py"}
+
+
+@pytest.mark.parametrize("name", SWEEP_ORDER)
+def test_each_sweep_module_imports_in_a_fresh_interpreter(name):
+    code = f"import sys, jaxcnn.sweep.{name}; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # --------------------------------------------------------------------------- real sweeps
@@ -156,7 +239,7 @@ def test_smoke_sweep_on_digits_end_to_end(tmp_path):
     assert (
         tmp_path / "trials" / ok[0]["trial"] / "metrics.jsonl"
     ).read_text() == before
-    text = sweep_report.report(tmp_path)
+    text = report.write_report(tmp_path)
     assert "| 1 |" in text
     for name in (
         "accuracy_vs_params.png",
@@ -201,7 +284,7 @@ def test_random_search_and_pruning(tmp_path, monkeypatch):
     )
     # A pruner that stops every trial after its first epoch makes the outcome certain.
     monkeypatch.setattr(
-        sweep, "_pruner", lambda _: optuna.pruners.ThresholdPruner(lower=2.0)
+        storage, "pruner", lambda _: optuna.pruners.ThresholdPruner(lower=2.0)
     )
     rows = sweep.run_sweep(s, tmp_path, quiet=True)
     assert len(rows) == 3
@@ -265,7 +348,7 @@ def test_kill_9_mid_trial_then_restart_resumes_from_checkpoint(tmp_path):
         "--quiet",
     ]
     proc = subprocess.Popen(command, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    plans = sweep.plan(sweep.load_sweep(config))
+    plans = sweep.plan_sweep(sweep.load_sweep(config))
     victim = workdir / "trials" / plans[1].key / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:  # wait for two finished epochs of the second trial

@@ -20,6 +20,7 @@ import pytest
 from test_sweep import _write_sweep_file
 
 from jaxcnn import sweep
+from jaxcnn.sweep import storage
 
 pytestmark = pytest.mark.postgres
 
@@ -97,7 +98,7 @@ def test_three_concurrent_workers_on_postgres_run_every_trial_once(
     config = _write_sweep_file(tmp_path, epochs, [4, 6, 8, 10, 12, 14], name="pg_grid")
     workdir = tmp_path / "sweep"
     rows = sweep.run_sweep(config, workdir, storage=postgres_url, workers=3, quiet=True)
-    assert not (workdir / sweep.JOURNAL).exists()  # the trials went to PostgreSQL
+    assert not (workdir / storage.JOURNAL).exists()  # the trials went to PostgreSQL
     assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
     trials = _trials_by_key(postgres_url, "pg_grid")
     assert len(trials) == 6
@@ -114,8 +115,8 @@ def test_three_concurrent_workers_on_postgres_run_every_trial_once(
 
 # A worker with a 1 s heartbeat and a 3 s grace period, so the test need not wait 90 s.
 _FAST_WORKER = (
-    "import sys; from jaxcnn import cli, sweep; "
-    "sweep.HEARTBEAT_SECONDS, sweep.GRACE_SECONDS = 1, 3; "
+    "import sys; from jaxcnn import cli; from jaxcnn.sweep import storage; "
+    "storage.HEARTBEAT_SECONDS, storage.GRACE_SECONDS = 1, 3; "
     "sys.exit(cli.main(sys.argv[1:]))"
 )
 
@@ -139,7 +140,7 @@ def test_sigkilled_worker_is_found_by_heartbeat_and_its_trial_resumed(
         postgres_url,
         "--quiet",
     ]
-    plans = sweep.plan(sweep.load_sweep(config))
+    plans = sweep.plan_sweep(sweep.load_sweep(config))
     victim = workdir / "trials" / plans[1].key / "metrics.jsonl"
     proc = subprocess.Popen(command, env=ENV)
     deadline = time.time() + 120

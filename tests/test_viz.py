@@ -234,6 +234,25 @@ def test_plot_confusion_counts_and_normalised(tmp_path):
         viz.plot_confusion(confusion, names[:2], tmp_path / "x.png")
 
 
+def test_sweep_figures(tmp_path):
+    points = {"mnist": [(1e3, 0.9), (1e4, 0.95), (5e3, 0.8)], "digits": [(2e3, 0.7)]}
+    fronts = {"mnist": [0, 1], "digits": [0]}
+    check_png(viz.plot_tradeoff(points, fronts, tmp_path / "t.png", xlabel="params"))
+    grid = np.array([[0.9, np.nan], [0.8, 0.85]])
+    panels = [("mnist", grid, {(0, 1): "invalid"}), ("digits", grid * 0.9, {})]
+    path = viz.plot_heatmaps(
+        panels,
+        tmp_path / "h.png",
+        xticks=[8, 16],
+        yticks=[1, 2],
+        xlabel="filters",
+        ylabel="stride",
+    )
+    check_png(path)
+    series = {"mnist": ([0.9, 0.95, np.nan], [0.01, 0.0, 0.0])}
+    check_png(viz.plot_effect(["a", "b", "c"], series, tmp_path / "e.png", xlabel="x"))
+
+
 def test_no_temp_files_left_behind(tmp_path):
     fake_metrics(tmp_path / "a")
     viz.plot_curves([tmp_path / "a"], tmp_path / "out" / "curves.png")

@@ -1,0 +1,32 @@
+"""Sweeps: many training runs over a grid or a search space, coordinated by Optuna.
+
+Modules, each importing only those above it in this list:
+  results.py   the result rows: columns, results.csv / results.jsonl, read_results
+  config.py    Axis, Sweep, load_sweep (TOML/JSON, experiment modules, sweep dirs)
+  plan.py      static checks of each point, trial keys, grouping by compiled program
+  storage.py   Optuna storage (journal file or database URL), liveness, study -> rows
+  trial.py     one trial: train.fit, or K seeds aggregated
+  worker.py    the worker that pops trials and trains them
+  run.py       run_sweep (N local workers) and work (one worker)
+  report.py    the ranked table, report.md and the figures (drawn by viz.py)
+"""
+
+from jaxcnn.sweep.config import Axis, Sweep, expand_grid, load_sweep
+from jaxcnn.sweep.plan import TrialPlan, check_trial, plan_sweep
+from jaxcnn.sweep.report import write_report
+from jaxcnn.sweep.results import read_results
+from jaxcnn.sweep.run import run_sweep, work
+
+__all__ = [
+    "Axis",
+    "Sweep",
+    "TrialPlan",
+    "check_trial",
+    "expand_grid",
+    "load_sweep",
+    "plan_sweep",
+    "read_results",
+    "run_sweep",
+    "work",
+    "write_report",
+]

@@ -1,0 +1,341 @@
+"""What a sweep is: search axes, the `Sweep` dataclass, and loading one from a file.
+
+A sweep is data: a base `RunConfig` plus either a list of override dicts (a grid, e.g.
+`{"model.filters": 16, "model.stride": 2}`) or search axes sampled by Optuna's random or
+TPE sampler. It lives in a TOML/JSON file, in a Python experiment module with
+`base(smoke) -> RunConfig` and `sweep() -> list[dict]`, or in a sweep directory's
+sweep.json (see `load_sweep`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import inspect
+import itertools
+import json
+import os
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import RunConfig, read_table
+
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "asha")
+SWEEP_FILE = "sweep.json"  # the resolved sweep, in every sweep directory
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna categorical values are None/bool/int/float/str; lists go as JSON text."""
+    return (
+        value
+        if value is None or isinstance(value, bool | int | float | str)
+        else json.dumps(value)
+    )
+
+
+def decode_choice(value: Any) -> Any:
+    """The inverse of `encode_choice`."""
+    if isinstance(value, str) and value[:1] in "[{":
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One search axis: a list of choices, or a numeric range [low, high]."""
+
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> Axis:
+        """[a, b, c] -> choices; {low, high, log?, step?, int?} -> a range."""
+        if isinstance(value, Axis):
+            return value
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if not value:
+                raise SpecError(f"sweep axis {name!r}: the list of choices is empty")
+            return cls(choices=tuple(value))
+        if isinstance(value, Mapping) and {"low", "high"} <= set(value):
+            unknown = set(value) - {"low", "high", "log", "step", "int"}
+            if unknown:
+                raise SpecError(
+                    f"sweep axis {name!r}: unknown key {sorted(unknown)[0]!r}; a range has "
+                    "low, high and optionally log, step, int"
+                )
+            low, high = value["low"], value["high"]
+            if not low < high:
+                raise SpecError(
+                    f"sweep axis {name!r}: need low < high, got {low}, {high}"
+                )
+            integer = bool(
+                value.get("int", isinstance(low, int) and isinstance(high, int))
+            )
+            return cls(
+                low=low,
+                high=high,
+                log=bool(value.get("log", False)),
+                step=value.get("step"),
+                integer=integer,
+            )
+        raise SpecError(
+            f"sweep axis {name!r}: expected a list of values or a table "
+            f"{{low = ..., high = ..., log = true}}, got {value!r}"
+        )
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.choices:
+            encoded = [encode_choice(c) for c in self.choices]
+            return decode_choice(trial.suggest_categorical(name, encoded))
+        if self.integer:
+            return trial.suggest_int(
+                name,
+                int(self.low),
+                int(self.high),
+                step=int(self.step or 1),
+                log=self.log,
+            )
+        return trial.suggest_float(
+            name, float(self.low), float(self.high), step=self.step, log=self.log
+        )
+
+    def to_dict(self) -> Any:
+        if self.choices:
+            return list(self.choices)
+        out = {"low": self.low, "high": self.high, "log": self.log, "int": self.integer}
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A base run config plus what to vary, and how trials are chosen.
+
+    Attributes:
+      name: the Optuna study name (unique per storage).
+      base: the run every trial starts from.
+      points: grid sampler: the override dicts, one per trial.
+      search: random / tpe samplers: axes by config path.
+      sampler: "grid" runs `points`; "random" / "tpe" sample `trials` points of `search`.
+      trials: how many points a random / tpe sweep tries.
+      pruner: stop weak trials early on validation accuracy ("median", or "asha" =
+        successive halving); "none" trains every trial to the end.
+      seeds: train each trial with this many seeds (train.seed, +1, ...) and report
+        mean, std and a 95 % interval of every metric.
+      replicas: how seeds > 1 run: "auto" (the faster one for the backend), "vmap"
+        (one compiled program, replicas.py) or "sequential" (one fit per seed).
+      seed: the sampler's seed.
+    """
+
+    name: str
+    base: RunConfig
+    points: tuple[dict[str, Any], ...] = ()
+    search: dict[str, Axis] = dataclasses.field(default_factory=dict)
+    sampler: Literal["grid", "random", "tpe"] = "grid"
+    trials: int = 0
+    pruner: Literal["none", "median", "asha"] = "none"
+    seeds: int = 1
+    replicas: Literal["auto", "vmap", "sequential"] = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "points", tuple(dict(p) for p in self.points))
+        object.__setattr__(
+            self, "search", {k: Axis.parse(k, v) for k, v in dict(self.search).items()}
+        )
+        checks = (
+            (
+                self.sampler in SAMPLERS,
+                f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
+            ),
+            (
+                self.pruner in PRUNERS,
+                f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}",
+            ),
+            (
+                self.replicas in ("auto", "vmap", "sequential"),
+                f"replicas must be auto, vmap or sequential, got {self.replicas!r}",
+            ),
+            (self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}"),
+            (
+                self.sampler != "grid" or self.points,
+                "a grid sweep needs points (a [sweep.grid] table or sweep() in a module)",
+            ),
+            (
+                self.sampler == "grid" or (self.search and self.trials >= 1),
+                f"a {self.sampler} sweep needs [sweep.search] axes and trials >= 1",
+            ),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise SpecError(f"sweep {self.name!r}: {message}")
+        for point in self.points:
+            for path in point:
+                if "." not in path:
+                    raise SpecError(
+                        f"sweep {self.name!r}: override {path!r} is not a config path; "
+                        "write section.field, e.g. model.filters or optim.lr"
+                    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "base": self.base.to_dict(),
+            "points": [dict(p) for p in self.points],
+            "search": {k: a.to_dict() for k, a in self.search.items()},
+            "sampler": self.sampler,
+            "trials": self.trials,
+            "pruner": self.pruner,
+            "seeds": self.seeds,
+            "replicas": self.replicas,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sweep:
+        data = dict(data)
+        base = data.pop("base", {})
+        base = base.to_dict() if isinstance(base, RunConfig) else base
+        if isinstance(base.get("model"), Mapping) and base["model"].get("spec") is None:
+            base = {
+                **base,
+                "model": {k: v for k, v in base["model"].items() if k != "spec"},
+            }
+        return cls(base=RunConfig.from_dict(base), **data)
+
+
+def expand_grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of axes, the last axis varying fastest.
+
+    expand_grid({"model.filters": [8, 16], "model.stride": [1, 2]}) ->
+      [{filters 8, stride 1}, {8, 2}, {16, 1}, {16, 2}] (keys as given).
+    """
+    names = list(axes)
+    for name in names:
+        if (
+            isinstance(axes[name], str)
+            or not isinstance(axes[name], Sequence)
+            or not axes[name]
+        ):
+            raise SpecError(
+                f"grid axis {name!r} must be a non-empty list, got {axes[name]!r}"
+            )
+    return [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*axes.values())
+    ]
+
+
+_SWEEP_KEYS = (
+    "name",
+    "sampler",
+    "trials",
+    "pruner",
+    "seeds",
+    "replicas",
+    "seed",
+    "grid",
+    "points",
+    "search",
+    "smoke",
+)
+
+
+def load_sweep(
+    source: str | os.PathLike | Sweep | Any, *, smoke: bool = False
+) -> Sweep:
+    """Reads a sweep from a TOML/JSON file, a Python experiment file or module, or a
+    sweep directory (its sweep.json).
+
+    TOML layout: the run config sections ([model], [data], [optim], [train]) plus
+
+        [sweep]
+        name = "filters"            # default: the file name
+        sampler = "grid"            # grid | random | tpe
+        trials = 20                 # random / tpe only
+        pruner = "none"             # none | median | asha
+        seeds = 1
+        [sweep.grid]                # grid: the cartesian product of these lists
+        "model.filters" = [8, 16, 32]
+        [sweep.search]              # random / tpe: lists or ranges
+        "optim.lr" = { low = 1e-4, high = 1e-2, log = true }
+        [sweep.smoke]               # overrides applied with smoke=True
+        "train.epochs" = 1
+
+    A Python module defines `base(smoke=False) -> RunConfig` and `sweep() -> list[dict]`
+    (optionally `sweep(smoke)`), and may set `SETTINGS = {"sampler": ..., ...}` and
+    `SEARCH = {path: axis}`.
+    """
+    if isinstance(source, Sweep):
+        return source
+    if inspect.ismodule(source):
+        return _from_module(source, smoke)
+    path = pathlib.Path(source)
+    if path.is_dir():
+        if not (path / SWEEP_FILE).is_file():
+            raise SpecError(f"{path} is not a sweep directory (no {SWEEP_FILE})")
+        return Sweep.from_dict(json.loads((path / SWEEP_FILE).read_text()))
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise SpecError(f"{path}: no such file")
+        name = "_jaxcnn_experiment_" + re.sub(r"\W", "_", path.stem)
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return _from_module(module, smoke, default_name=path.stem)
+    table = read_table(path)
+    try:
+        return _from_table(table, smoke, default_name=path.stem)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+
+
+def _from_table(table: Mapping[str, Any], smoke: bool, default_name: str) -> Sweep:
+    table = dict(table)
+    settings = dict(table.pop("sweep", {}))
+    unknown = set(settings) - set(_SWEEP_KEYS)
+    if unknown:
+        raise SpecError(
+            f"[sweep]: unknown key {sorted(unknown)[0]!r}; valid keys are {', '.join(_SWEEP_KEYS)}"
+        )
+    base = RunConfig.from_dict(table)
+    smoke_overrides = settings.pop("smoke", {})
+    if smoke:
+        base = base.with_overrides(smoke_overrides)
+    points = list(settings.pop("points", []))
+    if "grid" in settings:
+        points += expand_grid(settings.pop("grid"))
+    settings.setdefault("name", default_name)
+    return Sweep(base=base, points=tuple(points), **settings)
+
+
+def _from_module(module: Any, smoke: bool, default_name: str | None = None) -> Sweep:
+    name = default_name or module.__name__.rpartition(".")[2]
+    for fn in ("base", "sweep"):
+        if not callable(getattr(module, fn, None)):
+            raise SpecError(
+                f"experiment {name!r} must define {fn}() (see STYLE.md section 3)"
+            )
+    base = module.base(smoke=smoke)
+    if not isinstance(base, RunConfig):
+        raise SpecError(
+            f"experiment {name!r}: base() must return a RunConfig, got {base!r}"
+        )
+    sweep_fn = module.sweep
+    takes_smoke = "smoke" in inspect.signature(sweep_fn).parameters
+    points = sweep_fn(smoke=smoke) if takes_smoke else sweep_fn()
+    settings = dict(getattr(module, "SETTINGS", {}))
+    settings.setdefault("name", name)
+    search = getattr(module, "SEARCH", {})
+    return Sweep(base=base, points=tuple(points), search=search, **settings)

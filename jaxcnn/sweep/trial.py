@@ -1,0 +1,118 @@
+"""One trial: `train.fit` in its run directory, or K seeds (sequential fits or one
+vmapped program, `replicas.fit_replicas`) aggregated into mean, std and 95 % interval."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jaxcnn import metrics, rundir
+from jaxcnn.spec import RunConfig
+from jaxcnn.sweep import results
+
+
+def history_result(run_dir: pathlib.Path) -> dict[str, Any]:
+    """The last epoch's metrics of a partly trained run (a pruned trial's result)."""
+    history = rundir.read_metrics(run_dir)
+    if not history:
+        return {}
+    last = history[-1]
+    return {
+        "epochs": last["epoch"],
+        "train_accuracy": last["train_accuracy"],
+        "train_loss": last["train_loss"],
+        "val_accuracy": last["val_accuracy"],
+        "val_loss": last["val_loss"],
+        "best_val_accuracy": max(r["val_accuracy"] for r in history),
+    }
+
+
+def run_trial(
+    config: RunConfig,
+    run_dir: pathlib.Path,
+    *,
+    seeds: int = 1,
+    replicas: str = "auto",
+    quiet: bool = True,
+    dataset: Any = None,
+    on_epoch: Any = None,
+) -> dict[str, Any]:
+    """Trains one trial (K seeds when seeds > 1) and returns its result record.
+
+    With seeds = 1 this is `train.fit` in `run_dir`; the record holds the summary plus
+    the last epoch's train / val metrics. With seeds = K each metric also gets
+    `<metric>_mean`, `_std` and `_ci95` (95 % half width, Student t) over the seeds, and
+    the plain metric is the mean.
+    """
+    from jaxcnn import train
+
+    if seeds == 1:
+        fitted = train.fit(
+            config, run_dir, quiet=quiet, dataset=dataset, on_epoch=on_epoch
+        )
+        return _record(fitted.summary, fitted.history)
+    mode = replicas if replicas != "auto" else default_replicas_mode()
+    if mode == "vmap":
+        from jaxcnn import replicas as replicas_lib
+
+        runs = replicas_lib.fit_replicas(
+            config, run_dir, seeds, quiet=quiet, dataset=dataset, on_epoch=on_epoch
+        )
+        records = [_record(s, h) for s, h in runs]
+    else:
+        records = []
+        for i in range(seeds):
+            seeded = config.override("train.seed", config.train.seed + i)
+            fitted = train.fit(
+                seeded,
+                run_dir / f"seed{i}",
+                quiet=quiet,
+                dataset=dataset,
+                on_epoch=on_epoch if i == 0 else None,
+            )
+            records.append(_record(fitted.summary, fitted.history))
+    return aggregate(records, mode)
+
+
+def default_replicas_mode(backend: str | None = None) -> str:
+    """How seeds > 1 run by default: "sequential" on every backend.
+
+    K sequential fits resume per seed, and on CPU they keep up with the vmapped program
+    (whose compile dominates short runs); replicas="vmap" forces the vmapped one.
+    """
+    del backend
+    return "sequential"
+
+
+def _record(
+    summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    out = dict(summary)
+    if history:
+        last = history[-1]
+        for name in ("train_accuracy", "train_loss", "val_accuracy", "val_loss"):
+            out[name] = last[name]
+    return out
+
+
+def aggregate(records: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
+    """Mean, std and 95 % half width of each numeric metric over seed records."""
+    out: dict[str, Any] = dict(records[0])
+    out["seeds"] = len(records)
+    out["replicas"] = mode
+    for name, value in records[0].items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        values = [float(r[name]) for r in records if r.get(name) is not None]
+        if len(values) != len(records):
+            continue
+        mean, std, half = metrics.mean_confidence_interval(values)
+        out[name] = mean
+        if name in results.SEED_METRICS:
+            out[f"{name}_mean"], out[f"{name}_std"], out[f"{name}_ci95"] = (
+                mean,
+                std,
+                half,
+            )
+    return out
