@@ -534,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(command: Callable[[argparse.Namespace], int], args) -> int:
-    """Runs one command; JaxcnnError -> message and 2, anything else -> traceback and 1."""
+    """Runs one command; JaxcnnError -> message and 2 (Interrupted: 128 + signal),
+    anything else -> traceback and 1."""
     debug = getattr(args, "debug", False)
     try:
         cputune.apply()  # an invalid JAXCNN_CPU_TUNING is a usage error
@@ -543,7 +544,7 @@ def _dispatch(command: Callable[[argparse.Namespace], int], args) -> int:
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except Exception:
         traceback.print_exc()
         return 1

@@ -19,3 +19,15 @@ class CheckpointError(JaxcnnError):
 
 class TrainingError(JaxcnnError):
     """Training cannot go on (for example the loss became NaN or Inf)."""
+
+
+class Interrupted(JaxcnnError):
+    """A signal stopped training after a checkpoint was saved; rerunning resumes.
+
+    `exit_code` is 128 + the signal number (143 for SIGTERM, 130 for SIGINT), the status
+    schedulers and shells expect from a job that was stopped rather than finished.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

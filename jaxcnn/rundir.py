@@ -34,8 +34,18 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 
+
+def _file_mode() -> int:
+    """The mode `open` gives a new file under this process's umask (e.g. 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
 # Fields that may change when a run in an existing workdir is continued.
-RESUMABLE_CHANGES = ("train.epochs", "train.patience")
+RESUMABLE_CHANGES = ("train.epochs", "train.patience", "train.checkpoint_steps")
 
 
 # -- atomic files ---------------------------------------------------------------------------
@@ -81,6 +91,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp's 0600 -> the user's umask
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -296,9 +307,19 @@ class RunDir:
         """Whether training `config` here continues from the checkpoints in this directory.
 
         Raises:
-          JaxcnnError: the directory holds a run with a different config.
+          JaxcnnError: the directory holds a run with a different config, or run files
+            (checkpoints, metrics) without the config.json that says what they are.
         """
-        if restart or not self.config_file.exists():
+        if restart:
+            return False
+        if not self.config_file.exists():
+            found = self._run_files()
+            if found:
+                raise JaxcnnError(
+                    f"workdir {self.path} holds {', '.join(found)} but no {CONFIG}, so "
+                    f"jaxcnn cannot tell which run they belong to and will not overwrite "
+                    f"them. Use another --workdir, or --restart to discard them"
+                )
             return False
         # Through RunConfig, so fields added since the run was written take their
         # defaults instead of counting as changes.
@@ -312,12 +333,74 @@ class RunDir:
             )
         return self.has_checkpoint()
 
+    def check_spec(self, spec: ModelSpec) -> None:
+        """Raises unless `spec` is the model the saved run trained (e.g. an edited spec file).
+
+        Raises:
+          JaxcnnError: the resolved specs differ; the message names the first differences.
+        """
+        saved = self.read().spec.to_dict()
+        diff = _dict_diff(saved, spec.to_dict(), "model")
+        if diff:
+            raise JaxcnnError(
+                f"workdir {self.path} holds a run of a different model ("
+                + "; ".join(diff[:5])
+                + "): its checkpoints do not belong to this architecture. Use another "
+                "--workdir, or --restart to discard that run"
+            )
+
+    def _run_files(self) -> list[str]:
+        """The files of a run found here ("checkpoints/", "metrics.jsonl", ...)."""
+        found = [f"{CHECKPOINTS}/"] if self.has_checkpoint() else []
+        return found + [
+            f.name for f in (self.metrics_file, self.summary_file) if f.exists()
+        ]
+
     def clear(self) -> None:
-        """Removes the files of a previous run (checkpoints, metrics, summary, events)."""
-        for directory in (self.checkpoints, self.tensorboard):
-            shutil.rmtree(directory, ignore_errors=True)
+        """Removes the files a previous jaxcnn run wrote here, and nothing else.
+
+        Checkpoint step directories (and orbax's unfinished ones), TensorBoard event
+        files, metrics.jsonl and summary.json go; any other file stays where it is.
+        """
+        for path in _listdir(self.checkpoints):
+            if _is_checkpoint_entry(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+        for path in _listdir(self.tensorboard):
+            if path.name.startswith("events.out.tfevents."):
+                path.unlink(missing_ok=True)
         for file in (self.metrics_file, self.summary_file):
             file.unlink(missing_ok=True)
+        for directory in (self.checkpoints, self.tensorboard):
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+
+
+def _listdir(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+def _is_checkpoint_entry(name: str) -> bool:
+    """An orbax step directory ("120") or one a killed save left ("120.orbax-...-tmp-3")."""
+    return name.split(".", 1)[0].isdigit() and (
+        name.isdigit() or ".orbax-checkpoint-tmp" in name
+    )
+
+
+def _dict_diff(old: Any, new: Any, path: str) -> list[str]:
+    """Where two JSON-like values differ, as "path: old vs new" lines."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _dict_diff(old.get(key), new.get(key), f"{path}.{key}")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _dict_diff(a, b, f"{path}[{i}]")
+        return out
+    if old == new:
+        return []
+    return [f"{path}: {json.dumps(old)} in the workdir vs {json.dumps(new)} now"]
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:

@@ -638,6 +638,7 @@ class TrainConfig:
     steps_per_dispatch: int = 0  # 0: chosen automatically per backend
     patience: int = 0  # early stopping on val accuracy; 0 = off
     checkpoint_every: int = 1  # epochs between checkpoints
+    checkpoint_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = off
     keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
     kernels: Literal["auto", "xla", "fast"] = "auto"  # conv/pool implementation
     init_from: str | None = (
@@ -657,6 +658,11 @@ class TrainConfig:
             value = getattr(self, name)
             _check(value >= 1, f"train.{name} must be >= 1, got {value}")
         _check(self.patience >= 0, f"train.patience must be >= 0, got {self.patience}")
+        _check(
+            self.checkpoint_steps >= 0,
+            f"train.checkpoint_steps must be >= 0 (0 = epoch ends only), got "
+            f"{self.checkpoint_steps}",
+        )
         _check(
             self.steps_per_dispatch >= 0,
             f"train.steps_per_dispatch must be >= 0 (0 = auto), got {self.steps_per_dispatch}",

@@ -28,6 +28,7 @@ RANKS = {
     "jaxcnn.rundir": 6,
     "jaxcnn.transfer": 7,
     "jaxcnn.train.sharding": 8.0,
+    "jaxcnn.train.preemption": 8.05,
     "jaxcnn.train.step": 8.1,
     "jaxcnn.train.batches": 8.2,
     "jaxcnn.train.loop": 8.3,
@@ -97,7 +98,9 @@ def test_every_import_points_down():
                 continue
             if _same_package(module, imported) and _rank(imported) <= _rank(module):
                 continue  # siblings of one package of equal rank, e.g. kernels.conv/pool
-            wrong.append(f"{module} ({_rank(module)}) imports {imported} ({_rank(imported)})")
+            wrong.append(
+                f"{module} ({_rank(module)}) imports {imported} ({_rank(imported)})"
+            )
     assert not wrong, "imports that point up or sideways:\n" + "\n".join(wrong)
 
 

@@ -230,3 +230,13 @@ def test_mean_confidence_interval():
     assert mean == 0.9 and math.isnan(std) and math.isnan(half)
     with pytest.raises(ValueError, match="at least one value"):
         metrics.mean_confidence_interval([])
+
+
+def test_atomic_files_get_the_umask_mode_not_0600(tmp_path):
+    code = (
+        "import os, sys; os.umask(0o022); from jaxcnn import rundir; "
+        "rundir.write_json_atomic(sys.argv[1], {'a': 1})"
+    )
+    target = tmp_path / "summary.json"
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -27,8 +27,11 @@ class BatchSource(Protocol):
     def place(self, layout: sharding.Layout) -> None:
         """Puts what stays on the devices for the whole run there (once)."""
 
-    def epoch(self, steps: Steps, epoch: int, first: bool) -> Iterator[Call]:
-        """The calls of one epoch; `first`: this epoch starts the run (or its resume)."""
+    def epoch(
+        self, steps: Steps, epoch: int, first: bool, skip: int = 0
+    ) -> Iterator[Call]:
+        """The calls of one epoch, after its first `skip` steps (a mid-epoch resume);
+        `first`: this epoch starts the run (or its resume)."""
 
 
 def source_for(
@@ -72,14 +75,16 @@ class ResidentBatches:
             (self.split.images, self.split.labels), layout.replicated
         )
 
-    def epoch(self, steps: Steps, epoch: int, first: bool) -> Iterator[Call]:
+    def epoch(
+        self, steps: Steps, epoch: int, first: bool, skip: int = 0
+    ) -> Iterator[Call]:
         per_epoch, size = self.steps_per_epoch, self.batch_size
         perm = data.epoch_permutation(self.seed, epoch, self.split.num_examples)
         order = np.asarray(perm[: per_epoch * size]).reshape(per_epoch, size)
         images, labels = self._on_device
-        done = 0
+        done = skip
         while done < per_epoch:
-            n = steps.count(per_epoch - done, first=first and done == 0)
+            n = steps.count(per_epoch - done, first=first and done == skip)
             rows = steps.padded(order[done : done + n])
             yield images, labels, sharding.put(rows, self._layout.by_step_batch), n
             done += n
@@ -106,17 +111,22 @@ class StreamedBatches:
     def place(self, layout: sharding.Layout) -> None:
         self._layout = layout
 
-    def epoch(self, steps: Steps, epoch: int, first: bool) -> Iterator[Call]:
-        per_epoch, done, chunk = self.steps_per_epoch, 0, []
-        for batch in self.split.batches(
+    def epoch(
+        self, steps: Steps, epoch: int, first: bool, skip: int = 0
+    ) -> Iterator[Call]:
+        per_epoch, done, chunk = self.steps_per_epoch, skip, []
+        batches = self.split.batches(
             self.local_batch,
             seed=self.seed,
             epoch=epoch,
             shuffle=True,
             drop_remainder=True,
-        ):
+        )
+        for _ in range(skip):  # the epoch's order is fixed: skip what already ran
+            next(batches)
+        for batch in batches:
             chunk.append(batch)
-            if len(chunk) < steps.count(per_epoch - done, first and done == 0):
+            if len(chunk) < steps.count(per_epoch - done, first and done == skip):
                 continue
             images, labels = sharding.put_local(  # this process's rows of each batch
                 (

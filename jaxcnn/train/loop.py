@@ -25,6 +25,7 @@ from jaxcnn import (
     cputune,
     data,
     distributed,
+    errors,
     metrics,
     models,
     optim,
@@ -34,7 +35,7 @@ from jaxcnn import (
 )
 from jaxcnn.errors import DataError, JaxcnnError, TrainingError
 from jaxcnn.spec import ModelSpec, RunConfig
-from jaxcnn.train import batches, sharding, step
+from jaxcnn.train import batches, preemption, sharding, step
 
 
 @dataclasses.dataclass
@@ -170,6 +171,8 @@ def _load(run: _Run, dataset: data.Dataset | None) -> None:
             f"dataset {dataset.name!r} yields {dataset.image_shape} images but the model "
             f"takes {spec.input_shape}"
         )
+    if run.resume:
+        run.run_dir.check_spec(spec)  # e.g. a spec file edited in place
     if run.primary:
         run.run_dir.write_config(config, spec, dataset_record(dataset))
     run.dataset, run.spec = dataset, spec
@@ -200,66 +203,110 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
     return step.Steps(model, optimizer, run.config, min(k, steps_per_epoch)), schedule
 
 
-def _restore(run: _Run, steps: step.Steps, ckpt) -> tuple[int, float]:
-    """Loads the latest checkpoint into `steps` when resuming: (epoch, best val acc)."""
+@dataclasses.dataclass
+class _Position:
+    """Where training stands: completed epochs, and steps into the next one."""
+
+    epoch: int = 0
+    best_val: float = -1.0
+    done: int = 0  # steps of epoch `epoch` already run (a mid-epoch checkpoint)
+    sums: list[float] | None = None  # their running [loss sum, correct, examples]
+
+
+def _restore(run: _Run, steps: step.Steps, ckpt) -> _Position:
+    """Loads the latest checkpoint into `steps` when resuming; where it stands."""
     if not run.resume:
-        return 0, -1.0
+        return _Position()
     restored, meta = ckpt.restore("latest", nnx.to_pure_dict(steps.state))
     nnx.replace_by_pure_dict(steps.state, restored)
-    return meta["epoch"], meta.get("best_val_accuracy", -1.0)
+    return _Position(
+        meta["epoch"],
+        meta.get("best_val_accuracy", -1.0),
+        meta.get("epoch_step", 0),
+        meta.get("epoch_sums"),
+    )
+
+
+@dataclasses.dataclass
+class _Loop:
+    """What the epochs share: the run, its compiled steps and where results go."""
+
+    run: _Run
+    steps: step.Steps
+    schedule: Callable
+    ckpt: checkpoint.Checkpointer
+    stop: preemption.Stop
+    best_val: float = -1.0
 
 
 def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool]:
-    """The epochs: train, evaluate, checkpoint, log; returns (history, stopped early)."""
+    """The epochs: train, evaluate, log, checkpoint; returns (history, stopped early).
+
+    The epoch's record is logged before its checkpoint is committed: a kill between
+    the two resumes from the previous checkpoint and logs the epoch again, so no record
+    is lost and none is doubled.
+    """
     cfg = run.config.train
-    start_epoch, best_val = _restore(run, steps, ckpt)  # every process restores
+    position = _restore(run, steps, ckpt)  # every process restores
     log = rundir.MetricsLog(
-        run.run_dir.path, resume_epoch=start_epoch, write=run.primary
+        run.run_dir.path, resume_epoch=position.epoch, write=run.primary
     )
     history = log.read()
     run.source.place(steps.layout)
     cputune.release_free_memory()  # what loading and compiling freed goes back
     since_best = _epochs_since_best(history)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if cfg.patience and since_best >= cfg.patience:
-                return history, True
-            record = _epoch(run, steps, schedule, epoch, epoch == start_epoch, history)
-            if record["val_accuracy"] > best_val:
-                best_val, since_best = record["val_accuracy"], 0
-            else:
-                since_best += 1
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                ckpt.save(
-                    record["step"],
-                    nnx.to_pure_dict(steps.state),
-                    metrics={"val_accuracy": record["val_accuracy"]},
-                    meta={"epoch": epoch + 1, "best_val_accuracy": best_val},
-                )
-            log.log_epoch(record)
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-    finally:
-        ckpt.wait()
-        log.close()
+    with preemption.Stop.on_signals(distributed.process_count() == 1) as stop:
+        loop = _Loop(run, steps, schedule, ckpt, stop, position.best_val)
+        try:
+            for epoch in range(position.epoch, cfg.epochs):
+                if cfg.patience and since_best >= cfg.patience:
+                    return history, True
+                record = _epoch(loop, epoch, position, history)
+                position = _Position(epoch + 1)
+                if record["val_accuracy"] > loop.best_val:
+                    loop.best_val, since_best = record["val_accuracy"], 0
+                else:
+                    since_best += 1
+                log.log_epoch(record)
+                history.append(record)
+                if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                    _save(loop, record["step"], epoch + 1, record["val_accuracy"])
+                if on_epoch is not None:
+                    on_epoch(record)
+        finally:
+            ckpt.wait()
+            log.close()
     return history, False
 
 
-def _epoch(run: _Run, steps, schedule, epoch: int, first: bool, history) -> dict:
-    """One epoch of training and its validation; returns the metrics record."""
-    cfg = run.config.train
+def _save(loop: _Loop, global_step: int, epoch: int, val_accuracy=None, **partial):
+    """Checkpoints the state; `partial` (epoch_step, epoch_sums) marks a mid-epoch one."""
+    loop.ckpt.save(
+        global_step,
+        nnx.to_pure_dict(loop.steps.state),
+        metrics={} if val_accuracy is None else {"val_accuracy": val_accuracy},
+        meta={"epoch": epoch, "best_val_accuracy": loop.best_val, **partial},
+        force=True,
+    )
+
+
+def _epoch(loop: _Loop, epoch: int, position: _Position, history) -> dict:
+    """One epoch of training (from `position.done` steps in) and its validation record."""
+    run, steps, cfg = loop.run, loop.steps, loop.run.config.train
     per_epoch = run.source.steps_per_epoch
     progress = metrics.Progress(
         per_epoch, epoch=epoch + 1, epochs=cfg.epochs, quiet=run.quiet
     )
     t0, compile_before = time.perf_counter(), steps.compile_seconds
-    step0, done, sums = epoch * per_epoch, 0, None
-    for images, labels, indices, n in run.source.epoch(steps, epoch, first):
+    step0, done = epoch * per_epoch, position.done
+    first = epoch == position.epoch
+    sums = None if position.sums is None else np.asarray(position.sums, np.float32)
+    for images, labels, indices, n in run.source.epoch(steps, epoch, first, done):
         sums = steps.train(images, labels, indices, step0 + done, n, sums)
         done += n
         if progress.wants_update(done):
             _report(progress, done, sums, t0, steps.compile_seconds - compile_before)
+        _checkpoint_within(loop, epoch, done, n, sums)
     loss, correct, count = (float(v) for v in sharding.host(sums))
     seconds = time.perf_counter() - t0 - (steps.compile_seconds - compile_before)
     if not math.isfinite(loss):
@@ -279,7 +326,7 @@ def _epoch(run: _Run, steps, schedule, epoch: int, first: bool, history) -> dict
         "train_accuracy": correct / count,
         "val_loss": val_loss / val_count,
         "val_accuracy": val_correct / val_count,
-        "lr": float(schedule(step0 + per_epoch)),
+        "lr": float(loop.schedule(step0 + per_epoch)),
         "epoch_seconds": time.perf_counter()
         - t0
         - (steps.compile_seconds - compile_before),
@@ -287,6 +334,26 @@ def _epoch(run: _Run, steps, schedule, epoch: int, first: bool, history) -> dict
     }
     progress.close(metrics.format_epoch(record, cfg.epochs))
     return record
+
+
+def _checkpoint_within(loop: _Loop, epoch: int, done: int, n: int, sums) -> None:
+    """After a call: a mid-epoch checkpoint every `train.checkpoint_steps` steps, and on
+    SIGTERM/SIGINT one checkpoint and `Interrupted`."""
+    every = loop.run.config.train.checkpoint_steps
+    due = every and done // every > (done - n) // every
+    if done >= loop.run.source.steps_per_epoch or not (due or loop.stop.signal):
+        return  # the epoch's end has its own checkpoint
+    global_step = epoch * loop.run.source.steps_per_epoch + done
+    epoch_sums = [float(v) for v in sharding.host(sums)]
+    _save(loop, global_step, epoch, epoch_step=done, epoch_sums=epoch_sums)
+    if loop.stop.signal:
+        loop.ckpt.wait()
+        raise errors.Interrupted(
+            f"{loop.stop.name} received: stopped at step {done} of epoch {epoch + 1} "
+            f"after saving a checkpoint (step {global_step}) in "
+            f"{loop.run.run_dir.checkpoints}; run the same command again to resume",
+            loop.stop.signal,
+        )
 
 
 def _finish(run: _Run, steps, ckpt, history, stopped_early: bool) -> dict[str, Any]:

@@ -1,0 +1,187 @@
+"""Faults around a run: nothing deleted without --restart, no silent architecture mix,
+no lost epoch record, and SIGTERM / mid-epoch checkpoints that resume bit-identically."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import train
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import RunConfig
+
+
+def _digits(**overrides) -> RunConfig:
+    return RunConfig().with_overrides({"train.epochs": 3, **overrides})
+
+
+def _params(model) -> dict:
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def _records(workdir) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    timing = ("epoch_seconds", "images_per_second")
+    return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+
+
+def _run_script(body: str, *args, env=None):
+    """Runs `body` in a fresh interpreter (faults that end the process)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(body), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# --------------------------------------------------------------------------- workdir
+def test_run_files_without_config_are_kept_and_refused(tmp_path):
+    workdir = tmp_path / "run"
+    train.fit(_digits(**{"train.epochs": 2}), workdir, quiet=True)
+    (workdir / "config.json").unlink()
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    with pytest.raises(JaxcnnError, match="no config.json.*--restart"):
+        train.fit(_digits(**{"train.epochs": 1}), workdir, quiet=True)
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def test_restart_removes_only_what_jaxcnn_wrote(tmp_path):
+    workdir = tmp_path / "run"
+    train.fit(_digits(**{"train.epochs": 1}), workdir, quiet=True)
+    (workdir / "checkpoints" / "model.pt").write_text("a user's file")
+    (workdir / "notes.txt").write_text("mine")
+    (workdir / "tensorboard" / "mine.txt").write_text("mine")
+    train.fit(_digits(**{"train.epochs": 1}), workdir, restart=True, quiet=True)
+    assert (workdir / "checkpoints" / "model.pt").read_text() == "a user's file"
+    assert (workdir / "notes.txt").exists() and (
+        workdir / "tensorboard" / "mine.txt"
+    ).exists()
+    assert [r["epoch"] for r in _records(workdir)] == [1]
+
+
+def test_edited_spec_file_is_not_resumed(tmp_path):
+    spec = {
+        "input_shape": [8, 8, 1],
+        "num_classes": 10,
+        "layers": [
+            {"type": "conv", "filters": 8, "kernel": 3, "activation": "relu"},
+            {"type": "pool", "pool": "max", "window": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10},
+        ],
+    }
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(spec))
+    config = _digits(**{"model.name": str(path), "train.epochs": 1})
+    train.fit(config, tmp_path / "run", quiet=True)
+    spec["layers"][0]["activation"] = "tanh"
+    path.write_text(json.dumps(spec))
+    more = config.override("train.epochs", 2)
+    with pytest.raises(JaxcnnError, match=r"different model.*activation"):
+        train.fit(more, tmp_path / "run", quiet=True)
+
+
+# --------------------------------------------------------------------------- kills
+_KILL_AFTER_LOG = """
+    import os, sys
+    from jaxcnn import rundir, train
+    from jaxcnn.spec import RunConfig
+    log_epoch = rundir.MetricsLog.log_epoch
+    def log_then_die(self, record):
+        log_epoch(self, record)
+        if record["epoch"] == 2:
+            os._exit(9)  # after the record, before the checkpoint
+    rundir.MetricsLog.log_epoch = log_then_die
+    train.fit(RunConfig().with_overrides({"train.epochs": 3}), sys.argv[1], quiet=True)
+"""
+
+
+def test_kill_between_record_and_checkpoint_loses_no_epoch(tmp_path):
+    killed = _run_script(_KILL_AFTER_LOG, tmp_path / "a")
+    assert killed.returncode == 9, killed.stderr
+    resumed = train.fit(_digits(), tmp_path / "a", quiet=True)
+    fresh = train.fit(_digits(), tmp_path / "b", quiet=True)
+    assert [r["epoch"] for r in _records(tmp_path / "a")] == [1, 2, 3]
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
+    assert resumed.epochs == 3
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
+    )
+
+
+_SIGNAL_AT_CALL = """
+    import os, signal, sys
+    from jaxcnn import cli
+    from jaxcnn.train import step
+    train = step.Steps.train
+    calls = {"n": 0}
+    def train_and_signal(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == int(sys.argv[2]):
+            os.kill(os.getpid(), getattr(signal, sys.argv[3]))
+        return train(self, *args, **kwargs)
+    step.Steps.train = train_and_signal
+    sys.exit(cli.main(["train", "--workdir", sys.argv[1], "--epochs", "3", "--quiet"]))
+"""
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_checkpoints_mid_epoch_and_resumes_bit_identically(
+    tmp_path, name, status
+):
+    stopped = _run_script(_SIGNAL_AT_CALL, tmp_path / "a", 14, name)
+    assert stopped.returncode == status, stopped.stderr
+    assert f"{name} received" in stopped.stderr and "Traceback" not in stopped.stderr
+    done = _records(tmp_path / "a")
+    assert [r["epoch"] for r in done] == [1]  # stopped inside epoch 2
+    resumed = train.fit(_digits(), tmp_path / "a", quiet=True)
+    fresh = train.fit(_digits(), tmp_path / "b", quiet=True)
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
+    )
+
+
+_KILL_AT_CALL = """
+    import os, sys
+    from jaxcnn import train
+    from jaxcnn.spec import RunConfig
+    from jaxcnn.train import step
+    steps_train = step.Steps.train
+    calls = {"n": 0}
+    def train_or_die(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == int(sys.argv[2]):
+            os._exit(9)
+        return steps_train(self, *args, **kwargs)
+    step.Steps.train = train_or_die
+    config = RunConfig().with_overrides(
+        {"train.epochs": 3, "train.checkpoint_steps": 10}
+    )
+    train.fit(config, sys.argv[1], quiet=True)
+"""
+
+
+def test_step_checkpoints_resume_mid_epoch_bit_identically(tmp_path):
+    killed = _run_script(_KILL_AT_CALL, tmp_path / "a", 17)
+    assert killed.returncode == 9, killed.stderr
+    per_epoch = _records(tmp_path / "a")[0]["step"]
+    ckpts = (tmp_path / "a" / "checkpoints").iterdir()
+    saved = [int(p.name) for p in ckpts if p.name.isdigit()]
+    assert max(saved) % per_epoch, "the kill should follow a mid-epoch checkpoint"
+    config = _digits(**{"train.checkpoint_steps": 10})
+    resumed = train.fit(config, tmp_path / "a", quiet=True)
+    fresh = train.fit(config, tmp_path / "b", quiet=True)
+    assert resumed.epochs == 3
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
+    jax.tree.map(
+        np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
+    )
