@@ -88,6 +88,13 @@ def _add_train(sub, common) -> None:
         "--restart", action="store_true", help="discard checkpoints in --workdir"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_transfer_flags(p)
+    _add_process_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_transfer_flags(p) -> None:
+    """`jaxcnn train`'s transfer-learning flags."""
     p.add_argument(
         "--init-from",
         metavar="RUN",
@@ -106,6 +113,10 @@ def _add_train(sub, common) -> None:
         help="with --init-from: re-initialise the last dense layer even when "
         "the class counts agree",
     )
+
+
+def _add_process_flags(p) -> None:
+    """`jaxcnn train`'s flags for jobs of several processes."""
     g = p.add_argument_group(
         "several processes (hosts)",
         "one `jaxcnn train` per host (or per GPU), same flags except --process-id; "
@@ -134,7 +145,6 @@ def _add_train(sub, common) -> None:
         help="seconds after which a silent process stops the job (default "
         "30, env JAXCNN_HEARTBEAT_TIMEOUT)",
     )
-    p.set_defaults(func=_cmd_train)
 
 
 def train_config_from_args(args: argparse.Namespace):
