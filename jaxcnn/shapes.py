@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
@@ -239,90 +239,139 @@ def _elements(shape: Shape) -> int:
 
 
 # --------------------------------------------------------------------------- one layer
+class _Cost(NamedTuple):
+    """What one plain (non-residual) layer does to its input.
+
+    `window` and `stride` grow the receptive field ((1, 1): a pointwise layer).
+    """
+
+    out: Shape
+    params: int = 0
+    non_trainable: int = 0
+    macs: int = 0
+    flops: int = 0
+    window: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+
+
+def _conv(layer: ConvSpec, index: str, shape: Shape) -> _Cost:
+    _need_map(layer, index, shape)
+    cin = shape[2]
+    if cin % layer.groups:
+        raise SpecError(
+            f"{_label(index, layer)}: input channels {cin} are not divisible by "
+            f"groups={layer.groups}; use a groups value that divides {cin}"
+        )
+    hw = _windowed(
+        layer, index, shape, layer.kernel, layer.stride, layer.dilation, "kernel"
+    )
+    kh, kw = layer.kernel
+    fan_in = kh * kw * cin // layer.groups
+    macs = hw[0] * hw[1] * layer.filters * fan_in
+    k_eff = tuple(
+        effective_kernel(k, d)
+        for k, d in zip(layer.kernel, layer.dilation, strict=True)
+    )
+    return _Cost(
+        out=(*hw, layer.filters),
+        params=(fan_in + int(layer.use_bias)) * layer.filters,
+        macs=macs,
+        flops=2 * macs,
+        window=k_eff,
+        stride=layer.stride,
+    )
+
+
+def _pool(layer: PoolSpec, index: str, shape: Shape) -> _Cost:
+    _need_map(layer, index, shape)
+    hw = _windowed(layer, index, shape, layer.window, layer.stride, (1, 1), "window")
+    out = (*hw, shape[2])
+    flops = _elements(out) * layer.window[0] * layer.window[1]
+    return _Cost(out, flops=flops, window=layer.window, stride=layer.stride)
+
+
+def _whole_map(shape: Shape) -> dict[str, tuple[int, int]]:
+    """Flatten and global pooling see the whole map, as a kernel its size would."""
+    return {"window": shape[:2], "stride": shape[:2]} if len(shape) == 3 else {}
+
+
+def _global_pool(layer: GlobalPoolSpec, index: str, shape: Shape) -> _Cost:
+    _need_map(layer, index, shape)
+    return _Cost((shape[2],), flops=_elements(shape), **_whole_map(shape))
+
+
+def _flatten(layer: FlattenSpec, index: str, shape: Shape) -> _Cost:
+    return _Cost((_elements(shape),), **_whole_map(shape))
+
+
+def _dense(layer: DenseSpec, index: str, shape: Shape) -> _Cost:
+    if len(shape) != 1:
+        raise SpecError(
+            f"{_label(index, layer)}: input {format_shape(shape)} is not flat; add a "
+            "flatten or global_pool before it"
+        )
+    macs = shape[0] * layer.units
+    params = (shape[0] + int(layer.use_bias)) * layer.units
+    return _Cost((layer.units,), params=params, macs=macs, flops=2 * macs)
+
+
+def _norm(layer: NormSpec, index: str, shape: Shape) -> _Cost:
+    channels = shape[-1]
+    if layer.norm == "group" and channels % layer.groups:
+        raise SpecError(
+            f"{_label(index, layer)}: {channels} channels are not divisible by "
+            f"groups={layer.groups}; use a groups value that divides {channels}"
+        )
+    return _Cost(
+        shape,
+        params=2 * channels,
+        non_trainable=2 * channels if layer.norm == "batch" else 0,
+        flops=NORM_FLOPS_PER_ELEMENT * _elements(shape),
+    )
+
+
+def _activation(layer: ActivationSpec, index: str, shape: Shape) -> _Cost:
+    return _Cost(shape, flops=0 if layer.activation == "identity" else _elements(shape))
+
+
+def _dropout(layer: DropoutSpec, index: str, shape: Shape) -> _Cost:
+    return _Cost(shape)
+
+
+_COSTS = {
+    ConvSpec: _conv,
+    PoolSpec: _pool,
+    GlobalPoolSpec: _global_pool,
+    FlattenSpec: _flatten,
+    DenseSpec: _dense,
+    NormSpec: _norm,
+    ActivationSpec: _activation,
+    DropoutSpec: _dropout,
+}
+
+
 def _infer_layer(layer, index, name, shape, rf, jump) -> list[LayerInfo]:
     """Rows for one layer (several for a residual block); the last row is the layer's own."""
-    params = non_trainable = macs = flops = 0
-    out = shape
-    if isinstance(layer, ConvSpec):
-        _need_map(layer, index, shape)
-        cin = shape[2]
-        if cin % layer.groups:
-            raise SpecError(
-                f"{_label(index, layer)}: input channels {cin} are not divisible by "
-                f"groups={layer.groups}; use a groups value that divides {cin}"
-            )
-        hw = _windowed(
-            layer, index, shape, layer.kernel, layer.stride, layer.dilation, "kernel"
-        )
-        out = (*hw, layer.filters)
-        kh, kw = layer.kernel
-        fan_in = kh * kw * cin // layer.groups
-        params = (fan_in + int(layer.use_bias)) * layer.filters
-        macs = hw[0] * hw[1] * layer.filters * fan_in
-        flops = 2 * macs
-        k_eff = tuple(
-            effective_kernel(k, d)
-            for k, d in zip(layer.kernel, layer.dilation, strict=True)
-        )
-        rf, jump = _grow(rf, jump, k_eff, layer.stride)
-    elif isinstance(layer, PoolSpec):
-        _need_map(layer, index, shape)
-        hw = _windowed(
-            layer, index, shape, layer.window, layer.stride, (1, 1), "window"
-        )
-        out = (*hw, shape[2])
-        flops = _elements(out) * layer.window[0] * layer.window[1]
-        rf, jump = _grow(rf, jump, layer.window, layer.stride)
-    elif isinstance(layer, GlobalPoolSpec | FlattenSpec):
-        if isinstance(layer, GlobalPoolSpec):
-            _need_map(layer, index, shape)
-            out = (shape[2],)
-            flops = _elements(shape)
-        else:
-            out = (_elements(shape),)
-        if len(shape) == 3:
-            rf, jump = _grow(rf, jump, shape[:2], shape[:2])
-    elif isinstance(layer, DenseSpec):
-        if len(shape) != 1:
-            raise SpecError(
-                f"{_label(index, layer)}: input {format_shape(shape)} is not flat; add a "
-                "flatten or global_pool before it"
-            )
-        out = (layer.units,)
-        params = (shape[0] + int(layer.use_bias)) * layer.units
-        macs = shape[0] * layer.units
-        flops = 2 * macs
-    elif isinstance(layer, NormSpec):
-        channels = shape[-1]
-        if layer.norm == "group" and channels % layer.groups:
-            raise SpecError(
-                f"{_label(index, layer)}: {channels} channels are not divisible by "
-                f"groups={layer.groups}; use a groups value that divides {channels}"
-            )
-        params = 2 * channels
-        non_trainable = 2 * channels if layer.norm == "batch" else 0
-        flops = NORM_FLOPS_PER_ELEMENT * _elements(shape)
-    elif isinstance(layer, ActivationSpec):
-        flops = 0 if layer.activation == "identity" else _elements(shape)
-    elif isinstance(layer, DropoutSpec):
-        pass
-    elif isinstance(layer, ResidualSpec):
+    if isinstance(layer, ResidualSpec):
         return _infer_residual(layer, index, name, shape, rf, jump)
-    else:
+    cost = next((f for cls, f in _COSTS.items() if isinstance(layer, cls)), None)
+    if cost is None:
         raise SpecError(
             f"{_label(index, layer)}: unsupported layer type {type(layer).__name__}"
         )
+    c = cost(layer, index, shape)
+    rf, jump = _grow(rf, jump, c.window, c.stride)
     return [
         LayerInfo(
             index,
             name,
             layer,
             tuple(shape),
-            tuple(out),
-            params,
-            non_trainable,
-            macs,
-            flops,
+            tuple(c.out),
+            c.params,
+            c.non_trainable,
+            c.macs,
+            c.flops,
             tuple(rf),
             tuple(jump),
         )
