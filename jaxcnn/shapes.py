@@ -1,4 +1,4 @@
-"""Static shape, parameter, MAC/FLOP and receptive-field inference for a ModelSpec (no JAX).
+"""Static shape, parameter, MAC/FLOP, receptive-field and training-memory inference (no JAX).
 
 Every impossible network fails here, before anything is compiled, with a SpecError that
 names the layer: `layer 6 (conv 3x3 valid): input 2x2x64 is smaller than the 3x3 kernel`.
@@ -22,6 +22,8 @@ Conventions:
     a conv/pool with dilated kernel K_eff and stride S maps r -> r + (K_eff-1)*j,
     j -> j*S. Flatten and global pooling see the whole feature map (as a kernel the size
     of the map would). Norm, activation and dropout layers are treated as pointwise.
+  * Training memory (`memory_estimate`, `check_fits`): float32 parameters, gradients and
+    optimiser slots, plus the activations a backward pass keeps, per batch.
 """
 
 from __future__ import annotations
@@ -494,6 +496,123 @@ def infer(spec: ModelSpec) -> Summary:
 def summarize(spec: ModelSpec) -> Summary:
     """Alias of `infer` (the public API name)."""
     return infer(spec)
+
+
+# --------------------------------------------------------------------------- memory
+DEFAULT_OPTIMIZER_SLOTS = 2  # Adam's two moments (spec.OPTIMIZER_SLOTS per optimiser)
+
+
+def memory_estimate(
+    summary: Summary,
+    batch_size: int,
+    *,
+    optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS,
+    bytes_per_value: int = 4,
+) -> dict[str, int]:
+    """Bytes one training step holds on a device, from the static summary (float32).
+
+    An estimate of the large, shape-determined buffers, not a measurement: XLA may fuse
+    some activations away and adds workspace of its own, and a dataset placed on the
+    device (data.device_limit_mb) comes on top.
+
+    Args:
+      summary: from `infer`.
+      batch_size: examples per step on this device.
+      optimizer_slots: values the optimiser keeps per trainable parameter (Adam 2, SGD
+        with momentum 1; spec.OPTIMIZER_SLOTS).
+      bytes_per_value: 4 for float32.
+
+    Returns:
+      Bytes per category: "params" (trainable and batch-norm statistics), "gradients"
+      (one per trainable parameter), "optimizer_state", "activations" (the input and
+      every layer output but flatten's, kept for the backward pass, times batch_size)
+      and their "total".
+
+    Raises:
+      SpecError: batch_size < 1 or optimizer_slots < 0.
+    """
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise SpecError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(optimizer_slots, int) or optimizer_slots < 0:
+        raise SpecError(f"optimizer_slots must be an int >= 0, got {optimizer_slots!r}")
+    trainable = summary.total_params
+    per_example = _elements(summary.spec.input_shape) + sum(
+        _elements(r.output_shape)
+        for r in summary.layers
+        if not isinstance(r.spec, FlattenSpec)
+    )
+    out = {
+        "params": (trainable + summary.total_non_trainable_params) * bytes_per_value,
+        "gradients": trainable * bytes_per_value,
+        "optimizer_state": optimizer_slots * trainable * bytes_per_value,
+        "activations": batch_size * per_example * bytes_per_value,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'; binary units up to EiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} EiB"
+
+
+def _memory_parts(estimate: dict[str, int]) -> str:
+    return ", ".join(
+        f"{key.replace('_', ' ')} {format_bytes(estimate[key])}"
+        for key in ("params", "gradients", "optimizer_state", "activations")
+    )
+
+
+def format_memory(estimate: dict[str, int], batch_size: int) -> str:
+    """One line: the total and its parts, e.g. for `jaxcnn summary`."""
+    return (
+        f"Training memory at batch size {batch_size} (estimate): "
+        f"{format_bytes(estimate['total'])} ({_memory_parts(estimate)})"
+    )
+
+
+def check_fits(
+    summary: Summary,
+    batch_size: int,
+    limit_bytes: int,
+    *,
+    optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS,
+) -> dict[str, int]:
+    """Raises a SpecError when a training step would not fit in `limit_bytes`.
+
+    Args:
+      summary: from `infer`.
+      batch_size: examples per step on one device.
+      limit_bytes: what one device can hold (e.g. `jaxcnn.memory.device_memory_bytes()`).
+      optimizer_slots: as in `memory_estimate`.
+
+    Returns:
+      The `memory_estimate`, when it fits.
+
+    Raises:
+      SpecError: naming the estimate, its parts, the largest activation and the limit.
+    """
+    estimate = memory_estimate(summary, batch_size, optimizer_slots=optimizer_slots)
+    if estimate["total"] <= limit_bytes:
+        return estimate
+    big = max(summary.layers, key=lambda r: _elements(r.output_shape))
+    raise SpecError(
+        f"model {summary.spec.name!r} needs about {format_bytes(estimate['total'])} per "
+        f"training step at batch size {batch_size} ({_memory_parts(estimate)}), over "
+        f"the {format_bytes(limit_bytes)} one device can hold; the largest activation "
+        f"is {_label(big.index, big.spec)}, {format_shape(big.output_shape)} per "
+        "example. Use a smaller batch size, fewer filters/units, more stride/pooling "
+        "or a smaller input"
+    )
 
 
 def _si(n: int) -> str:
