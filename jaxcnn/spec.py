@@ -623,7 +623,8 @@ def read_table(path: str | pathlib.Path) -> dict[str, Any]:
         raise SpecError(f"{path}: not valid {kind}: {e}") from None
     except RecursionError:
         raise SpecError(
-            f"{path}: not valid {kind}: lists/tables nest too deeply to read"
+            f"{path}: not valid {kind}: lists/tables nest too deeply to read (residual "
+            f"blocks may nest at most {MAX_NESTING} levels)"
         ) from None
     raise SpecError(f"{path}: unknown file type {path.suffix!r}; use .toml or .json")
 
@@ -682,14 +683,14 @@ def _check_dataset(name: str, allow_community: bool) -> None:
     match = _DATASET_NAME.fullmatch(name)
     _check(
         match is not None,
-        f"data.dataset={name!r} is not a TFDS dataset name; valid forms are name, "
+        f"data.dataset={_show(name)} is not a TFDS dataset name; valid forms are name, "
         "name/config, name:version and name/config:version (e.g. mnist, "
         "emnist/balanced, mnist:3.0.1)",
     )
     namespace = match.group("namespace")
     _check(
         namespace is None or allow_community,
-        f"data.dataset={name!r} is a community dataset (namespace {namespace!r}), "
+        f"data.dataset={_show(name)} is a community dataset (namespace {namespace!r}), "
         "whose builder code TFDS may download and run; set data.allow_community = "
         "true to allow it",
     )
