@@ -42,10 +42,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
         args.model, input_shape=args.input_shape, num_classes=args.classes
     )
     summary = shapes.summarize(spec)
+    memory = shapes.memory_estimate(summary, args.batch_size)
     if args.json:
-        print(json.dumps(summary.to_dict()))
+        data = summary.to_dict()
+        data["memory"] = {"batch_size": args.batch_size, **memory}
+        print(json.dumps(data))
     else:
         print(shapes.format_table(summary))
+        print(shapes.format_memory(memory, args.batch_size))
     return 0
 
 
@@ -509,8 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="per-layer output shapes, parameters, FLOPs and receptive fields",
         description="Per-layer table of a model: output shape, parameters, FLOPs, "
-        "receptive field; totals. MODEL is a preset, a family (simple_cnn) or a "
-        ".toml/.json spec file.",
+        "receptive field; totals, and an estimate of the memory a training step needs "
+        "(float32 parameters, gradients, Adam's two moments, activations at --batch-size). "
+        "MODEL is a preset, a family (simple_cnn) or a .toml/.json spec file.",
     )
     p.add_argument("model", metavar="MODEL", help="preset / family name or spec file")
     p.add_argument(
@@ -521,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--classes", type=int, metavar="N", help="override the number of classes"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        metavar="B",
+        help="batch size of the training-memory estimate (default 128)",
     )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"

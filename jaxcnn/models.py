@@ -109,6 +109,9 @@ def vgg_cifar(input_shape: Shape3 = (32, 32, 3), num_classes: int = 10) -> Model
     return ModelSpec(input_shape, num_classes, tuple(layers), name="vgg_cifar")
 
 
+MAX_BLOCKS_PER_STAGE = 1000  # ResNet-6002; He et al. went up to 200 (ResNet-1202)
+
+
 def resnet_cifar(
     input_shape: Shape3 = (32, 32, 3), num_classes: int = 10, blocks_per_stage: int = 3
 ) -> ModelSpec:
@@ -118,9 +121,10 @@ def resnet_cifar(
     (the first block of stages 2 and 3 has stride 2; its skip path is a 1x1 conv),
     global average pooling and a dense classifier.
     """
-    if blocks_per_stage < 1:
+    if not 1 <= blocks_per_stage <= MAX_BLOCKS_PER_STAGE:
         raise SpecError(
-            f"resnet_cifar: blocks_per_stage must be >= 1, got {blocks_per_stage}"
+            f"resnet_cifar: blocks_per_stage must be in 1..{MAX_BLOCKS_PER_STAGE}, "
+            f"got {blocks_per_stage}"
         )
 
     def conv(filters, stride=1):
@@ -187,9 +191,16 @@ def simple_cnn(
     A combination that shrinks the feature map below a kernel or window fails in
     `shapes.infer` with a SpecError naming the layer.
     """
+    last_stage = filters * width_multiplier * 2 ** min(depth - 1, 64)
     checks = (
         (filters >= 1, f"filters must be >= 1, got {filters}"),
         (depth >= 1, f"depth must be >= 1, got {depth}"),
+        (
+            last_stage <= spec_lib.MAX_SIZE,
+            f"the last of depth={depth} stages would have filters * width_multiplier "
+            f"* 2**(depth - 1) = {last_stage:.4g} filters, over the limit of "
+            f"{spec_lib.MAX_SIZE:,}; use a smaller depth, filters or width_multiplier",
+        ),
         (width_multiplier > 0, f"width_multiplier must be > 0, got {width_multiplier}"),
         (
             dense_units >= 0,
@@ -246,7 +257,8 @@ def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> Mode
             kwargs[key] = spec_lib._coerce(value, hints[key])
         except spec_lib._Mismatch:
             raise SpecError(
-                f"model {name!r}: argument {key!r} must be {spec_lib._type_name(hints[key])}, got {value!r}"
+                f"model {name!r}: argument {key!r} must be "
+                f"{spec_lib._type_name(hints[key])}, got {spec_lib._show(value)}"
             ) from None
     try:
         return fn(**kwargs)
@@ -291,7 +303,7 @@ def _coerce_arg(value: Any, tp: Any, name: str) -> Any:
         return spec_lib._coerce(value, tp)
     except spec_lib._Mismatch:
         raise SpecError(
-            f"{name} must be {spec_lib._type_name(tp)}, got {value!r}"
+            f"{name} must be {spec_lib._type_name(tp)}, got {spec_lib._show(value)}"
         ) from None
 
 

@@ -1,4 +1,4 @@
-"""Static shape, parameter, MAC/FLOP and receptive-field inference for a ModelSpec (no JAX).
+"""Static shape, parameter, MAC/FLOP, receptive-field and training-memory inference (no JAX).
 
 Every impossible network fails here, before anything is compiled, with a SpecError that
 names the layer: `layer 6 (conv 3x3 valid): input 2x2x64 is smaller than the 3x3 kernel`.
@@ -22,6 +22,8 @@ Conventions:
     a conv/pool with dilated kernel K_eff and stride S maps r -> r + (K_eff-1)*j,
     j -> j*S. Flatten and global pooling see the whole feature map (as a kernel the size
     of the map would). Norm, activation and dropout layers are treated as pointwise.
+  * Training memory (`memory_estimate`, `check_fits`): float32 parameters, gradients and
+    optimiser slots, plus the activations a backward pass keeps, per batch.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
@@ -239,90 +241,139 @@ def _elements(shape: Shape) -> int:
 
 
 # --------------------------------------------------------------------------- one layer
+class _Cost(NamedTuple):
+    """What one plain (non-residual) layer does to its input.
+
+    `window` and `stride` grow the receptive field ((1, 1): a pointwise layer).
+    """
+
+    out: Shape
+    params: int = 0
+    non_trainable: int = 0
+    macs: int = 0
+    flops: int = 0
+    window: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+
+
+def _conv(layer: ConvSpec, index: str, shape: Shape) -> _Cost:
+    _need_map(layer, index, shape)
+    cin = shape[2]
+    if cin % layer.groups:
+        raise SpecError(
+            f"{_label(index, layer)}: input channels {cin} are not divisible by "
+            f"groups={layer.groups}; use a groups value that divides {cin}"
+        )
+    hw = _windowed(
+        layer, index, shape, layer.kernel, layer.stride, layer.dilation, "kernel"
+    )
+    kh, kw = layer.kernel
+    fan_in = kh * kw * cin // layer.groups
+    macs = hw[0] * hw[1] * layer.filters * fan_in
+    k_eff = tuple(
+        effective_kernel(k, d)
+        for k, d in zip(layer.kernel, layer.dilation, strict=True)
+    )
+    return _Cost(
+        out=(*hw, layer.filters),
+        params=(fan_in + int(layer.use_bias)) * layer.filters,
+        macs=macs,
+        flops=2 * macs,
+        window=k_eff,
+        stride=layer.stride,
+    )
+
+
+def _pool(layer: PoolSpec, index: str, shape: Shape) -> _Cost:
+    _need_map(layer, index, shape)
+    hw = _windowed(layer, index, shape, layer.window, layer.stride, (1, 1), "window")
+    out = (*hw, shape[2])
+    flops = _elements(out) * layer.window[0] * layer.window[1]
+    return _Cost(out, flops=flops, window=layer.window, stride=layer.stride)
+
+
+def _whole_map(shape: Shape) -> dict[str, tuple[int, int]]:
+    """Flatten and global pooling see the whole map, as a kernel its size would."""
+    return {"window": shape[:2], "stride": shape[:2]} if len(shape) == 3 else {}
+
+
+def _global_pool(layer: GlobalPoolSpec, index: str, shape: Shape) -> _Cost:
+    _need_map(layer, index, shape)
+    return _Cost((shape[2],), flops=_elements(shape), **_whole_map(shape))
+
+
+def _flatten(layer: FlattenSpec, index: str, shape: Shape) -> _Cost:
+    return _Cost((_elements(shape),), **_whole_map(shape))
+
+
+def _dense(layer: DenseSpec, index: str, shape: Shape) -> _Cost:
+    if len(shape) != 1:
+        raise SpecError(
+            f"{_label(index, layer)}: input {format_shape(shape)} is not flat; add a "
+            "flatten or global_pool before it"
+        )
+    macs = shape[0] * layer.units
+    params = (shape[0] + int(layer.use_bias)) * layer.units
+    return _Cost((layer.units,), params=params, macs=macs, flops=2 * macs)
+
+
+def _norm(layer: NormSpec, index: str, shape: Shape) -> _Cost:
+    channels = shape[-1]
+    if layer.norm == "group" and channels % layer.groups:
+        raise SpecError(
+            f"{_label(index, layer)}: {channels} channels are not divisible by "
+            f"groups={layer.groups}; use a groups value that divides {channels}"
+        )
+    return _Cost(
+        shape,
+        params=2 * channels,
+        non_trainable=2 * channels if layer.norm == "batch" else 0,
+        flops=NORM_FLOPS_PER_ELEMENT * _elements(shape),
+    )
+
+
+def _activation(layer: ActivationSpec, index: str, shape: Shape) -> _Cost:
+    return _Cost(shape, flops=0 if layer.activation == "identity" else _elements(shape))
+
+
+def _dropout(layer: DropoutSpec, index: str, shape: Shape) -> _Cost:
+    return _Cost(shape)
+
+
+_COSTS = {
+    ConvSpec: _conv,
+    PoolSpec: _pool,
+    GlobalPoolSpec: _global_pool,
+    FlattenSpec: _flatten,
+    DenseSpec: _dense,
+    NormSpec: _norm,
+    ActivationSpec: _activation,
+    DropoutSpec: _dropout,
+}
+
+
 def _infer_layer(layer, index, name, shape, rf, jump) -> list[LayerInfo]:
     """Rows for one layer (several for a residual block); the last row is the layer's own."""
-    params = non_trainable = macs = flops = 0
-    out = shape
-    if isinstance(layer, ConvSpec):
-        _need_map(layer, index, shape)
-        cin = shape[2]
-        if cin % layer.groups:
-            raise SpecError(
-                f"{_label(index, layer)}: input channels {cin} are not divisible by "
-                f"groups={layer.groups}; use a groups value that divides {cin}"
-            )
-        hw = _windowed(
-            layer, index, shape, layer.kernel, layer.stride, layer.dilation, "kernel"
-        )
-        out = (*hw, layer.filters)
-        kh, kw = layer.kernel
-        fan_in = kh * kw * cin // layer.groups
-        params = (fan_in + int(layer.use_bias)) * layer.filters
-        macs = hw[0] * hw[1] * layer.filters * fan_in
-        flops = 2 * macs
-        k_eff = tuple(
-            effective_kernel(k, d)
-            for k, d in zip(layer.kernel, layer.dilation, strict=True)
-        )
-        rf, jump = _grow(rf, jump, k_eff, layer.stride)
-    elif isinstance(layer, PoolSpec):
-        _need_map(layer, index, shape)
-        hw = _windowed(
-            layer, index, shape, layer.window, layer.stride, (1, 1), "window"
-        )
-        out = (*hw, shape[2])
-        flops = _elements(out) * layer.window[0] * layer.window[1]
-        rf, jump = _grow(rf, jump, layer.window, layer.stride)
-    elif isinstance(layer, GlobalPoolSpec | FlattenSpec):
-        if isinstance(layer, GlobalPoolSpec):
-            _need_map(layer, index, shape)
-            out = (shape[2],)
-            flops = _elements(shape)
-        else:
-            out = (_elements(shape),)
-        if len(shape) == 3:
-            rf, jump = _grow(rf, jump, shape[:2], shape[:2])
-    elif isinstance(layer, DenseSpec):
-        if len(shape) != 1:
-            raise SpecError(
-                f"{_label(index, layer)}: input {format_shape(shape)} is not flat; add a "
-                "flatten or global_pool before it"
-            )
-        out = (layer.units,)
-        params = (shape[0] + int(layer.use_bias)) * layer.units
-        macs = shape[0] * layer.units
-        flops = 2 * macs
-    elif isinstance(layer, NormSpec):
-        channels = shape[-1]
-        if layer.norm == "group" and channels % layer.groups:
-            raise SpecError(
-                f"{_label(index, layer)}: {channels} channels are not divisible by "
-                f"groups={layer.groups}; use a groups value that divides {channels}"
-            )
-        params = 2 * channels
-        non_trainable = 2 * channels if layer.norm == "batch" else 0
-        flops = NORM_FLOPS_PER_ELEMENT * _elements(shape)
-    elif isinstance(layer, ActivationSpec):
-        flops = 0 if layer.activation == "identity" else _elements(shape)
-    elif isinstance(layer, DropoutSpec):
-        pass
-    elif isinstance(layer, ResidualSpec):
+    if isinstance(layer, ResidualSpec):
         return _infer_residual(layer, index, name, shape, rf, jump)
-    else:
+    cost = next((f for cls, f in _COSTS.items() if isinstance(layer, cls)), None)
+    if cost is None:
         raise SpecError(
             f"{_label(index, layer)}: unsupported layer type {type(layer).__name__}"
         )
+    c = cost(layer, index, shape)
+    rf, jump = _grow(rf, jump, c.window, c.stride)
     return [
         LayerInfo(
             index,
             name,
             layer,
             tuple(shape),
-            tuple(out),
-            params,
-            non_trainable,
-            macs,
-            flops,
+            tuple(c.out),
+            c.params,
+            c.non_trainable,
+            c.macs,
+            c.flops,
             tuple(rf),
             tuple(jump),
         )
@@ -445,6 +496,123 @@ def infer(spec: ModelSpec) -> Summary:
 def summarize(spec: ModelSpec) -> Summary:
     """Alias of `infer` (the public API name)."""
     return infer(spec)
+
+
+# --------------------------------------------------------------------------- memory
+DEFAULT_OPTIMIZER_SLOTS = 2  # Adam's two moments (spec.OPTIMIZER_SLOTS per optimiser)
+
+
+def memory_estimate(
+    summary: Summary,
+    batch_size: int,
+    *,
+    optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS,
+    bytes_per_value: int = 4,
+) -> dict[str, int]:
+    """Bytes one training step holds on a device, from the static summary (float32).
+
+    An estimate of the large, shape-determined buffers, not a measurement: XLA may fuse
+    some activations away and adds workspace of its own, and a dataset placed on the
+    device (data.device_limit_mb) comes on top.
+
+    Args:
+      summary: from `infer`.
+      batch_size: examples per step on this device.
+      optimizer_slots: values the optimiser keeps per trainable parameter (Adam 2, SGD
+        with momentum 1; spec.OPTIMIZER_SLOTS).
+      bytes_per_value: 4 for float32.
+
+    Returns:
+      Bytes per category: "params" (trainable and batch-norm statistics), "gradients"
+      (one per trainable parameter), "optimizer_state", "activations" (the input and
+      every layer output but flatten's, kept for the backward pass, times batch_size)
+      and their "total".
+
+    Raises:
+      SpecError: batch_size < 1 or optimizer_slots < 0.
+    """
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
+        raise SpecError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(optimizer_slots, int) or optimizer_slots < 0:
+        raise SpecError(f"optimizer_slots must be an int >= 0, got {optimizer_slots!r}")
+    trainable = summary.total_params
+    per_example = _elements(summary.spec.input_shape) + sum(
+        _elements(r.output_shape)
+        for r in summary.layers
+        if not isinstance(r.spec, FlattenSpec)
+    )
+    out = {
+        "params": (trainable + summary.total_non_trainable_params) * bytes_per_value,
+        "gradients": trainable * bytes_per_value,
+        "optimizer_state": optimizer_slots * trainable * bytes_per_value,
+        "activations": batch_size * per_example * bytes_per_value,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'; binary units up to EiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} EiB"
+
+
+def _memory_parts(estimate: dict[str, int]) -> str:
+    return ", ".join(
+        f"{key.replace('_', ' ')} {format_bytes(estimate[key])}"
+        for key in ("params", "gradients", "optimizer_state", "activations")
+    )
+
+
+def format_memory(estimate: dict[str, int], batch_size: int) -> str:
+    """One line: the total and its parts, e.g. for `jaxcnn summary`."""
+    return (
+        f"Training memory at batch size {batch_size} (estimate): "
+        f"{format_bytes(estimate['total'])} ({_memory_parts(estimate)})"
+    )
+
+
+def check_fits(
+    summary: Summary,
+    batch_size: int,
+    limit_bytes: int,
+    *,
+    optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS,
+) -> dict[str, int]:
+    """Raises a SpecError when a training step would not fit in `limit_bytes`.
+
+    Args:
+      summary: from `infer`.
+      batch_size: examples per step on one device.
+      limit_bytes: what one device can hold (e.g. `jaxcnn.memory.device_memory_bytes()`).
+      optimizer_slots: as in `memory_estimate`.
+
+    Returns:
+      The `memory_estimate`, when it fits.
+
+    Raises:
+      SpecError: naming the estimate, its parts, the largest activation and the limit.
+    """
+    estimate = memory_estimate(summary, batch_size, optimizer_slots=optimizer_slots)
+    if estimate["total"] <= limit_bytes:
+        return estimate
+    big = max(summary.layers, key=lambda r: _elements(r.output_shape))
+    raise SpecError(
+        f"model {summary.spec.name!r} needs about {format_bytes(estimate['total'])} per "
+        f"training step at batch size {batch_size} ({_memory_parts(estimate)}), over "
+        f"the {format_bytes(limit_bytes)} one device can hold; the largest activation "
+        f"is {_label(big.index, big.spec)}, {format_shape(big.output_shape)} per "
+        "example. Use a smaller batch size, fewer filters/units, more stride/pooling "
+        "or a smaller input"
+    )
 
 
 def _si(n: int) -> str:

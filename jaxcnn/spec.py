@@ -9,9 +9,14 @@ which optimiser and how to train. Both round-trip exactly through `to_dict`/`fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import math
+import numbers
 import pathlib
+import re
 import tomllib
 import types
 import typing
@@ -19,6 +24,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 from jaxcnn.errors import SpecError
+
+# The largest size a spec may name (filters, units, kernel, stride, padding, groups, each
+# input_shape axis, num_classes): far above real networks, and small enough that the
+# static memory estimate (shapes.memory_estimate) can say how far over budget a net is.
+MAX_SIZE = 2**20
+# How deep residual blocks may nest inside residual blocks.
+MAX_NESTING = 32
 
 POOL_KINDS = ("max", "avg", "sum", "lp", "geometric", "harmonic")
 GLOBAL_POOL_KINDS = ("max", "avg")
@@ -59,106 +71,168 @@ def _type_name(tp: Any) -> str:
     if tp == Padding:
         return '"valid", "same", an int or an [h, w] pair of ints'
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if origin is Literal:
-        return " | ".join(json.dumps(a) for a in typing.get_args(tp))
+        return " | ".join(json.dumps(a) for a in args)
     if origin in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{_PLURALS.get(args[0], _type_name(args[0]))}"
+    if origin in (dict, Mapping) or tp is dict:
+        return "a table"
     if tp is type(None):
         return "null (omit it)"
-    return {int: "an int", float: "a number", bool: "true/false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    return _NAMES.get(tp, f"a {getattr(tp, '__name__', tp)}")
+
+
+_NAMES = {int: "an int", float: "a finite number", bool: "true/false", str: "a string"}
+_PLURALS = {int: "ints", float: "numbers", str: "strings"}
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """`value` as JSON writes it, cut to `limit` characters (for error messages)."""
+    try:
+        text = json.dumps(_plain(value), default=str)
+    except (ValueError, RecursionError):  # an int of > 4300 digits, a deep structure
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Mismatch(Exception):
     pass
 
 
+def _int(value: Any) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _Mismatch
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+    raise _Mismatch
+
+
+def _exactly(tp: type) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch
+
+    return check
+
+
+_SCALARS = {
+    int: _int,
+    float: _float,
+    bool: _exactly(bool),
+    str: _exactly(str),
+    type(None): _exactly(type(None)),
+}
+
+
+def _pair(value: Any) -> Pair:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (_int(value[0]), _int(value[1]))
+    value = _int(value)
+    return (value, value)
+
+
+def _tuple(value: Any, args: tuple) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch
+    if args[-1] is Ellipsis:
+        return tuple(_coerce(v, args[0]) for v in value)
+    if len(value) != len(args):
+        raise _Mismatch
+    return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+
+
 def _coerce(value: Any, tp: Any) -> Any:
-    """Converts a parsed TOML/JSON value to `tp`, or raises _Mismatch."""
+    """Converts a parsed TOML/JSON value to `tp`, or raises _Mismatch.
+
+    Integral floats (3.0) become ints, lists become tuples, an int becomes a pair (3 ->
+    (3, 3)); NaN and infinities are not numbers here; a bool is never an int.
+    """
     if tp is Any:
         return value
-    if tp == Pair:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return (value, value)
-        if isinstance(value, (list, tuple)) and len(value) == 2:
-            return (_coerce(value[0], int), _coerce(value[1], int))
-        raise _Mismatch
-    if tp == Padding:
-        if value in ("valid", "same"):
-            return value
-        return _coerce(value, Pair)
+    if tp == Padding and isinstance(value, str) and value in ("valid", "same"):
+        return value
+    if tp in (Pair, Padding):
+        return _pair(value)
     origin = typing.get_origin(tp)
     if origin is Literal:
-        if value in typing.get_args(tp) and isinstance(value, str | bool | int):
-            return value
+        for choice in typing.get_args(tp):
+            if type(value) is type(choice) and value == choice:
+                return value
         raise _Mismatch
     if origin in (types.UnionType, typing.Union):
         for arg in typing.get_args(tp):
-            try:
+            with contextlib.suppress(_Mismatch):
                 return _coerce(value, arg)
-            except _Mismatch:
-                pass
-        raise _Mismatch
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
         raise _Mismatch
     if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise _Mismatch
-        return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+        return _tuple(value, typing.get_args(tp))
     if origin in (dict, Mapping) or tp is dict:
         if isinstance(value, Mapping):
             return dict(value)
         raise _Mismatch
+    if tp in _SCALARS:
+        return _SCALARS[tp](value)
+    if dataclasses.is_dataclass(tp):
+        return _exactly(tp)(value)
     raise TypeError(f"unsupported spec field type {tp!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The init fields of a spec dataclass and their types."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _mismatch(key: str, value: Any, tp: Any) -> SpecError:
+    return SpecError(f"field {key!r} must be {_type_name(tp)}, got {_show(value)}")
 
 
 def _fields_from_dict(cls: type, data: Mapping[str, Any], where: str, skip=()) -> dict:
     """Checks keys and types of `data` against the dataclass `cls`; returns kwargs."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    valid = [n for n in fields if n not in skip]
+    hints = _hints(cls)
+    valid = [n for n in hints if n not in skip]
     kwargs = {}
     for key, value in data.items():
         if key in skip:
             continue
-        if key not in fields or key in skip:
+        if key not in valid:
             raise SpecError(
                 f"{where}: unknown key {key!r}; valid keys are {', '.join(valid)}"
             )
         try:
             kwargs[key] = _coerce(value, hints[key])
         except _Mismatch:
-            raise SpecError(
-                f"{where}: field {key!r} must be {_type_name(hints[key])}, "
-                f"got {json.dumps(value, default=str)}"
-            ) from None
+            raise SpecError(f"{where}: {_mismatch(key, value, hints[key])}") from None
     return kwargs
+
+
+def _coerce_fields(spec: Any, skip: Sequence[str] = ()) -> None:
+    """Type-checks every field of a spec in place, normalising as `_coerce` does.
+
+    Python callers then get the same SpecError as a file would (and may write
+    kernel=3 or input_shape=[28, 28, 1]).
+    """
+    for key, tp in _hints(type(spec)).items():
+        if key in skip:
+            continue
+        value = getattr(spec, key)
+        try:
+            object.__setattr__(spec, key, _coerce(value, tp))
+        except _Mismatch:
+            raise _mismatch(key, value, tp) from None
 
 
 def _plain(value: Any) -> Any:
@@ -175,29 +249,20 @@ def _check(cond: bool, message: str) -> None:
         raise SpecError(message)
 
 
-def _positive_pair(name: str, value: Pair) -> None:
+def _size(name: str, value: int | Pair, low: int = 1) -> None:
+    """Checks low <= value <= MAX_SIZE (for a pair: both entries)."""
+    values = value if isinstance(value, tuple) else (value,)
+    shown = list(value) if isinstance(value, tuple) else value
+    _check(min(values) >= low, f"field {name!r} must be >= {low}, got {shown}")
     _check(
-        value[0] >= 1 and value[1] >= 1,
-        f"field {name!r} must be >= 1, got {list(value)}",
+        max(values) <= MAX_SIZE,
+        f"field {name!r} must be <= {MAX_SIZE:,} (2**20), got {_show(shown)}",
     )
-
-
-def _normalize_pairs(spec: Any, *names: str) -> None:
-    """Lets Python callers write kernel=3 or padding=[1, 1]: stores (3, 3) / (1, 1)."""
-    for name in names:
-        value = getattr(spec, name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(spec, name, (value, value))
-        elif isinstance(value, list):
-            object.__setattr__(spec, name, tuple(value))
 
 
 def _padding_ok(padding: Padding) -> None:
     if isinstance(padding, tuple):
-        _check(
-            padding[0] >= 0 and padding[1] >= 0,
-            f"field 'padding' must be >= 0, got {list(padding)}",
-        )
+        _size("padding", padding, low=0)
 
 
 # --------------------------------------------------------------------------- layers
@@ -240,12 +305,10 @@ class ConvSpec(LayerSpec):
     trainable: bool = True  # False: frozen while training (kept at its init)
 
     def __post_init__(self):
-        _normalize_pairs(self, "kernel", "stride", "dilation", "padding")
-        _check(self.filters >= 1, f"field 'filters' must be >= 1, got {self.filters}")
-        for name in ("kernel", "stride", "dilation"):
-            _positive_pair(name, getattr(self, name))
+        _coerce_fields(self)
+        for name in ("filters", "kernel", "stride", "dilation", "groups"):
+            _size(name, getattr(self, name))
         _padding_ok(self.padding)
-        _check(self.groups >= 1, f"field 'groups' must be >= 1, got {self.groups}")
         _check(
             self.filters % self.groups == 0,
             f"field 'filters'={self.filters} must be divisible by groups={self.groups}",
@@ -287,11 +350,11 @@ class PoolSpec(LayerSpec):
     p: float = 2.0
 
     def __post_init__(self):
-        _normalize_pairs(self, "window", "stride", "padding")
-        _positive_pair("window", self.window)
+        _coerce_fields(self)
+        _size("window", self.window)
         if self.stride is None:
             object.__setattr__(self, "stride", self.window)
-        _positive_pair("stride", self.stride)
+        _size("stride", self.stride)
         _padding_ok(self.padding)
         _check(self.p > 0, f"field 'p' must be > 0, got {self.p}")
 
@@ -311,6 +374,9 @@ class GlobalPoolSpec(LayerSpec):
     type: ClassVar[str] = "global_pool"
     pool: Literal["max", "avg"] = "avg"
 
+    def __post_init__(self):
+        _coerce_fields(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class NormSpec(LayerSpec):
@@ -322,7 +388,8 @@ class NormSpec(LayerSpec):
     momentum: float = 0.99  # batch-norm running average decay, as in Keras
 
     def __post_init__(self):
-        _check(self.groups >= 1, f"field 'groups' must be >= 1, got {self.groups}")
+        _coerce_fields(self)
+        _size("groups", self.groups)
         _check(
             0.0 <= self.momentum < 1.0,
             f"field 'momentum' must be in [0, 1), got {self.momentum}",
@@ -337,6 +404,7 @@ class DropoutSpec(LayerSpec):
     rate: float = 0.5
 
     def __post_init__(self):
+        _coerce_fields(self)
         _check(
             0.0 <= self.rate < 1.0, f"field 'rate' must be in [0, 1), got {self.rate}"
         )
@@ -346,6 +414,9 @@ class DropoutSpec(LayerSpec):
 class ActivationSpec(LayerSpec):
     type: ClassVar[str] = "activation"
     activation: Activation = "relu"
+
+    def __post_init__(self):
+        _coerce_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +434,8 @@ class DenseSpec(LayerSpec):
     use_bias: bool = True
 
     def __post_init__(self):
-        _check(self.units >= 1, f"field 'units' must be >= 1, got {self.units}")
+        _coerce_fields(self)
+        _size("units", self.units)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,8 +447,15 @@ class ResidualSpec(LayerSpec):
     activation: Activation = "identity"
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
+        layers = _layer_list(self.layers, "layer ", 1, "residual")
+        object.__setattr__(self, "layers", layers)
+        _coerce_fields(self, skip=("layers",))
         _check(len(self.layers) >= 1, "field 'layers' must hold at least one layer")
+        _check(
+            _nesting(self.layers) < MAX_NESTING,
+            f"residual blocks nest more than {MAX_NESTING} deep; at most {MAX_NESTING} "
+            "levels of residual blocks inside residual blocks are supported",
+        )
 
 
 LAYER_TYPES: dict[str, type[LayerSpec]] = {
@@ -401,37 +480,69 @@ def layer_from_dict(data: Mapping[str, Any], where: str = "layer") -> LayerSpec:
     Raises:
       SpecError naming `where` (e.g. "layer 3 (conv)"), the field and the bad value.
     """
+    return _layer(data, where, depth=0)
+
+
+def _layer(data: Any, where: str, depth: int) -> LayerSpec:
+    """layer_from_dict inside `depth` residual blocks."""
     if isinstance(data, LayerSpec):
         return data
     if not isinstance(data, Mapping):
         raise SpecError(
-            f'{where}: expected a table like {{type = "conv", ...}}, got {data!r}'
+            f'{where}: expected a table like {{type = "conv", ...}}, got {_show(data)}'
         )
     kind = data.get("type")
+    valid = ", ".join(LAYER_TYPES)
+    if kind is None:
+        raise SpecError(f"{where}: missing required field 'type' (one of {valid})")
+    if not isinstance(kind, str):
+        raise SpecError(
+            f"{where}: field 'type' must be one of {valid}; got {_show(kind)}"
+        )
     if kind not in LAYER_TYPES:
         raise SpecError(
-            f"{where}: unknown layer type {kind!r}; valid types are "
-            f"{', '.join(LAYER_TYPES)}"
+            f"{where}: unknown layer type {kind!r}; valid types are {valid}"
         )
     cls = LAYER_TYPES[kind]
-    where = f"{where} ({kind})"
+    label = f"{where} ({kind})"
     skip = ("type", "layers") if cls is ResidualSpec else ("type",)
-    kwargs = _fields_from_dict(cls, data, where, skip=skip)
+    kwargs = _fields_from_dict(cls, data, label, skip=skip)
     if cls is ResidualSpec:
-        inner = data.get("layers", [])
-        if not isinstance(inner, Sequence) or isinstance(inner, str):
-            raise SpecError(f"{where}: field 'layers' must be a list of layer tables")
-        kwargs["layers"] = tuple(
-            layer_from_dict(d, f"{where[: -len(kind) - 3]}.{j}")
-            for j, d in enumerate(inner)
+        if depth >= MAX_NESTING:
+            raise SpecError(
+                f"{label}: residual blocks nest more than {MAX_NESTING} deep; at most "
+                f"{MAX_NESTING} levels of residual blocks inside residual blocks are "
+                "supported"
+            )
+        kwargs["layers"] = _layer_list(
+            data.get("layers", []), f"{where}.", depth + 1, label
         )
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING and f.name not in kwargs:
-            raise SpecError(f"{where}: missing required field {f.name!r}")
+            raise SpecError(f"{label}: missing required field {f.name!r}")
     try:
         return cls(**kwargs)
     except SpecError as e:
-        raise SpecError(f"{where}: {e}") from None
+        raise SpecError(f"{label}: {e}") from None
+
+
+def _layer_list(
+    data: Any, prefix: str, depth: int, owner: str
+) -> tuple[LayerSpec, ...]:
+    """Parses the `layers` list of `owner`, labelled prefix + index ("layer 3.0", ...)."""
+    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Sequence):
+        raise SpecError(
+            f"{owner}: field 'layers' must be a list of layer tables, got {_show(data)}"
+        )
+    return tuple(_layer(d, f"{prefix}{j}", depth) for j, d in enumerate(data))
+
+
+def _nesting(layers: Sequence[LayerSpec]) -> int:
+    """Levels of residual blocks in `layers` (0: none)."""
+    return max(
+        (1 + _nesting(x.layers) for x in layers if isinstance(x, ResidualSpec)),
+        default=0,
+    )
 
 
 # --------------------------------------------------------------------------- model
@@ -449,22 +560,24 @@ class ModelSpec:
 
     def __post_init__(self):
         # Python callers may pass lists or layer dicts; keep the spec hashable and typed.
-        object.__setattr__(self, "input_shape", tuple(self.input_shape))
-        object.__setattr__(
-            self,
-            "layers",
-            tuple(layer_from_dict(d, f"layer {i}") for i, d in enumerate(self.layers)),
+        layers = _layer_list(self.layers, "layer ", 0, "model spec")
+        object.__setattr__(self, "layers", layers)
+        _coerce_fields(self, skip=("layers",))
+        shape = list(self.input_shape)
+        _check(
+            min(shape) >= 1,
+            f"input_shape must be [H, W, C] of positive ints, got {shape}",
         )
         _check(
-            len(self.input_shape) == 3
-            and all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 1
-                for d in self.input_shape
-            ),
-            f"input_shape must be [H, W, C] of positive ints, got {list(self.input_shape)}",
+            max(shape) <= MAX_SIZE,
+            f"input_shape must be at most {MAX_SIZE:,} (2**20) per axis, got {shape}",
         )
         _check(
             self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"
+        )
+        _check(
+            self.num_classes <= MAX_SIZE,
+            f"num_classes must be <= {MAX_SIZE:,} (2**20), got {self.num_classes}",
         )
         _check(len(self.layers) >= 1, "a model needs at least one layer")
 
@@ -478,13 +591,7 @@ class ModelSpec:
         for key in ("input_shape", "num_classes", "layers"):
             if key not in data:
                 raise SpecError(f"model spec: missing required key {key!r}")
-        layers = data["layers"]
-        if not isinstance(layers, Sequence) or isinstance(layers, str):
-            raise SpecError("model spec: 'layers' must be a list of layer tables")
-        kwargs["layers"] = tuple(
-            layer_from_dict(d, f"layer {i}") for i, d in enumerate(layers)
-        )
-        return cls(**kwargs)
+        return cls(**kwargs, layers=data["layers"])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -503,14 +610,22 @@ def read_table(path: str | pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such file")
+    kind = path.suffix[1:].upper()
     try:
         text = path.read_text()
         if path.suffix == ".json":
             return json.loads(text)
         if path.suffix == ".toml":
             return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read it: {e.strerror or e}") from None
+    except ValueError as e:  # bad syntax, bad UTF-8, an integer of > 4300 digits
+        raise SpecError(f"{path}: not valid {kind}: {e}") from None
+    except RecursionError:
+        raise SpecError(
+            f"{path}: not valid {kind}: lists/tables nest too deeply to read (residual "
+            f"blocks may nest at most {MAX_NESTING} levels)"
+        ) from None
     raise SpecError(f"{path}: unknown file type {path.suffix!r}; use .toml or .json")
 
 
@@ -539,6 +654,47 @@ class ModelConfig:
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
     spec: ModelSpec | None = None
 
+    def __post_init__(self):
+        _coerce_fields(self)
+
+
+def _check_config(section: str, config: Any) -> None:
+    """Type-checks a run-config section; every int must fit in 64 bits (JAX, NumPy)."""
+    _coerce_fields(config)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            _check(
+                not isinstance(v, int) or -(2**63) <= v < 2**63,
+                f"{section}.{f.name} must fit in 64 bits (-2**63 <= value < 2**63), "
+                f"got {_show(value)}",
+            )
+
+
+# A TFDS name: name, name/config, name:version or name/config:version (versions 1.2.3 or
+# 1.*.*). A "namespace:" prefix names a community dataset; TFDS's builder-keyword suffix
+# (name/key=value) is not accepted.
+_DATASET_NAME = re.compile(
+    r"(?:(?P<namespace>[\w-]+):)?[a-zA-Z]\w*(?:/[\w+.-]+)?(?::(?:\d+|\*)(?:\.(?:\d+|\*)){2})?"
+)
+
+
+def _check_dataset(name: str, allow_community: bool) -> None:
+    match = _DATASET_NAME.fullmatch(name)
+    _check(
+        match is not None,
+        f"data.dataset={_show(name)} is not a TFDS dataset name; valid forms are name, "
+        "name/config, name:version and name/config:version (e.g. mnist, "
+        "emnist/balanced, mnist:3.0.1)",
+    )
+    namespace = match.group("namespace")
+    _check(
+        namespace is None or allow_community,
+        f"data.dataset={_show(name)} is a community dataset (namespace {namespace!r}), "
+        "whose builder code TFDS may download and run; set data.allow_community = "
+        "true to allow it",
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -553,8 +709,12 @@ class DataConfig:
     augment_crop: int = 0  # random crop after zero padding by this many pixels
     augment_flip: bool = False  # random horizontal flip
     device_limit_mb: int = 4096  # larger datasets stream from tf.data instead
+    # allow "namespace:name" community datasets (TFDS may download their builder code)
+    allow_community: bool = False
 
     def __post_init__(self):
+        _check_config("data", self)
+        _check_dataset(self.dataset, self.allow_community)
         _check(
             0.0 < self.val_fraction < 1.0,
             f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
@@ -570,6 +730,16 @@ class DataConfig:
 
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+# Per-parameter state each optimiser keeps (optax): momentum traces, Adam's two moments,
+# RMSprop's mean square plus its momentum trace (shapes.memory_estimate uses these).
+OPTIMIZER_SLOTS = {
+    "sgd": 0,
+    "momentum": 1,
+    "nesterov": 1,
+    "adam": 2,
+    "adamw": 2,
+    "rmsprop": 2,
+}
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "onecycle")
 
 
@@ -599,6 +769,7 @@ class OptimConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self):
+        _check_config("optim", self)
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(
             self.momentum is None or 0 <= self.momentum < 1,
@@ -648,6 +819,7 @@ class TrainConfig:
     new_head: bool = False  # with init_from: re-initialise the last dense layer
 
     def __post_init__(self):
+        _check_config("train", self)
         for name in (
             "epochs",
             "batch_size",
@@ -688,10 +860,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        unknown = set(data) - set(_SECTIONS) - {"model_spec"}
+        """Parses a run config; `model_spec` (written by training) is ignored."""
+        if not isinstance(data, Mapping):
+            raise SpecError(
+                "a run config must be a table with [model] [data] [optim] [train] "
+                f"sections, got {_show(data)}"
+            )
+        unknown = sorted(map(str, set(data) - set(_SECTIONS) - {"model_spec"}))
         if unknown:
             raise SpecError(
-                f"run config: unknown section {sorted(unknown)[0]!r}; valid sections are "
+                f"run config: unknown section {unknown[0]!r}; valid sections are "
                 f"{', '.join(_SECTIONS)}"
             )
         sections = {}
@@ -700,12 +878,17 @@ class RunConfig:
             if name == "model" and isinstance(table, str):
                 table = {"name": table}
             if not isinstance(table, Mapping):
-                raise SpecError(f"run config: [{name}] must be a table, got {table!r}")
+                raise SpecError(
+                    f"run config: [{name}] must be a table, got {_show(table)}"
+                )
             table = dict(table)
             spec = table.pop("spec", None) if name == "model" else None
             kwargs = _fields_from_dict(section_cls, table, f"[{name}]")
             if spec is not None:
-                kwargs["spec"] = ModelSpec.from_dict(spec)
+                try:
+                    kwargs["spec"] = ModelSpec.from_dict(spec)
+                except SpecError as e:
+                    raise SpecError(f"[model] spec: {e}") from None
             try:
                 sections[name] = section_cls(**kwargs)
             except SpecError as e:
@@ -764,7 +947,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise SpecError(f"--set expects key=value (e.g. optim.lr=0.01), got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # not a TOML value: the text itself
         value = raw.strip()
     return key.strip(), value
 

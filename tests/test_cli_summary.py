@@ -41,6 +41,27 @@ def test_summary_json(capsys):
     assert data["layers"][4]["receptive_field"] == [18, 18]
 
 
+def test_summary_shows_the_training_memory_estimate(capsys):
+    from jaxcnn import models, shapes
+
+    summary = shapes.infer(models.preset("keras_mnist"))
+    code, out, _ = _run(capsys, "summary", "keras_mnist")
+    assert code == 0
+    line = shapes.format_memory(shapes.memory_estimate(summary, 128), 128)
+    assert out.splitlines()[-1] == line
+    assert line.startswith("Training memory at batch size 128 (estimate): 19.9 MiB")
+    code, out, _ = _run(
+        capsys, "summary", "keras_mnist", "--json", "--batch-size", "32"
+    )
+    assert code == 0
+    assert json.loads(out)["memory"] == {
+        "batch_size": 32,
+        **shapes.memory_estimate(summary, 32),
+    }
+    code, _, err = _run(capsys, "summary", "keras_mnist", "--batch-size", "0")
+    assert code == 2 and "batch_size must be an int >= 1, got 0" in err
+
+
 def test_summary_overrides(capsys):
     code, out, _ = _run(
         capsys,

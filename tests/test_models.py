@@ -252,7 +252,7 @@ def test_load_spec_names_files_configs_and_specs(tmp_path):
         ),
         (
             ModelConfig(name="simple_cnn", args={"stride": "two"}),
-            "argument 'stride' must be an int, got 'two'",
+            "argument 'stride' must be an int, got \"two\"",
         ),
         (
             ModelConfig(name="simple_cnn", args={"pool": "median"}),

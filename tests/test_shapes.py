@@ -353,3 +353,72 @@ def test_shapes_does_not_import_jax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- memory
+def _small():
+    # input 8x8x1 (64) -> conv 6x6x4 (144; (9 + 1) * 4 = 40 params) -> flatten (no copy)
+    # -> dense 10 ((144 + 1) * 10 = 1,450 params): 218 activations, 1,490 params per example
+    return shapes.infer(_model((8, 8, 1), ConvSpec(filters=4, kernel=3)))
+
+
+def test_memory_estimate_by_hand():
+    estimate = shapes.memory_estimate(_small(), 2)
+    assert estimate == {
+        "params": 1490 * 4,
+        "gradients": 1490 * 4,
+        "optimizer_state": 2 * 1490 * 4,
+        "activations": 2 * 218 * 4,
+        "total": 4 * 1490 * 4 + 2 * 218 * 4,
+    }
+    sgd = shapes.memory_estimate(_small(), 3, optimizer_slots=0)
+    assert sgd["optimizer_state"] == 0 and sgd["activations"] == 3 * 218 * 4
+
+
+def test_memory_estimate_counts_batch_norm_statistics_as_params_only():
+    summary = shapes.infer(_model((4, 4, 2), NormSpec(norm="batch")))
+    # norm: 4 trainable + 4 statistics; dense (32 + 1) * 10 = 330
+    estimate = shapes.memory_estimate(summary, 1)
+    assert estimate["params"] == (334 + 4) * 4
+    assert estimate["gradients"] == 334 * 4
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True, "8"])
+def test_memory_estimate_rejects_bad_batch_sizes(batch_size):
+    with pytest.raises(SpecError, match="batch_size must be an int >= 1"):
+        shapes.memory_estimate(_small(), batch_size)
+
+
+def test_check_fits_returns_the_estimate_or_names_what_is_too_big():
+    summary = _small()
+    estimate = shapes.memory_estimate(summary, 2)
+    assert shapes.check_fits(summary, 2, estimate["total"]) == estimate
+    with pytest.raises(SpecError) as excinfo:
+        shapes.check_fits(summary, 2, estimate["total"] - 1)
+    message = str(excinfo.value)
+    for text in (
+        "model 'custom' needs about 25.0 KiB per training step at batch size 2",
+        "params 5.8 KiB, gradients 5.8 KiB, optimizer state 11.6 KiB, activations 1.7 KiB",
+        "over the 25.0 KiB one device can hold",
+        "the largest activation is layer 0 (conv 3x3 valid), 6x6x4 per example",
+        "Use a smaller batch size",
+    ):
+        assert text in message
+
+
+def test_absurd_sizes_within_the_bounds_do_not_fit_a_device():
+    # 2**19 and 2**20 filters pass the size bound; the estimate says why training cannot run.
+    spec = models.preset("simple_cnn", filters=2**19, depth=2)
+    summary = shapes.infer(spec)
+    estimate = shapes.memory_estimate(summary, 128)
+    assert estimate["total"] > 2**40  # over a TiB
+    with pytest.raises(SpecError, match=r"needs about .* TiB .* over the 80\.0 GiB"):
+        shapes.check_fits(summary, 128, 80 * 2**30)
+
+
+@pytest.mark.parametrize(
+    "n, text",
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 2**30, "3.0 GiB")],
+)
+def test_format_bytes(n, text):
+    assert shapes.format_bytes(n) == text

@@ -204,7 +204,12 @@ LAYER_ERRORS = [
         {"type": "convolution"},
         "layer 2: unknown layer type 'convolution'; valid types are conv, pool",
     ),
-    ({"filters": 3}, "layer 2: unknown layer type None"),
+    ({"filters": 3}, "layer 2: missing required field 'type' (one of conv, pool,"),
+    ({"type": 3}, "layer 2: field 'type' must be one of conv, pool,"),
+    (
+        {"type": ["conv"]},
+        "layer 2: field 'type' must be one of conv, pool, global_pool, norm, dropout, activation, flatten, dense, residual; got [\"conv\"]",
+    ),
     ("conv", "layer 2: expected a table like"),
 ]
 
