@@ -185,3 +185,21 @@ def test_step_checkpoints_resume_mid_epoch_bit_identically(tmp_path):
     jax.tree.map(
         np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
     )
+
+
+def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
+    spec = {
+        "input_shape": [8, 8, 1],
+        "num_classes": 10,
+        "layers": [
+            {"type": "conv", "filters": 64, "kernel": 3, "padding": "same"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 2**20},
+            {"type": "dense", "units": 10},
+        ],
+    }
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(spec))
+    config = _digits(**{"model.name": str(path), "train.epochs": 1})
+    with pytest.raises(JaxcnnError, match=r"needs about .* GiB per training step.*over the .* GiB"):
+        train.fit(config, tmp_path / "run", quiet=True)

@@ -25,6 +25,7 @@ RANKS = {
     "jaxcnn.checkpoint": 5,
     "jaxcnn.metrics": 5,
     "jaxcnn.distributed": 5,
+    "jaxcnn.memory": 5,
     "jaxcnn.rundir": 6,
     "jaxcnn.transfer": 7,
     "jaxcnn.train.sharding": 8.0,

@@ -26,6 +26,7 @@ from jaxcnn import (
     data,
     distributed,
     errors,
+    memory,
     metrics,
     models,
     optim,
@@ -33,6 +34,7 @@ from jaxcnn import (
     shapes,
     transfer,
 )
+from jaxcnn import spec as spec_lib
 from jaxcnn.errors import DataError, JaxcnnError, TrainingError
 from jaxcnn.spec import ModelSpec, RunConfig
 from jaxcnn.train import batches, preemption, sharding, step
@@ -184,6 +186,12 @@ def _load(run: _Run, dataset: data.Dataset | None) -> None:
 def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
     """Model, optimiser (transfer and freezing included) and their compiled steps."""
     cfg = run.config.train
+    shapes.check_fits(  # refuse what cannot fit before anything is allocated
+        shapes.infer(run.spec),
+        cfg.batch_size // jax.device_count(),
+        memory.device_memory_bytes(),
+        optimizer_slots=spec_lib.OPTIMIZER_SLOTS[run.config.optim.optimizer],
+    )
     model = models.build_model(run.spec, seed=cfg.seed, kernels=cfg.kernels)
     if cfg.init_from and not run.resume:
         for note in transfer.init_from_run(
