@@ -50,6 +50,10 @@ ConvInit = Literal[
 ]
 # "valid", "same", or explicit symmetric zero padding (rows, cols)
 Padding = Literal["valid", "same"] | tuple[int, int]
+# conv/pool implementations (jaxcnn.kernels.plan): "auto" is the hand-written kernels
+# on CPU and XLA's on GPU/TPU, "fast" the hand-written ones everywhere
+Kernels = Literal["auto", "xla", "fast"]
+KERNELS = get_args(Kernels)
 
 
 # --------------------------------------------------------------------------- coercion
@@ -624,7 +628,7 @@ class TrainConfig:
     patience: int = 0  # early stopping on val accuracy; 0 = off
     checkpoint_every: int = 1  # epochs between checkpoints
     keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
-    kernels: Literal["auto", "xla", "fast"] = "auto"  # conv/pool implementation
+    kernels: Kernels = "auto"  # conv/pool implementation
     init_from: str | None = (
         None  # a finished run's workdir: start from its best weights
     )
