@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxcnn import layers, models, train  # noqa: E402
+from jaxcnn import models, train  # noqa: E402
 
 # lever -> (conv impl, pool impl, fuse relu into max-pool, crop dead border)
 LEVERS = {
@@ -72,11 +72,16 @@ def parse_variant(text: str) -> dict:
 
 
 def apply_lever(model: nnx.Module, lever: str) -> None:
-    """Forces every conv / pool / fusion choice of `model` (see layers.set_kernels)."""
+    """Forces every conv / pool / fusion choice of `model` (see models.set_kernels)."""
     conv, pool, fuse, crop = LEVERS[lever]
-    layers.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
-    if lever == "im2col_first_xla":
-        model.conv_0.impl = "xla"
+    models.set_kernels(
+        model,
+        conv=conv,
+        pool=pool,
+        fuse_relu_pool=fuse,
+        crop=crop,
+        conv_layers={"conv_0": "xla"} if lever == "im2col_first_xla" else None,
+    )
 
 
 def cache_compression() -> str:

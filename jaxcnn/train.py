@@ -34,7 +34,6 @@ from jaxcnn import (
     cputune,
     data,
     distributed,
-    layers,
     metrics,
     models,
     optim,
@@ -79,7 +78,7 @@ def rolls_steps(model: nnx.Module) -> bool:
     Yes, except on CPU with a convolution running XLA's lax.conv: XLA:CPU runs it ~25x
     slower inside a loop body (jax-ml/jax#12868; a 3x3 conv step 13 ms vs 340 ms).
     """
-    return not (jax.default_backend() == "cpu" and layers.runs_xla_convolution(model))
+    return model.kernel_plan().rolls_steps
 
 
 def run_steps(step: Callable, num_steps: int, carry, rolled: bool):
