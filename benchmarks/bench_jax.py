@@ -50,6 +50,8 @@ LEVERS = {
     "fused_pool": ("xla", "fast", True, False),
     "crop": ("xla", "fast", True, True),
     "im2col": ("im2col", "fast", True, True),
+    # im2col everywhere but the first conv (few input channels: a skinny matmul)
+    "im2col_first_xla": ("im2col", "fast", True, True),
     "im2col_nofuse": ("im2col", "fast", False, True),
     # Winograd for every conv it applies to (3x3 stride 1), the first layer included
     "winograd": ("winograd", "fast", False, True),
@@ -82,7 +84,15 @@ def make_steps(model_name: str, v: dict) -> tuple[train.Steps, object]:
     model = models.build_model(spec, seed=0, kernels=v["kernels"])
     if v["lever"]:
         conv, pool, fuse, crop = LEVERS[v["lever"]]
-        jaxcnn.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
+        first_xla = {"conv_0": "xla"} if v["lever"] == "im2col_first_xla" else None
+        jaxcnn.set_kernels(
+            model,
+            conv=conv,
+            pool=pool,
+            fuse_relu_pool=fuse,
+            crop=crop,
+            conv_layers=first_xla,
+        )
     tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=100, epochs=1)
     steps = train.Steps(model, nnx.Optimizer(model, tx, wrt=nnx.Param), config, v["k"])
     if v["loop"] != "auto":

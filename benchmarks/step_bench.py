@@ -59,6 +59,7 @@ LEVERS = {
         ("im2col", 2),
         ("im2col", 4),
         ("im2col", 8),
+        ("im2col_first_xla", 4),
         ("im2col_nofuse", 4),
         ("winograd", 4),
     ]

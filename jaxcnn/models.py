@@ -10,7 +10,7 @@ import dataclasses
 import inspect
 import pathlib
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from jaxcnn import shapes
@@ -23,6 +23,7 @@ from jaxcnn.spec import (
     DropoutSpec,
     FlattenSpec,
     GlobalPoolSpec,
+    Kernels,
     LayerSpec,
     ModelConfig,
     ModelSpec,
@@ -369,25 +370,80 @@ def build_model(
     spec: ModelSpec,
     *,
     seed: int = 0,
-    kernels: Literal["auto", "xla", "fast"] = "auto",
+    kernels: Kernels = "auto",
 ) -> nnx.Module:
     """Builds the Flax NNX model of `spec`, deterministically from `seed`.
 
     The spec is checked by `shapes.infer` first, so an impossible network raises a
     SpecError before anything reaches JAX. The model maps [batch, H, W, C] float32 to
-    logits [batch, num_classes]; it starts in training mode (`model.eval()` for
-    inference). `kernels` selects the conv / max-pool implementation (see layers.py).
+    logits [batch, num_classes] for any H, W the spec can take; it starts in training
+    mode (`model.eval()` for inference). `kernels` selects the conv / pool
+    implementations ("auto", "xla" or "fast", see jaxcnn.kernels.plan; `set_kernels`
+    changes them later).
     """
     if not isinstance(spec, ModelSpec):
         spec = load_spec(spec)
-    if kernels not in ("auto", "xla", "fast"):
-        raise SpecError(f"kernels must be one of auto, xla, fast; got {kernels!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpecError(f"seed must be an int, got {seed!r}")
     summary = shapes.infer(spec)
     from jaxcnn import layers  # Flax loads here, not at import time
+    from jaxcnn.kernels import plan
 
-    return layers.CNN(spec, summary, seed=seed, kernels=kernels)
+    choice = plan.KernelChoice(kernels=kernels)
+    return layers.CNN(spec, summary, seed=seed, kernels=choice)
+
+
+def set_kernels(
+    model: nnx.Module,
+    kernels: Kernels | None = None,
+    *,
+    conv: Literal["xla", "im2col", "winograd"] | None = None,
+    pool: Literal["xla", "fast"] | None = None,
+    crop: bool | None = None,
+    fuse_relu_pool: bool | None = None,
+    conv_layers: Mapping[str, Literal["xla", "im2col", "winograd"]] | None = None,
+) -> None:
+    """Sets the kernel choice of a built model (one frozen value, see KernelChoice).
+
+    The whole choice is replaced: an override not given is cleared (the plan then
+    decides from `kernels`). The parameters are untouched; a jitted function of the
+    model recompiles.
+
+    Args:
+      model: a model from `build_model`.
+      kernels: "auto", "xla" or "fast"; None keeps the model's.
+      conv: force "xla", "im2col" or "winograd" on every ungrouped conv.
+      pool: force "xla" or "fast" on every pool.
+      crop: force border cropping of conv -> pool pairs on or off.
+      fuse_relu_pool: force ReLU + max-pool fusion on or off.
+      conv_layers: per-layer conv overrides by module path, e.g. {"conv_0": "xla"}.
+
+    Raises:
+      SpecError: a bad value, or a `conv_layers` path that is no conv of the model.
+    """
+    from jaxcnn.kernels import plan
+
+    current = getattr(model, "kernel_choice", None)
+    if not isinstance(current, plan.KernelChoice):
+        raise SpecError(
+            f"set_kernels takes a model from build_model, got {type(model).__name__}"
+        )
+    choice = plan.KernelChoice(
+        kernels=current.kernels if kernels is None else kernels,
+        conv=conv,
+        pool=pool,
+        crop=crop,
+        fuse_relu_pool=fuse_relu_pool,
+        conv_layers=tuple(sorted((conv_layers or {}).items())),
+    )
+    plans = plan.model_plan(model.spec, model.spec.input_shape, choice, "cpu")
+    convs = [p.name for p in plans.walk() if p.conv is not None]
+    for name, _ in choice.conv_layers:
+        if name not in convs:
+            raise SpecError(
+                f"set_kernels: no conv layer {name!r}; conv layers are {', '.join(convs)}"
+            )
+    model.kernel_choice = choice
 
 
 def param_paths(model: nnx.Module) -> dict[str, tuple[int, ...]]:

@@ -460,6 +460,18 @@ def _infer_sequence(
 
 
 # --------------------------------------------------------------------------- public
+def infer_layers(
+    layers: Sequence[LayerSpec], input_shape: Shape, index_prefix: str = ""
+) -> tuple[LayerInfo, ...]:
+    """The rows of `layers` applied in order to `input_shape` (no batch axis).
+
+    Rows are labelled as in `infer` (inner residual rows first); `index_prefix` is put
+    before each index ("3." for the body of block 3). Raises SpecError as `infer` does.
+    """
+    rows = _infer_sequence(layers, tuple(input_shape), index_prefix, "", (1, 1), (1, 1))
+    return tuple(rows)
+
+
 def infer(spec: ModelSpec) -> Summary:
     """Checks `spec` and computes every layer's shapes, parameters, cost and receptive field.
 

@@ -62,6 +62,10 @@ ConvInit = Literal[
 ]
 # "valid", "same", or explicit symmetric zero padding (rows, cols)
 Padding = Literal["valid", "same"] | tuple[int, int]
+# conv/pool implementations (jaxcnn.kernels.plan): "auto" is the hand-written kernels
+# on CPU and XLA's on GPU/TPU, "fast" the hand-written ones everywhere
+Kernels = Literal["auto", "xla", "fast"]
+KERNELS = get_args(Kernels)
 
 
 # --------------------------------------------------------------------------- coercion
@@ -811,7 +815,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints
     checkpoint_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = off
     keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
-    kernels: Literal["auto", "xla", "fast"] = "auto"  # conv/pool implementation
+    kernels: Kernels = "auto"  # conv/pool implementation
     init_from: str | None = (
         None  # a finished run's workdir: start from its best weights
     )

@@ -201,5 +201,7 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(spec))
     config = _digits(**{"model.name": str(path), "train.epochs": 1})
-    with pytest.raises(JaxcnnError, match=r"needs about .* GiB per training step.*over the .* GiB"):
+    with pytest.raises(
+        JaxcnnError, match=r"needs about .* GiB per training step.*over the .* GiB"
+    ):
         train.fit(config, tmp_path / "run", quiet=True)

@@ -1,6 +1,9 @@
-"""Every kernel implementation equals the jax.lax reference, forward and gradient."""
+"""Every kernel implementation equals the jax.lax reference, forward and gradient; the
+kernel plan per backend and input shape."""
 
 import functools
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,16 @@ from flax import nnx
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from jaxcnn import kernels
+from jaxcnn import kernels, layers, models, shapes
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import (
+    ConvSpec,
+    DenseSpec,
+    GlobalPoolSpec,
+    ModelSpec,
+    PoolSpec,
+    ResidualSpec,
+)
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 RTOL = 1e-5
@@ -122,7 +134,7 @@ def test_winograd_matches_lax_for_both_tile_sizes(case, m):
     pads = case["padding"]
 
     def fast(x, w):
-        return kernels._conv_winograd(x, w, pads, m)
+        return kernels.conv._conv_winograd(x, w, pads, m)
 
     _assert_same(fast, functools.partial(_lax_conv, padding=pads), (x, w), case["seed"])
 
@@ -234,7 +246,7 @@ def _reference_pool(x, kind, window, stride, padding, p=2.0):
         return mean(x)
     if kind == "lp":
         return mean(jnp.abs(x) ** p) ** (1 / p)
-    clamped = jnp.maximum(x, 0.0) + kernels.POSITIVE_EPS
+    clamped = jnp.maximum(x, 0.0) + kernels.POOL_EPS
     if kind == "geometric":
         return jnp.exp(mean(jnp.log(clamped)))
     return 1.0 / mean(1.0 / clamped)
@@ -317,6 +329,124 @@ def test_avg_pool_hand_values():
     assert float(y[0, 0, 0, 0]) == 0.0 and float(y[0, 0, 1, 0]) == 1.5
 
 
+# --------------------------------------------------------------------------- every kind
+def _numpy_pool(x, kind, window, stride, pads, p=2.0):
+    """Direct reference: pad with NaN, then reduce each window over its real cells only."""
+    (top, bottom), (left, right) = pads
+    xp = np.pad(
+        x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=np.nan
+    )
+    kh, kw = window
+    sh, sw = stride
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    out = np.zeros((x.shape[0], ho, wo, x.shape[3]))
+    for i in range(ho):
+        for j in range(wo):
+            win = xp[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :].reshape(
+                x.shape[0], -1, x.shape[3]
+            )
+            real = ~np.isnan(win)
+            n = real.sum(axis=1)
+            w0 = np.where(real, win, 0.0)
+            clamped = np.maximum(w0, 0.0) + kernels.POOL_EPS
+            if kind == "max":
+                out[:, i, j] = np.nanmax(win, axis=1)
+            elif kind == "avg":
+                out[:, i, j] = w0.sum(axis=1) / n
+            elif kind == "sum":
+                out[:, i, j] = w0.sum(axis=1)
+            elif kind == "lp":
+                out[:, i, j] = ((np.abs(w0) ** p * real).sum(axis=1) / n) ** (1 / p)
+            elif kind == "geometric":
+                out[:, i, j] = np.exp((np.log(clamped) * real).sum(axis=1) / n)
+            elif kind == "harmonic":
+                out[:, i, j] = n / ((1.0 / clamped) * real).sum(axis=1)
+    return out
+
+
+POOL_KINDS = ["max", "avg", "sum", "lp", "geometric", "harmonic"]
+POOL_CASES = [
+    # (input H, W, padding, window, stride)
+    ((4, 4), "valid", (2, 2), (2, 2)),
+    ((5, 5), "same", (2, 2), (2, 2)),  # odd total: extra cell bottom/right
+    ((5, 4), "same", (3, 3), (1, 1)),
+    ((5, 5), (1, 1), (3, 3), (2, 2)),
+    ((6, 5), (1, 0), (2, 3), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+@pytest.mark.parametrize("hw, padding, window, stride", POOL_CASES)
+def test_every_pool_kind_and_impl_matches_numpy(kind, hw, padding, window, stride):
+    """The one pooling implementation, both impls and the Pool layer that calls it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, *hw, 3)).astype(np.float32)
+    if kind in ("geometric", "harmonic"):
+        x = np.abs(x) + 0.1  # their domain is x >= 0
+    p = 3.0 if kind == "lp" else 2.0
+    pads = shapes.resolve_padding(padding, hw, window, stride)
+    want = _numpy_pool(x.astype(np.float64), kind, window, stride, pads, p)
+    spec = PoolSpec(pool=kind, window=window, stride=stride, padding=padding, p=p)
+    got = {
+        impl: kernels.pool2d(
+            jnp.asarray(x),
+            kind=kind,
+            window=window,
+            stride=stride,
+            padding=pads,
+            impl=impl,
+            p=p,
+        )
+        for impl in kernels.POOL_IMPLS
+    }
+    got["layer"] = layers.Pool(spec)(jnp.asarray(x))
+    for name, y in got.items():
+        assert y.shape == want.shape, name
+        np.testing.assert_allclose(np.asarray(y), want, rtol=2e-5, atol=1e-6)
+
+
+def _pool_one(x, kind, p=2.0, impl="xla"):
+    return float(kernels.pool2d(x, kind=kind, window=2, impl=impl, p=p)[0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("impl", ["xla", "fast"])
+def test_pooling_hand_values(impl):
+    x = jnp.array([1.0, 2.0, 4.0, 8.0]).reshape(1, 2, 2, 1)
+    assert _pool_one(x, "max", impl=impl) == 8.0
+    assert _pool_one(x, "avg", impl=impl) == 3.75
+    assert _pool_one(x, "sum", impl=impl) == 15.0
+    assert _pool_one(x, "geometric", impl=impl) == pytest.approx(
+        64 ** (1 / 4), rel=1e-5
+    )  # (1*2*4*8)^(1/4)
+    assert _pool_one(x, "harmonic", impl=impl) == pytest.approx(
+        4 / (1 + 1 / 2 + 1 / 4 + 1 / 8), rel=1e-5
+    )
+    assert _pool_one(x, "lp", 1.0, impl) == pytest.approx(3.75)
+    assert _pool_one(x, "lp", 2.0, impl) == pytest.approx(
+        math.sqrt((1 + 4 + 16 + 64) / 4), rel=1e-6
+    )
+
+
+def test_geometric_and_harmonic_clamp_negative_inputs():
+    x = jnp.array([-5.0, -1.0, 0.0, -2.0]).reshape(1, 2, 2, 1)
+    for kind in ("geometric", "harmonic"):
+        for impl in kernels.POOL_IMPLS:
+            y = _pool_one(x, kind, impl=impl)
+            assert y == pytest.approx(kernels.POOL_EPS, rel=1e-3)
+
+
+@pytest.mark.parametrize("impl", ["xla", "fast"])
+@pytest.mark.parametrize("kind", ["lp", "geometric", "harmonic", "avg", "sum", "max"])
+def test_pooling_gradients_are_finite_at_zero(kind, impl):
+    x = jnp.zeros((1, 4, 4, 2))
+    grad = jax.grad(lambda v: kernels.pool2d(v, kind=kind, window=2, impl=impl).sum())(
+        x
+    )
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+# --------------------------------------------------------------------------- crop
 def test_dead_border_hand_values():
     assert kernels.dead_border(11, 2, 2, (0, 0)) == 1  # 11 -> 5 windows read 10 rows
     assert kernels.dead_border(26, 2, 2, (0, 0)) == 0
@@ -397,7 +527,161 @@ def test_choose_impl_per_backend():
     strided = dict(conv3, stride=2)
     assert kernels.choose_impl("cpu", "conv", in_channels=64, **strided) == "im2col"
     assert kernels.choose_impl("cpu", "pool", kind="max") == "fast"
+    # the fast path is a max-pool gradient: the other kinds run flax's pools
+    assert kernels.choose_impl("cpu", "pool", kind="avg") == "xla"
     for backend in ("gpu", "cuda", "rocm", "tpu"):
         assert kernels.choose_impl(backend, "conv") == "xla"
         assert kernels.choose_impl(backend, "conv", in_channels=64, **conv3) == "xla"
         assert kernels.choose_impl(backend, "pool") == "xla"
+
+
+# --------------------------------------------------------------------------- plan
+def _plan(spec, kernels_setting="auto", backend="cpu", input_shape=None, **overrides):
+    choice = kernels.KernelChoice(kernels=kernels_setting, **overrides)
+    shape = spec.input_shape if input_shape is None else input_shape
+    return kernels.model_plan(spec, tuple(shape), choice, backend)
+
+
+def test_plan_per_backend_for_keras_mnist():
+    spec = models.preset("keras_mnist")
+    cpu = _plan(spec)
+    convs = [cpu.layer(f"conv_{i}").conv for i in (0, 2, 4)]
+    assert convs == ["im2col", "winograd", "winograd"]  # 1 and 32, 64 input channels
+    assert cpu.layer("pool_1").pool == cpu.layer("pool_3").pool == "fast"
+    # conv_2 (13x13 -> 11x11) feeds a 2x2 pool that never reads row/col 10
+    crop = cpu.layer("conv_2").crop
+    assert crop.dead == (1, 1) and crop.in_keep == (12, 12)
+    assert cpu.layer("conv_0").crop is None  # 26x26 pools without a remainder
+    assert not any(p.fuse_relu_pool for p in cpu.walk())  # fusion is opt-in
+    assert cpu.rolls_steps
+    assert _plan(spec, "fast", backend="gpu").layers == cpu.layers
+    for backend in ("gpu", "tpu"):
+        plan = _plan(spec, backend=backend)
+        assert {p.conv for p in plan.walk() if p.conv} == {"xla"}
+        assert {p.pool for p in plan.walk() if p.pool} == {"xla"}
+        assert all(p.crop is None for p in plan.walk())
+        assert plan.rolls_steps  # XLA convs are slow in a loop body on CPU only
+    xla = _plan(spec, "xla")
+    assert {p.conv for p in xla.walk() if p.conv} == {"xla"}
+    assert all(p.crop is None for p in xla.walk())
+    assert not xla.rolls_steps
+
+
+def test_plan_follows_the_actual_input_shape():
+    spec = ModelSpec(
+        (28, 28, 1),
+        3,
+        (
+            ConvSpec(filters=4, kernel=3, activation="relu"),
+            PoolSpec(window=2),
+            ConvSpec(filters=4, kernel=3, stride=2, padding="same"),
+            GlobalPoolSpec(),
+            DenseSpec(units=3),
+        ),
+    )
+    built, odd = _plan(spec), _plan(spec, input_shape=(29, 31, 1))
+    assert built.layer("conv_0").crop is None  # 26x26: no remainder
+    assert odd.layer("conv_0").crop.dead == (1, 1)  # 27x29: one row/col unread
+    # "same" padding of a stride-2 conv depends on the size it sees: 13 vs 14 rows
+    assert built.layer("conv_2").padding == ((1, 1), (1, 1))
+    assert odd.layer("conv_2").padding == ((1, 1), (0, 1))
+    assert odd.layer("conv_2").input_shape == (13, 14, 4)
+    assert kernels.model_plan(spec, (28, 28, 1)) is kernels.model_plan(
+        spec, (28, 28, 1)
+    )
+
+
+def test_plan_of_grouped_convs_and_residual_blocks():
+    spec = models.resnet_cifar((8, 8, 3), blocks_per_stage=1)
+    cpu = _plan(spec)
+    assert cpu.layer("residual_3").proj is None  # 8x8x16 -> 8x8x16: identity skip
+    assert cpu.layer("residual_4/proj").conv == "im2col"  # 1x1, stride 2
+    assert cpu.layer("residual_4/conv_0").conv == "im2col"  # 3x3, stride 2
+    assert cpu.layer("residual_4/conv_3").conv == "winograd"
+    assert cpu.rolls_steps
+    grouped = ModelSpec(
+        (6, 6, 4),
+        2,
+        (ConvSpec(filters=4, kernel=3, groups=2), GlobalPoolSpec(), DenseSpec(units=2)),
+    )
+    assert _plan(grouped).layer("conv_0").conv == "xla"  # even with fast kernels
+    assert _plan(grouped, "fast", conv="im2col").layer("conv_0").conv == "xla"
+    assert not _plan(grouped).rolls_steps
+    assert _plan(grouped, backend="gpu").rolls_steps
+
+
+def test_plan_overrides():
+    spec = models.preset("keras_mnist")
+    plan = _plan(spec, "xla", conv="winograd", pool="fast", crop=True)
+    assert plan.layer("conv_0").conv == "winograd"  # 3x3 stride 1
+    assert plan.layer("pool_1").pool == "fast"
+    assert plan.layer("conv_2").crop is not None
+    strided = models.resnet_cifar((8, 8, 3), blocks_per_stage=1)
+    # Winograd does not apply to a strided conv: it runs as im2col
+    assert _plan(strided, conv="winograd").layer("residual_4/conv_0").conv == "im2col"
+    layer_first = _plan(spec, conv="im2col", conv_layers=(("conv_2", "xla"),))
+    assert layer_first.layer("conv_2").conv == "xla"
+    assert layer_first.layer("conv_4").conv == "im2col"
+    assert not layer_first.rolls_steps  # one XLA convolution on CPU is enough
+    assert all(p.crop is None for p in _plan(spec, crop=False).walk())
+    fused = _plan(spec, fuse_relu_pool=True)
+    assert fused.layer("conv_0").fuse_relu_pool and fused.layer("pool_1").fuse_relu_pool
+    assert not fused.layer("conv_4").fuse_relu_pool  # no pool follows it
+    lenet = _plan(models.preset("lenet5"), fuse_relu_pool=True)  # tanh, avg pools
+    assert not any(p.fuse_relu_pool for p in lenet.walk())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("kernels", "cuda", "kernels must be one of auto, xla, fast; got 'cuda'"),
+        ("conv", "cudnn", "conv must be None or one of xla, im2col, winograd"),
+        ("pool", "slow", "pool must be None or one of xla, fast; got 'slow'"),
+        ("crop", "yes", "crop must be None, True or False; got 'yes'"),
+        ("conv_layers", (("conv_0", "gemm"),), "conv_layers entries must be"),
+    ],
+)
+def test_kernel_choice_rejects_bad_values(field, value, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        kernels.KernelChoice(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (
+            (28, 28, 1),
+            "model input must be [batch, H, W, 1] float images; got shape "
+            "(28, 28, 1) (unbatched: add a batch axis, x[None])",
+        ),
+        (
+            (2, 28, 28, 3),
+            "model input must be [batch, H, W, 1] float images; got shape "
+            "(2, 28, 28, 3): 3 channels, but the model was built for 1 (input 28x28x1)",
+        ),
+        (
+            (2, 32, 32, 1),
+            "layer 6 (dense): flatten gives 1024 features at input 32x32x1 but the "
+            "layer was built for 576 features (input 28x28x1)",
+        ),
+        (
+            (2, 8, 8, 1),
+            "model input 8x8x1 does not fit this model (built for input 28x28x1): "
+            "layer 3 (max pool 2x2 valid): input 1x1x64 is smaller than the 2x2 window",
+        ),
+    ],
+)
+def test_input_plan_errors_name_the_layer_and_sizes(shape, message):
+    spec = models.preset("keras_mnist")
+    with pytest.raises(SpecError, match=re.escape(message)):
+        kernels.input_plan(spec, shape)
+
+
+def test_input_plan_error_for_a_skip_path_that_changes():
+    block = ResidualSpec(
+        layers=(ConvSpec(filters=2, kernel=3, stride=2, padding="same"),)
+    )
+    spec = ModelSpec((4, 4, 2), 2, (block, GlobalPoolSpec(), DenseSpec(units=2)))
+    assert _plan(spec).layer("residual_0").proj is not None  # 4x4 -> 2x2
+    with pytest.raises(SpecError, match=re.escape("layer 0 (residual): the block")):
+        kernels.input_plan(spec, (1, 1, 1, 2))  # 1x1 -> 1x1: an identity skip

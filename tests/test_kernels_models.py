@@ -1,4 +1,5 @@
-"""Models built with the fast kernels equal the XLA-kernel models: logits and gradients."""
+"""Models built with the fast kernels equal the XLA-kernel models: logits and gradients,
+at the size they were built for and at any other size the spec can take."""
 
 import dataclasses
 
@@ -7,9 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from jaxcnn import layers, models, optim, train
-from jaxcnn.spec import RunConfig
+from jaxcnn import kernels, models, optim, shapes, train
+from jaxcnn.errors import SpecError
+from jaxcnn.spec import (
+    ConvSpec,
+    DenseSpec,
+    GlobalPoolSpec,
+    ModelSpec,
+    PoolSpec,
+    RunConfig,
+)
 
 
 @nnx.jit
@@ -73,7 +84,7 @@ def test_fast_kernels_match_xla_for_every_preset(name, smooth):
     )
     fast = models.build_model(spec, seed=0, kernels="fast")
     if not smooth:
-        layers.set_kernels(fast, conv="im2col")
+        models.set_kernels(fast, conv="im2col")
     xla = models.build_model(spec, seed=0, kernels="xla")
     # same parameter tree, names and values
     assert models.param_paths(fast) == models.param_paths(xla)
@@ -86,14 +97,18 @@ def test_fast_kernels_match_xla_for_every_preset(name, smooth):
 def test_fast_kernels_are_used_and_levers_can_be_forced():
     spec = models.preset("keras_mnist")
     model = models.build_model(spec, seed=0, kernels="fast")
-    assert model.conv_0.impl == "im2col" and model.pool_1.kernels == "fast"
-    assert model.conv_2.impl == "winograd"  # 3x3, stride 1, 32 input channels
-    assert model.crop and not model.fuse_relu_pool  # fusion only pays next to XLA convs
+    plan = model.kernel_plan()
+    assert plan.layer("conv_0").conv == "im2col" and plan.layer("pool_1").pool == "fast"
+    assert plan.layer("conv_2").conv == "winograd"  # 3x3, stride 1, 32 input channels
+    # cropping on, fusion off (it only pays next to XLA convs)
+    assert not any(p.fuse_relu_pool for p in plan.walk())
     # conv_2 (13x13 -> 11x11) feeds a 2x2 pool that never reads row/col 10
-    plans = dict(model.pairs)
-    assert plans[2].dead == (1, 1) and plans[0].is_noop
+    assert (
+        plan.layer("conv_2").crop.dead == (1, 1) and plan.layer("conv_0").crop is None
+    )
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 28, 28, 1)), jnp.float32)
     want = _logits_and_grads(models.build_model(spec, seed=0, kernels="xla"), x)
+    params = nnx.state(model, nnx.Param)
     for conv, pool, fuse, crop in [
         ("xla", "fast", False, False),
         ("xla", "fast", True, False),
@@ -101,32 +116,120 @@ def test_fast_kernels_are_used_and_levers_can_be_forced():
         ("im2col", "xla", False, True),
         ("winograd", "fast", False, True),
     ]:
-        layers.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
-        assert model.conv_2.impl == conv and model.pool_3.kernels == pool
+        models.set_kernels(model, conv=conv, pool=pool, fuse_relu_pool=fuse, crop=crop)
+        plan = model.kernel_plan()
+        assert plan.layer("conv_2").conv == conv and plan.layer("pool_3").pool == pool
+        assert plan.layer("conv_0").fuse_relu_pool == fuse
+        assert (plan.layer("conv_2").crop is not None) == crop
         _assert_close(_logits_and_grads(model, x), want)
+    _assert_close(nnx.state(model, nnx.Param), params, rtol=0)  # untouched
+    assert model.kernel_choice.kernels == "fast"
+
+
+def test_set_kernels_errors():
+    model = models.build_model(models.preset("keras_mnist"), kernels="fast")
+    with pytest.raises(
+        SpecError, match="no conv layer 'conv_1'; conv layers are conv_0"
+    ):
+        models.set_kernels(model, conv_layers={"conv_1": "xla"})
+    with pytest.raises(SpecError, match="pool must be None or one of xla, fast"):
+        models.set_kernels(model, pool="cudnn")
+    with pytest.raises(SpecError, match="set_kernels takes a model from build_model"):
+        models.set_kernels(object(), kernels="xla")
+    models.set_kernels(model, "xla")
+    assert model.kernel_choice == kernels.KernelChoice(kernels="xla")
 
 
 def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
-    xla = models.build_model(models.preset("keras_mnist"), kernels="xla")
-    assert xla.conv_0.impl == "xla" and xla.pool_1.kernels == "xla"
-    assert not xla.crop and not xla.fuse_relu_pool
+    xla = models.build_model(models.preset("keras_mnist"), kernels="xla").kernel_plan()
+    assert xla.layer("conv_0").conv == "xla" and xla.layer("pool_1").pool == "xla"
+    assert not any(p.crop or p.fuse_relu_pool for p in xla.walk())
     auto = models.build_model(models.preset("keras_mnist"), kernels="auto")
     cpu = jax.default_backend() == "cpu"
-    assert auto.conv_0.impl == ("im2col" if cpu else "xla")
-    assert auto.conv_2.impl == ("winograd" if cpu else "xla")
+    assert auto.kernel_plan().layer("conv_0").conv == ("im2col" if cpu else "xla")
+    assert auto.kernel_plan().layer("conv_2").conv == ("winograd" if cpu else "xla")
+    gpu = auto.kernel_plan(backend="gpu")
+    assert {p.conv for p in gpu.walk() if p.conv} == {"xla"}
 
 
 def test_train_rolls_its_steps_unless_an_xla_convolution_runs_on_cpu():
     """XLA:CPU's lax.conv is slow in a loop body (jax-ml/jax#12868): those unroll."""
     fast = models.build_model(models.preset("keras_mnist"), kernels="fast")
-    assert not layers.runs_xla_convolution(fast)
-    assert layers.runs_xla_convolution(
-        models.build_model(models.preset("keras_mnist"), kernels="xla")
-    )
+    assert fast.kernel_plan().rolls_steps
+    xla = models.build_model(models.preset("keras_mnist"), kernels="xla")
+    assert not xla.kernel_plan(backend="cpu").rolls_steps
+    assert xla.kernel_plan(backend="gpu").rolls_steps
     config = RunConfig()
     tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=1, epochs=1)
     assert train.Steps(fast, nnx.Optimizer(fast, tx, wrt=nnx.Param), config).rolled
-    fast.conv_2.impl = "xla"  # one XLA convolution is enough
-    assert layers.runs_xla_convolution(fast)
+    models.set_kernels(fast, conv_layers={"conv_2": "xla"})  # one is enough
+    assert not fast.kernel_plan(backend="cpu").rolls_steps
     steps = train.Steps(fast, nnx.Optimizer(fast, tx, wrt=nnx.Param), config)
     assert steps.rolled == (jax.default_backend() != "cpu")
+
+
+# --------------------------------------------------------------------------- input sizes
+@st.composite
+def resizable_specs(draw):
+    """conv -> pool pairs (odd sizes, strides, padding), then global pooling: specs that
+    take many input sizes. Returns (spec, another valid input shape)."""
+    channels = draw(st.sampled_from([1, 3]))
+    layer_specs = []
+    for _ in range(draw(st.integers(1, 2))):
+        layer_specs.append(
+            ConvSpec(
+                filters=draw(st.integers(2, 6)),
+                kernel=draw(st.sampled_from([1, 2, 3])),
+                stride=draw(st.sampled_from([1, 1, 2])),
+                padding=draw(st.sampled_from(["valid", "same", (1, 1)])),
+                activation=draw(st.sampled_from(["relu", "relu", "tanh"])),
+            )
+        )
+        window = draw(st.integers(2, 3))
+        layer_specs.append(
+            PoolSpec(
+                pool=draw(st.sampled_from(["max", "max", "avg"])),
+                window=window,
+                stride=draw(st.sampled_from([None, 1, 2])),
+                padding=draw(st.sampled_from(["valid", "same"])),
+            )
+        )
+    layer_specs += [GlobalPoolSpec(pool="avg"), DenseSpec(units=3)]
+    built = (draw(st.integers(7, 12)), draw(st.integers(7, 12)), channels)
+    called = (draw(st.integers(7, 13)), draw(st.integers(7, 13)), channels)
+    spec = ModelSpec(built, 3, tuple(layer_specs))
+    for shape in (built, called):
+        try:
+            shapes.infer(dataclasses.replace(spec, input_shape=shape))
+        except SpecError:
+            assume(False)
+    return spec, called
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+@given(resizable_specs())
+def test_a_model_called_at_another_size_gives_xla_logits_and_gradients(case):
+    """Crop, padding and kernels follow the actual input, with every kernel setting:
+    the same logits and gradients as an XLA-kernel model built for that size."""
+    spec, called = case
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, *called)), jnp.float32)
+    resized = dataclasses.replace(spec, input_shape=called)
+    want = _logits_and_grads(models.build_model(resized, seed=0, kernels="xla"), x)
+    for setting in ("auto", "fast", "xla"):
+        model = models.build_model(spec, seed=0, kernels=setting)
+        _assert_close(_logits_and_grads(model, x), want)
+
+
+def test_a_model_rejects_inputs_its_spec_cannot_take():
+    model = models.build_model(models.preset("keras_mnist"))
+    with pytest.raises(SpecError, match=r"unbatched: add a batch axis, x\[None\]"):
+        model(jnp.zeros((28, 28, 1)))
+    with pytest.raises(SpecError, match="3 channels, but the model was built for 1"):
+        model(jnp.zeros((2, 28, 28, 3)))
+    with pytest.raises(SpecError, match=r"layer 6 \(dense\): flatten gives 1024"):
+        _logits_and_grads(model, jnp.zeros((2, 32, 32, 1)))  # under jit too

@@ -1,4 +1,4 @@
-"""NNX layers: pooling math against numpy, padding conventions, and static == real shapes."""
+"""NNX layers: padding conventions, conv init, residual blocks, and static == real shapes."""
 
 import functools
 import math
@@ -26,105 +26,7 @@ from jaxcnn.spec import (
     ResidualSpec,
 )
 
-EPS = layers.POOL_EPS
-
-
-# --------------------------------------------------------------------------- pooling
-def _numpy_pool(x, kind, window, stride, pads, p=2.0):
-    """Reference: pad with NaN, then reduce each window over its real cells only."""
-    (top, bottom), (left, right) = pads
-    xp = np.pad(
-        x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=np.nan
-    )
-    kh, kw = window
-    sh, sw = stride
-    ho = (xp.shape[1] - kh) // sh + 1
-    wo = (xp.shape[2] - kw) // sw + 1
-    out = np.zeros((x.shape[0], ho, wo, x.shape[3]))
-    for i in range(ho):
-        for j in range(wo):
-            win = xp[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :].reshape(
-                x.shape[0], -1, x.shape[3]
-            )
-            real = ~np.isnan(win)
-            n = real.sum(axis=1)
-            w0 = np.where(real, win, 0.0)
-            clamped = np.maximum(w0, 0.0) + EPS
-            if kind == "max":
-                out[:, i, j] = np.nanmax(win, axis=1)
-            elif kind == "avg":
-                out[:, i, j] = w0.sum(axis=1) / n
-            elif kind == "sum":
-                out[:, i, j] = w0.sum(axis=1)
-            elif kind == "lp":
-                out[:, i, j] = ((np.abs(w0) ** p * real).sum(axis=1) / n) ** (1 / p)
-            elif kind == "geometric":
-                out[:, i, j] = np.exp((np.log(clamped) * real).sum(axis=1) / n)
-            elif kind == "harmonic":
-                out[:, i, j] = n / ((1.0 / clamped) * real).sum(axis=1)
-    return out
-
-
-POOL_CASES = [
-    # (input H, W, padding, window, stride)
-    ((4, 4), "valid", (2, 2), (2, 2)),
-    ((5, 5), "same", (2, 2), (2, 2)),  # odd total: extra cell bottom/right
-    ((5, 4), "same", (3, 3), (1, 1)),
-    ((5, 5), (1, 1), (3, 3), (2, 2)),
-    ((6, 5), (1, 0), (2, 3), (2, 1)),
-]
-
-
-@pytest.mark.parametrize("kind", ["max", "avg", "sum", "lp", "geometric", "harmonic"])
-@pytest.mark.parametrize("hw, padding, window, stride", POOL_CASES)
-def test_pooling_matches_numpy(kind, hw, padding, window, stride):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, *hw, 3)).astype(np.float32)
-    if kind in ("geometric", "harmonic"):
-        x = np.abs(x) + 0.1  # their domain is x >= 0
-    p = 3.0 if kind == "lp" else 2.0
-    spec = PoolSpec(pool=kind, window=window, stride=stride, padding=padding, p=p)
-    layer = layers.Pool(spec, (*hw, 3))
-    got = np.asarray(layer(jnp.asarray(x)))
-    pads = shapes.resolve_padding(padding, hw, window, stride)
-    want = _numpy_pool(x.astype(np.float64), kind, window, stride, pads, p)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
-
-
-def test_pooling_hand_values():
-    x = jnp.array([1.0, 2.0, 4.0, 8.0]).reshape(1, 2, 2, 1)
-    pads = ((0, 0), (0, 0))
-
-    def pool(kind, p=2.0):
-        return float(layers.pool2d(x, kind, (2, 2), (2, 2), pads, p)[0, 0, 0, 0])
-
-    assert pool("max") == 8.0
-    assert pool("avg") == 3.75
-    assert pool("sum") == 15.0
-    assert pool("geometric") == pytest.approx(
-        64 ** (1 / 4), rel=1e-5
-    )  # (1*2*4*8)^(1/4)
-    assert pool("harmonic") == pytest.approx(4 / (1 + 1 / 2 + 1 / 4 + 1 / 8), rel=1e-5)
-    assert pool("lp", 1.0) == pytest.approx(3.75)
-    assert pool("lp", 2.0) == pytest.approx(math.sqrt((1 + 4 + 16 + 64) / 4), rel=1e-6)
-
-
-def test_geometric_and_harmonic_clamp_negative_inputs():
-    x = jnp.array([-5.0, -1.0, 0.0, -2.0]).reshape(1, 2, 2, 1)
-    pads = ((0, 0), (0, 0))
-    for kind in ("geometric", "harmonic"):
-        y = float(layers.pool2d(x, kind, (2, 2), (2, 2), pads)[0, 0, 0, 0])
-        assert y == pytest.approx(EPS, rel=1e-3)
-
-
-@pytest.mark.parametrize("kind", ["lp", "geometric", "harmonic", "avg", "sum", "max"])
-def test_pooling_gradients_are_finite_at_zero(kind):
-    x = jnp.zeros((1, 4, 4, 2))
-    grad = jax.grad(
-        lambda v: layers.pool2d(v, kind, (2, 2), (2, 2), ((0, 0), (0, 0))).sum()
-    )(x)
-    assert bool(jnp.all(jnp.isfinite(grad)))
+# Pooling math (every kind, both implementations, the Pool layer) is in test_kernels.py.
 
 
 # --------------------------------------------------------------------------- conv / dense

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import layers, models, shapes
+from jaxcnn import models, shapes
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import ModelConfig, ModelSpec
 
@@ -196,13 +196,14 @@ def test_build_model_validates_before_jax():
 
 
 @pytest.mark.parametrize("kernels", ["auto", "xla", "fast"])
-def test_kernels_argument_is_stored_on_conv_and_pool(kernels):
+def test_kernels_argument_is_the_models_kernel_choice(kernels):
     model = models.build_model(models.preset("digits_cnn"), kernels=kernels)
-    assert model.kernels == kernels
-    assert model.conv_0.kernels == kernels
-    # pools may store the implementation that `kernels` resolves to on this backend
-    resolve = getattr(layers, "resolve_impl", lambda k, op: k)
-    assert model.pool_2.kernels in (kernels, resolve(kernels, "pool"))
+    assert model.kernel_choice.kernels == kernels
+    # the plan's conv and pool implementations are what `kernels` resolves to here
+    plan = model.kernel_plan()
+    hand_written = kernels == "fast" or (kernels == "auto" and plan.backend == "cpu")
+    assert (plan.layer("conv_0").conv != "xla") == hand_written
+    assert plan.layer("pool_2").pool == ("fast" if hand_written else "xla")
 
 
 def test_param_paths_follow_the_contract():

@@ -151,9 +151,7 @@ def train_steps(
 
 def rolls_steps(model: nnx.Module) -> bool:
     """Whether the steps of one call run as a rolled loop for `model` (its kernel plan)."""
-    from jaxcnn import layers
-
-    return not (jax.default_backend() == "cpu" and layers.runs_xla_convolution(model))
+    return model.kernel_plan().rolls_steps
 
 
 def default_steps_per_dispatch(backend: str) -> int:
