@@ -239,6 +239,26 @@ class MetricsLog:
 # -- the run directory ----------------------------------------------------------------------
 
 
+def default_workdir(config: RunConfig) -> pathlib.Path:
+    """runs/<model>-<dataset>, each reduced to a safe name that stays under runs/.
+
+    A spec file `../specs/net.toml` gives `net`, a folder dataset its folder's name, a
+    TFDS name `mnist/3.0.1` gives `mnist_3.0.1`; characters other than letters, digits,
+    `-`, `_` and `.` become `_`, and leading dots are dropped.
+    """
+    model, dataset = config.model.name, config.data.dataset
+    if model.endswith((".toml", ".json")):
+        model = pathlib.PurePath(model).stem
+    if os.path.isdir(dataset):
+        dataset = pathlib.Path(dataset).resolve().name
+    return pathlib.Path("runs") / f"{_safe_name(model)}-{_safe_name(dataset)}"
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cleaned.lstrip(".") or "run"
+
+
 @dataclasses.dataclass(frozen=True)
 class SavedRun:
     """What config.json holds: the run config, the resolved spec, the dataset record."""

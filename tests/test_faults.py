@@ -205,3 +205,28 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
         JaxcnnError, match=r"needs about .* GiB per training step.*over the .* GiB"
     ):
         train.fit(config, tmp_path / "run", quiet=True)
+
+
+@pytest.mark.parametrize(
+    "model, dataset, expected",
+    [
+        ("keras_mnist", "mnist", "keras_mnist-mnist"),
+        ("../../specs/net.toml", "mnist", "net-mnist"),
+        ("/abs/x/../net.json", "mnist/3.0.1", "net-mnist_3.0.1"),
+        ("..", "mnist", "run-mnist"),
+    ],
+)
+def test_default_workdir_stays_under_runs(model, dataset, expected):
+    from jaxcnn import rundir
+    from jaxcnn.spec import ModelConfig
+
+    config = RunConfig()
+    config = type(config)(
+        model=ModelConfig(name=model),
+        data=config.data,
+        optim=config.optim,
+        train=config.train,
+    )
+    config = config.override("data.dataset", dataset)
+    path = rundir.default_workdir(config)
+    assert path.parent.as_posix() == "runs" and path.name == expected

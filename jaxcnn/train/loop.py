@@ -119,7 +119,7 @@ def fit(
       FitResult with the summary fields, the final model and the metrics history.
     """
     config = config or RunConfig()
-    workdir = workdir or f"runs/{config.model.name}-{config.data.dataset}"
+    workdir = workdir or rundir.default_workdir(config)
     step.enable_compilation_cache()
     run = _open_run(config, rundir.RunDir(workdir), restart, quiet)
     _load(run, dataset)
