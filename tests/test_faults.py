@@ -107,77 +107,34 @@ _KILL_AFTER_LOG = """
 def test_kill_between_record_and_checkpoint_loses_no_epoch(tmp_path):
     killed = _run_script(_KILL_AFTER_LOG, tmp_path / "a")
     assert killed.returncode == 9, killed.stderr
-    resumed = train.fit(_digits(), tmp_path / "a", quiet=True)
-    fresh = train.fit(_digits(), tmp_path / "b", quiet=True)
+    assert [r["epoch"] for r in _records(tmp_path / "a")] == [1, 2]
+    _assert_resumes_as_fresh(tmp_path, _digits())
     assert [r["epoch"] for r in _records(tmp_path / "a")] == [1, 2, 3]
-    assert _records(tmp_path / "a") == _records(tmp_path / "b")
-    assert resumed.epochs == 3
-    jax.tree.map(
-        np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
-    )
 
 
-_SIGNAL_AT_CALL = """
+_FAULT_AT_CALL = """
     import os, signal, sys
     from jaxcnn import cli
     from jaxcnn.train import step
-    train = step.Steps.train
-    calls = {"n": 0}
-    def train_and_signal(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == int(sys.argv[2]):
-            os.kill(os.getpid(), getattr(signal, sys.argv[3]))
-        return train(self, *args, **kwargs)
-    step.Steps.train = train_and_signal
-    sys.exit(cli.main(["train", "--workdir", sys.argv[1], "--epochs", "3", "--quiet"]))
-"""
-
-
-@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_signal_checkpoints_mid_epoch_and_resumes_bit_identically(
-    tmp_path, name, status
-):
-    stopped = _run_script(_SIGNAL_AT_CALL, tmp_path / "a", 14, name)
-    assert stopped.returncode == status, stopped.stderr
-    assert f"{name} received" in stopped.stderr and "Traceback" not in stopped.stderr
-    done = _records(tmp_path / "a")
-    assert [r["epoch"] for r in done] == [1]  # stopped inside epoch 2
-    resumed = train.fit(_digits(), tmp_path / "a", quiet=True)
-    fresh = train.fit(_digits(), tmp_path / "b", quiet=True)
-    assert _records(tmp_path / "a") == _records(tmp_path / "b")
-    jax.tree.map(
-        np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
-    )
-
-
-_KILL_AT_CALL = """
-    import os, sys
-    from jaxcnn import train
-    from jaxcnn.spec import RunConfig
-    from jaxcnn.train import step
+    workdir, call, fault, checkpoint_steps = sys.argv[1:]
     steps_train = step.Steps.train
     calls = {"n": 0}
-    def train_or_die(self, *args, **kwargs):
+    def train_with_fault(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == int(sys.argv[2]):
-            os._exit(9)
+        if calls["n"] == int(call):
+            if fault == "SIGKILL":
+                os._exit(9)
+            os.kill(os.getpid(), getattr(signal, fault))
         return steps_train(self, *args, **kwargs)
-    step.Steps.train = train_or_die
-    config = RunConfig().with_overrides(
-        {"train.epochs": 3, "train.checkpoint_steps": 10}
-    )
-    train.fit(config, sys.argv[1], quiet=True)
+    step.Steps.train = train_with_fault
+    sys.exit(cli.main([
+        "train", "--workdir", workdir, "--epochs", "3", "--quiet",
+        "--set", f"train.checkpoint_steps={checkpoint_steps}",
+    ]))
 """
 
 
-def test_step_checkpoints_resume_mid_epoch_bit_identically(tmp_path):
-    killed = _run_script(_KILL_AT_CALL, tmp_path / "a", 17)
-    assert killed.returncode == 9, killed.stderr
-    per_epoch = _records(tmp_path / "a")[0]["step"]
-    ckpts = (tmp_path / "a" / "checkpoints").iterdir()
-    saved = [int(p.name) for p in ckpts if p.name.isdigit()]
-    assert max(saved) % per_epoch, "the kill should follow a mid-epoch checkpoint"
-    config = _digits(**{"train.checkpoint_steps": 10})
+def _assert_resumes_as_fresh(tmp_path, config: RunConfig) -> None:
     resumed = train.fit(config, tmp_path / "a", quiet=True)
     fresh = train.fit(config, tmp_path / "b", quiet=True)
     assert resumed.epochs == 3
@@ -185,6 +142,27 @@ def test_step_checkpoints_resume_mid_epoch_bit_identically(tmp_path):
     jax.tree.map(
         np.testing.assert_array_equal, _params(resumed.model), _params(fresh.model)
     )
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_checkpoints_mid_epoch_and_resumes_bit_identically(
+    tmp_path, name, status
+):
+    stopped = _run_script(_FAULT_AT_CALL, tmp_path / "a", 14, name, 0)
+    assert stopped.returncode == status, stopped.stderr
+    assert f"{name} received" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert [r["epoch"] for r in _records(tmp_path / "a")] == [1]  # inside epoch 2
+    _assert_resumes_as_fresh(tmp_path, _digits())
+
+
+def test_step_checkpoints_resume_mid_epoch_bit_identically(tmp_path):
+    killed = _run_script(_FAULT_AT_CALL, tmp_path / "a", 17, "SIGKILL", 10)
+    assert killed.returncode == 9, killed.stderr
+    per_epoch = _records(tmp_path / "a")[0]["step"]
+    ckpts = (tmp_path / "a" / "checkpoints").iterdir()
+    saved = [int(p.name) for p in ckpts if p.name.isdigit()]
+    assert max(saved) % per_epoch, "the kill should follow a mid-epoch checkpoint"
+    _assert_resumes_as_fresh(tmp_path, _digits(**{"train.checkpoint_steps": 10}))
 
 
 def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
