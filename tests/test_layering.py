@@ -23,6 +23,7 @@ RANKS = {
     "jaxcnn.data.arrays": 5.0,
     "jaxcnn.data.images": 5.1,
     "jaxcnn.data.catalog": 5.2,
+    "jaxcnn.data.folders": 5.3,
     "jaxcnn.data": 5.4,
     "jaxcnn.optim": 5,
     "jaxcnn.checkpoint": 5,
@@ -100,7 +101,9 @@ def test_every_import_points_down():
                 continue
             if _same_package(module, imported) and _rank(imported) <= _rank(module):
                 continue  # siblings of one package of equal rank, e.g. kernels.conv/pool
-            wrong.append(f"{module} ({_rank(module)}) imports {imported} ({_rank(imported)})")
+            wrong.append(
+                f"{module} ({_rank(module)}) imports {imported} ({_rank(imported)})"
+            )
     assert not wrong, "imports that point up or sideways:\n" + "\n".join(wrong)
 
 

@@ -7,12 +7,14 @@ these containers, and the trainer reads them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxcnn.errors import DataError
 
 STATS_CHUNK = (
     4096  # images per step of the standardisation statistics (bounds temporaries)
@@ -113,6 +115,24 @@ class Dataset:
     mean: np.ndarray | None  # [C] per-channel, when standardised (x - mean) / std
     std: np.ndarray | None
     notes: tuple[str, ...]  # human-readable conversions applied
+    # Folders: sha256 of every file's (path, size, mtime); None for TFDS datasets
+    fingerprint: str | None = None
+
+
+def check_fingerprint(record: Mapping[str, Any], dataset: Dataset) -> None:
+    """Checks that `dataset` holds the files a run recorded (its config.json record).
+
+    Raises:
+      DataError: the record has a fingerprint and the dataset's files changed since.
+    """
+    saved = record.get("fingerprint")
+    if saved is not None and saved != dataset.fingerprint:
+        raise DataError(
+            f"the images of dataset {dataset.name!r} changed since this run started "
+            f"(fingerprint {str(dataset.fingerprint)[:12]} now, {saved[:12]} recorded: a "
+            f"file was added, removed or modified); resuming would mix two datasets. "
+            f"Restore the files, or use --restart or another --workdir to start afresh."
+        )
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:

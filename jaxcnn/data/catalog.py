@@ -304,6 +304,8 @@ def _builder(name: str, data_dir: str | None):
             if close
             else "see https://www.tensorflow.org/datasets/catalog for TFDS names"
         )
+        if "/" in name:
+            hint += f" (and there is no folder {name!r})"
         raise DataError(f"unknown dataset {name!r}: {hint}") from None
     except (ValueError, AssertionError) as e:  # unknown config or version
         raise DataError(f"cannot open TFDS dataset {name!r}: {e}") from None

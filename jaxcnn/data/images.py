@@ -1,4 +1,14 @@
-"""Images as arrays: conversion to the model's input shape (TensorFlow ops on the CPU).
+"""Image files and arrays: decoding with PIL, conversion to the model's input shape with TF.
+
+`read_image` is the one image-file decoder (folder datasets and `predict` use it). It
+returns gray [h, w, 1] or RGB [h, w, 3] pixels and says what it had to change:
+
+* 16-bit images are scaled by their true maximum (1/65535) into float32 [0, 1].
+* Transparency: an alpha channel that is fully opaque is dropped; an image whose color is
+  uniform (drawn with alpha only) becomes a gray image of its alpha; any other image is
+  composited on black.
+* Files over PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`), truncated,
+  corrupt or not images at all raise a `DataError` naming the file.
 
 TensorFlow is a data engine here: it resizes and converts on the CPU and sees no GPU, so
 JAX keeps the whole accelerator. It is imported lazily, on first use.
@@ -8,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +31,96 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 CONVERT_CHUNK = 4096  # images per eager TF call in convert_images (bounds peak memory)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_SIXTEEN_BIT = (
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I;16N",
+    "I",
+)  # PIL opens 16-bit PNGs as these
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decodes one image file (the first frame of an animation).
+
+    Returns:
+      (pixels [h, w, 1 or 3], uint8, or float32 in [0, 1] for 16-bit images; notes on what
+      was changed, empty for a plain 8-bit gray or RGB image).
+
+    Raises:
+      DataError: the file cannot be read, is not an image, is truncated or corrupt, or has
+        more pixels than PIL's decompression-bomb limit.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return decode(path)
+
+
+def decode(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
+    """`read_image` for worker threads: the caller turns PIL's DecompressionBombWarning
+    into an error (warning filters are process-wide, so threads cannot each set them)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _pixels(img, path)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many kinds of errors for broken files
+        raise DataError(f"{path}: cannot read image ({_why(e)})") from None
+
+
+def _why(error: Exception) -> str:
+    from PIL import Image
+
+    if isinstance(error, Image.UnidentifiedImageError):
+        return f"not a {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} image"
+    if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return (
+            f"{error}; PIL refuses images over PIL.Image.MAX_IMAGE_PIXELS="
+            f"{Image.MAX_IMAGE_PIXELS} pixels"
+        )
+    return f"{type(error).__name__}: {error}"
+
+
+def _pixels(img, path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """[h, w, 1 or 3] pixels of an opened PIL image, plus notes; see the module doc."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT:
+        pixels = np.asarray(img)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise DataError(
+                f"{path}: 32-bit integer image (mode {mode}) with values outside 0..65535; "
+                f"save it as an 8- or 16-bit image"
+            )
+        scaled = (pixels.astype(np.float32) / 65535)[..., None]
+        return scaled, (f"16-bit image ({mode}) scaled by 1/65535",)
+    if mode == "F":
+        raise DataError(f"{path}: 32-bit float images (mode F) are not supported")
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"))[..., None], ()
+    if mode == "P":
+        mode = "RGBA" if "transparency" in img.info else "RGB"
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        return _flatten_alpha(
+            np.asarray(img.convert("LA" if mode[0] == "L" else "RGBA"))
+        )
+    return np.asarray(img.convert("RGB")), ()
+
+
+def _flatten_alpha(pixels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """[h, w, c + 1] uint8 with alpha last -> [h, w, c or 1] without it, plus a note."""
+    color, alpha = pixels[..., :-1], pixels[..., -1:]
+    if alpha.min() == 255:
+        return color, ()
+    if color.min() == color.max():  # drawn with alpha alone: compositing would blank it
+        return alpha, ("alpha used as the gray image (its color is uniform)",)
+    composited = np.rint(color * (alpha / np.float32(255))).astype(np.uint8)
+    return composited, ("transparent image composited on black",)
 
 
 def convert_images(
