@@ -170,6 +170,8 @@ def _load(run: _Run, dataset: data.Dataset | None) -> None:
             f"dataset {dataset.name!r} yields {dataset.image_shape} images but the model "
             f"takes {spec.input_shape}"
         )
+    if run.resume:  # the checkpoints were trained on the files config.json recorded
+        data.check_fingerprint(run.run_dir.read().dataset, dataset)
     if run.primary:
         run.run_dir.write_config(config, spec, dataset_record(dataset))
     run.dataset, run.spec = dataset, spec
@@ -369,6 +371,7 @@ def dataset_record(ds: data.Dataset) -> dict[str, Any]:
         "val_examples": ds.val.num_examples,
         "test_examples": ds.test.num_examples,
         "notes": list(ds.notes),
+        "fingerprint": ds.fingerprint,
     }
 
 
