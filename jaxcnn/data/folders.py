@@ -156,7 +156,7 @@ def load_folder(
     config: DataConfig, target_shape: tuple[int, int, int] | None
 ) -> arrays.Dataset:
     """Loads the folder `config.dataset`; see the module doc and `load_dataset`."""
-    scan = _scan(pathlib.Path(config.dataset).expanduser())
+    scan = _scan(_root(config.dataset))
     target_shape = target_shape or _first_shape(scan)
     images.conversion_notes(target_shape, target_shape)  # checks the shape
     decoded = _decode(scan, target_shape, _cache_root(config))
@@ -204,19 +204,24 @@ def load_folder(
 
 def folder_info(name: str) -> tuple[int, tuple[str, ...], tuple[int, int, int]]:
     """(num_classes, class names, shape of the first readable image), decoding one image."""
-    scan = _scan(pathlib.Path(name).expanduser())
+    scan = _scan(_root(name))
     return len(scan.classes), scan.classes, _first_shape(scan)
 
 
 # --------------------------------------------------------------------------- scanning
-def _scan(root: pathlib.Path) -> _Scan:
-    """Lists the folder: layout, classes, image files, problems and the fingerprint."""
+def _root(name: str) -> pathlib.Path:
+    root = pathlib.Path(name).expanduser()
     if not root.is_dir():
         raise DataError(
-            f"data.dataset={str(root)!r} is not a folder; a folder dataset is a directory "
+            f"data.dataset={name!r} is not a folder; a folder dataset is a directory "
             f"with one sub-folder of images per class (or train/ and test/ folders of "
             f"those); anything else is read as a TFDS dataset name"
         )
+    return root
+
+
+def _scan(root: pathlib.Path) -> _Scan:
+    """Lists the folder: layout, classes, image files, problems and the fingerprint."""
     train = root / "train"
     split_layout = train.is_dir() and bool(_folders(train)) and not _files(train)
     split_names = tuple(_folders(root)) if split_layout else ("",)

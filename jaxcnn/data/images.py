@@ -78,7 +78,7 @@ def _why(error: Exception) -> str:
     from PIL import Image
 
     if isinstance(error, Image.UnidentifiedImageError):
-        return f"not a {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} image"
+        return "not a PNG, JPEG, BMP, GIF or WebP image"
     if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return (
             f"{error}; PIL refuses images over PIL.Image.MAX_IMAGE_PIXELS="
