@@ -424,5 +424,6 @@ def test_parallel_prepare_builds_once(tmp_path):
         assert proc.returncode == 0, err.decode()[-2000:]
     builder = data.catalog._tfds().builder("digits", data_dir=str(tmp_path))
     assert (
-        data.catalog._is_prepared(builder) and builder.info.splits["train"].num_examples == 1500
+        data.catalog._is_prepared(builder)
+        and builder.info.splits["train"].num_examples == 1500
     )
