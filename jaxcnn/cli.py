@@ -69,7 +69,11 @@ def _add_train(sub, common) -> None:
     p.add_argument(
         "--model", help="preset or family name, or a spec file (.toml/.json)"
     )
-    p.add_argument("--dataset", help="TFDS dataset name (default: digits, embedded)")
+    p.add_argument(
+        "--dataset",
+        help="TFDS dataset name (default: digits, embedded), or a folder of images with "
+        "one sub-folder per class",
+    )
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument(
         "--manual-dir", help="folder of raw downloads to build the dataset from offline"

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import numbers
+import os
 import pathlib
 import re
 import tomllib
@@ -683,13 +684,30 @@ _DATASET_NAME = re.compile(
 )
 
 
+def is_folder_dataset(name: str) -> bool:
+    """Whether `data.dataset` names a folder: an existing directory or a path by its form.
+
+    TFDS names may contain "/" (`emnist/balanced`), so a missing path counts as a folder
+    only when it starts with "/", "." or "~", or ends with "/".
+    """
+    return (
+        os.path.isdir(os.path.expanduser(name))
+        or name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
 def _check_dataset(name: str, allow_community: bool) -> None:
+    if is_folder_dataset(name):
+        return
     match = _DATASET_NAME.fullmatch(name)
     _check(
         match is not None,
-        f"data.dataset={_show(name)} is not a TFDS dataset name; valid forms are name, "
-        "name/config, name:version and name/config:version (e.g. mnist, "
-        "emnist/balanced, mnist:3.0.1)",
+        f"data.dataset={_show(name)} is not a TFDS dataset name or a folder; valid "
+        "TFDS forms are name, name/config, name:version and name/config:version (e.g. "
+        "mnist, emnist/balanced, mnist:3.0.1); a folder of images is an existing "
+        "directory or a path starting with /, . or ~",
     )
     namespace = match.group("namespace")
     _check(
@@ -702,12 +720,23 @@ def _check_dataset(name: str, allow_community: bool) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "digits"  # any TFDS image-classification name; "digits" is embedded
-    data_dir: str | None = None  # TFDS data directory (default: TFDS's own)
+    # Any TFDS image-classification name ("digits" is embedded), or a folder of image
+    # files, one sub-folder per class (an existing directory, or a path starting with
+    # "/", "." or "~"); see jaxcnn/data/folders.py for its layouts.
+    dataset: str = "digits"
+    # TFDS data directory (default: TFDS's own); for a folder, where its decoded images
+    # are cached (default: ~/.cache/jaxcnn/folders, or $JAXCNN_FOLDER_CACHE)
+    data_dir: str | None = None
     manual_dir: str | None = None  # folder of raw downloads to build the dataset from
     val_split: str | None = None  # None: the dataset's validation split, else carved
-    val_fraction: float = 0.1  # carved from the end of train when there is no val split
+    # TFDS: carved from the end of train when there is no val split; folders: per class
+    val_fraction: float = 0.1
     test_split: str = "test"
+    test_fraction: float = 0.1  # folders without a test/ folder: carved per class
+    split_seed: int = 0  # folders: seed of the carved splits, fixed across train.seed
+    # folders: unreadable or non-image files and empty class folders are an "error",
+    # or left out with a logged, counted note ("skip")
+    bad_files: Literal["error", "skip"] = "error"
     train_examples: int | None = None  # use only the first N training examples
     standardize: bool = False  # per-channel mean/std from the train split
     augment_crop: int = 0  # random crop after zero padding by this many pixels
@@ -722,6 +751,17 @@ class DataConfig:
         _check(
             0.0 < self.val_fraction < 1.0,
             f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
+        _check(
+            0.0 < self.test_fraction < 1.0
+            and self.val_fraction + self.test_fraction < 1.0,
+            f"data.test_fraction must be in (0, 1) and leave images for training "
+            f"(val_fraction + test_fraction < 1), got test_fraction="
+            f"{self.test_fraction} with val_fraction={self.val_fraction}",
+        )
+        _check(
+            self.bad_files in ("error", "skip"),
+            f"data.bad_files must be 'error' or 'skip', got {self.bad_files!r}",
         )
         _check(
             self.train_examples is None or self.train_examples >= 1,

@@ -42,9 +42,9 @@ def _sklearn_digits():
 
 
 def test_digits_is_our_tfds_builder(digits_dir):
-    builder = data._tfds().builder("digits", data_dir=digits_dir)
-    assert type(builder).__module__ == "jaxcnn.data"
-    assert data._is_prepared(builder)
+    builder = data.catalog._tfds().builder("digits", data_dir=digits_dir)
+    assert type(builder).__module__ == "jaxcnn.data.catalog"
+    assert data.catalog._is_prepared(builder)
     assert builder.info.splits["train"].num_examples == 1500
     assert builder.info.splits["test"].num_examples == 297
     assert data.dataset_info("digits", data_dir=digits_dir) == (
@@ -192,8 +192,8 @@ def test_mnist_streamed_and_converted(tfds_dir):
 
 def test_fashion_mnist_is_not_mnist(tfds_dir):
     # Both use the same raw file names, which a shared TFDS extraction folder mixes up.
-    builder = data._tfds().builder("fashion_mnist", data_dir=str(tfds_dir))
-    images, labels = data._read_split(builder, "test", ("image", "label"))
+    builder = data.catalog._tfds().builder("fashion_mnist", data_dir=str(tfds_dir))
+    images, labels = data.catalog._read_split(builder, "test", ("image", "label"))
     np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
     assert (
         0.27 < images.mean() / 255 < 0.30
@@ -405,7 +405,7 @@ def test_manual_dir_with_wrong_or_missing_files(tmp_path, shared_data):
 
 
 def test_tensorflow_sees_no_gpu_and_stays_lazy():
-    assert data._tf().config.get_visible_devices("GPU") == []
+    assert data.images.tensorflow().config.get_visible_devices("GPU") == []
     code = (
         "import sys, jaxcnn.data; assert 'tensorflow' not in sys.modules, 'TF imported'"
     )
@@ -422,7 +422,8 @@ def test_parallel_prepare_builds_once(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-2000:]
-    builder = data._tfds().builder("digits", data_dir=str(tmp_path))
+    builder = data.catalog._tfds().builder("digits", data_dir=str(tmp_path))
     assert (
-        data._is_prepared(builder) and builder.info.splits["train"].num_examples == 1500
+        data.catalog._is_prepared(builder)
+        and builder.info.splits["train"].num_examples == 1500
     )

@@ -208,3 +208,12 @@ def test_default_workdir_stays_under_runs(model, dataset, expected):
     config = config.override("data.dataset", dataset)
     path = rundir.default_workdir(config)
     assert path.parent.as_posix() == "runs" and path.name == expected
+
+
+def test_default_workdir_of_a_folder_dataset_is_its_name(tmp_path):
+    from jaxcnn import rundir
+
+    folder = tmp_path / "my images"
+    folder.mkdir()
+    config = RunConfig().override("data.dataset", str(folder) + "/")
+    assert rundir.default_workdir(config).as_posix() == "runs/digits_cnn-my_images"

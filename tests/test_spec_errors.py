@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxcnn import cli, models, shapes
+from jaxcnn import cli, models, shapes, spec
 from jaxcnn.errors import JaxcnnError, SpecError
 from jaxcnn.spec import (
     MAX_NESTING,
@@ -358,12 +358,16 @@ def test_tfds_dataset_names(name):
     assert DataConfig(dataset=name).dataset == name
 
 
-@pytest.mark.parametrize(
-    "name", ["mnist/foo=1", "", "mnist:3", "../mnist", "mnist/", "1mnist", "a b"]
-)
+@pytest.mark.parametrize("name", ["mnist/foo=1", "", "mnist:3", "1mnist", "a b"])
 def test_names_tfds_would_not_read_as_a_dataset(name):
-    with pytest.raises(SpecError, match="is not a TFDS dataset name; valid forms are"):
+    with pytest.raises(SpecError, match="is not a TFDS dataset name or a folder"):
         DataConfig(dataset=name)
+
+
+@pytest.mark.parametrize("name", ["../mnist", "mnist/", "./images", "~/data/x"])
+def test_paths_are_folder_datasets_not_tfds_names(name):
+    assert spec.is_folder_dataset(name)
+    assert DataConfig(dataset=name).dataset == name  # checked when loaded
 
 
 def test_community_datasets_need_allow_community():

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import data, metrics, transfer
+from jaxcnn.errors import DataError
 from jaxcnn.train import step
 
 
@@ -53,13 +54,16 @@ def predict(
     """Classifies images (paths to PNG/JPEG files, or uint8 HxWxC arrays).
 
     Returns one dict per input: `source`, and either `top` (list of {class, name,
-    probability}) or `error` for a file that could not be read.
+    probability}) or `error` for a file that could not be read (one bad file does not
+    stop the others); `notes` when reading changed the image (16-bit, transparency).
     """
     run = transfer.restore(workdir, which)
     results, arrays, where = [], [], []
     for item in images:
-        source, array, error = _read_image(item, channels=run.spec.input_shape[2])
+        source, array, notes, error = _read_image(item)
         results.append({"source": source})
+        if notes:
+            results[-1]["notes"] = list(notes)
         if error is not None:
             results[-1]["error"] = error
             continue
@@ -78,20 +82,16 @@ def predict(
     return results
 
 
-def _read_image(item, channels: int) -> tuple[str, np.ndarray | None, str | None]:
-    """(source name, HxWxC array or None, error message or None) of one input."""
-    from PIL import Image, UnidentifiedImageError
-
+def _read_image(item) -> tuple[str, np.ndarray | None, tuple[str, ...], str | None]:
+    """(source name, HxWxC array or None, notes, error message or None) of one input."""
     if isinstance(item, np.ndarray):
-        array, source = item, "<array>"
-    else:
-        source = str(item)
-        try:
-            with Image.open(item) as img:
-                array = np.asarray(img.convert("RGB" if channels == 3 else "L"))
-        except (OSError, UnidentifiedImageError) as e:
-            return source, None, f"cannot read image: {e}"
-    return source, array[:, :, None] if array.ndim == 2 else array, None
+        array = item[:, :, None] if item.ndim == 2 else item
+        return "<array>", array, (), None
+    try:
+        array, notes = data.read_image(item)
+    except DataError as e:
+        return str(item), None, (), str(e).removeprefix(f"{item}: ")
+    return str(item), array, notes, None
 
 
 def _model_input(arrays, input_shape, record: dict) -> np.ndarray:

@@ -173,10 +173,14 @@ def _load(run: _Run, dataset: data.Dataset | None) -> None:
             f"dataset {dataset.name!r} yields {dataset.image_shape} images but the model "
             f"takes {spec.input_shape}"
         )
-    if run.resume:
+    if run.resume:  # the checkpoints belong to this model, trained on these files
         run.run_dir.check_spec(spec)  # e.g. a spec file edited in place
+        data.check_fingerprint(run.run_dir.read().dataset, dataset)
     if run.primary:
         run.run_dir.write_config(config, spec, dataset_record(dataset))
+    if not run.quiet:
+        for note in dataset.notes:  # conversions, skipped files: also in config.json
+            print(f"data: {note}")
     run.dataset, run.spec = dataset, spec
     run.source = batches.source_for(
         dataset.train, config.train, distributed.process_count()
@@ -444,6 +448,7 @@ def dataset_record(ds: data.Dataset) -> dict[str, Any]:
         "val_examples": ds.val.num_examples,
         "test_examples": ds.test.num_examples,
         "notes": list(ds.notes),
+        "fingerprint": ds.fingerprint,
     }
 
 

@@ -1,8 +1,4 @@
-"""Datasets: TFDS image classification datasets as arrays or streams, plus on-device augmentation.
-
-This is the only module that imports TensorFlow / TensorFlow Datasets, and it does so lazily.
-TensorFlow is a data engine here: it decodes, slices, resizes and streams on the CPU and sees
-no GPU, so JAX keeps the whole accelerator.
+"""TFDS image classification datasets by name: prepared, offline builds, read or streamed.
 
 Datasets are addressed by TFDS name (`mnist`, `fashion_mnist`, `cifar10`, `emnist/balanced`, ...)
 and read from a TFDS data directory (`data_dir`, default `$TFDS_DATA_DIR` or
@@ -33,84 +29,19 @@ import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.data import arrays, images
 from jaxcnn.errors import DataError
 from jaxcnn.spec import DataConfig
-
-# TF's C++ logging (oneDNN banner, CPU feature guard, cloud auth probes) is noise for our users.
-# oneDNN only speeds up TF's own conv/matmul kernels, which this data engine never runs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 DIGITS = "digits"
 DIGITS_TRAIN_EXAMPLES = 1500  # of 1,797; the last 297 are the test split
 _PROBE_TIMEOUT_S = 3.0  # a reachable download host answers well within this
-_CONVERT_CHUNK = 4096  # images per eager TF call in convert_images (bounds peak memory)
 _SHUFFLE_BUFFER = 16384  # tf.data shuffle buffer for streamed splits
-
-
-class Batch(NamedTuple):
-    """One batch. Padding rows (only in the last batch) have mask 0 and zero images/labels.
-
-    images: [batch, height, width, channels] float32. labels: [batch] int32. mask: [batch] float32.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    mask: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-    """A split held in host memory (the trainer places it on the device once).
-
-    images: [n, height, width, channels] float32 in [0, 1], or standardised.
-    labels: [n] int32.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self):
-        if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(
-                f"Split needs images [n, H, W, C] and labels [n], got {self.images.shape} "
-                f"and {self.labels.shape}"
-            )
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.labels.shape[0])
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        epoch: int = 0,
-        shuffle: bool = False,
-        drop_remainder: bool = False,
-    ) -> Iterator[Batch]:
-        """Yields batches in order, or in the order of `epoch_permutation(seed, epoch, n)`.
-
-        Without drop_remainder the last batch is padded to batch_size (mask 0), so every
-        example is seen exactly once and shapes stay static.
-        """
-        _check_batch_size(batch_size)
-        n = self.num_examples
-        order = (
-            np.asarray(epoch_permutation(seed, epoch, n)) if shuffle else np.arange(n)
-        )
-        stop = n - n % batch_size if drop_remainder else n
-        for start in range(0, stop, batch_size):
-            index = order[start : start + batch_size]
-            yield _padded_batch(self.images[index], self.labels[index], batch_size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,10 +70,10 @@ class StreamSplit:
         epoch: int = 0,
         shuffle: bool = False,
         drop_remainder: bool = False,
-    ) -> Iterator[Batch]:
+    ) -> Iterator[arrays.Batch]:
         """Yields batches of the split; see Split.batches for padding and masks."""
-        _check_batch_size(batch_size)
-        tf, tfds = _tf(), _tfds()
+        arrays.check_batch_size(batch_size)
+        tf, tfds = images.tensorflow(), _tfds()
         tf_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
         ds = self.builder.as_dataset(
             split=self.split,
@@ -159,8 +90,8 @@ class StreamSplit:
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         ds = ds.prefetch(tf.data.AUTOTUNE)
-        for images, labels in tfds.as_numpy(ds):
-            yield _padded_batch(images, labels, batch_size)
+        for x, labels in tfds.as_numpy(ds):
+            yield arrays.padded_batch(x, labels, batch_size)
 
     def shard(self, index: int, count: int) -> StreamSplit:
         """Part `index` of `count` equal, disjoint parts (one per training process).
@@ -175,58 +106,25 @@ class StreamSplit:
             self, split=part, num_examples=self.num_examples // count
         )
 
-    def _convert(self, images):
-        tf = _tf()
-        out = _convert_tf(tf.cast(images, tf.float32) / 255.0, self.image_shape)
+    def _convert(self, x):
+        tf = images.tensorflow()
+        out = images.convert_tf(tf.cast(x, tf.float32) / 255.0, self.image_shape)
         if self.mean is not None:
             out = (out - self.mean) / self.std
         return out
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """A loaded dataset: three splits plus what the model and `predict` need to know."""
-
-    name: str
-    train: Split | StreamSplit
-    val: Split | StreamSplit
-    test: Split | StreamSplit
-    num_classes: int
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]  # H, W, C of the images the splits yield
-    mean: np.ndarray | None  # [C] per-channel, when standardised (x - mean) / std
-    std: np.ndarray | None
-    notes: tuple[str, ...]  # human-readable conversions applied
-
-
-# --------------------------------------------------------------------------- public functions
-
-
-def load_dataset(
-    config: DataConfig, *, input_shape: Sequence[int] | None = None
-) -> Dataset:
-    """Prepares (if needed) and loads a dataset as arrays, or as streams when it is too big.
-
-    Args:
-      config: which dataset, where it lives, splits, standardisation, device_limit_mb.
-      input_shape: (H, W, C) the model expects; images are resized (bilinear) and converted
-        (grayscale <-> RGB) to it when it differs from the dataset's. None keeps them as is.
-
-    Returns:
-      A Dataset whose splits are resident `Split`s when all three, as float32, fit in
-      config.device_limit_mb, else `StreamSplit`s.
-
-    Raises:
-      DataError: unknown dataset, not prepared and not buildable offline, not an image
-        classification dataset, unknown split, or an impossible shape conversion.
-    """
+def load_tfds(
+    config: DataConfig, target_shape: tuple[int, int, int] | None
+) -> arrays.Dataset:
+    """Prepares (if needed) and loads a TFDS dataset; see `jaxcnn.data.load_dataset`."""
     prepare_dataset(
         config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir
     )
     builder = _builder(config.dataset, config.data_dir)
     keys, num_classes, class_names, source_shape = _describe(builder)
-    target_shape = tuple(int(d) for d in input_shape) if input_shape else source_shape
-    notes = list(_conversion_notes(source_shape, target_shape))
+    target_shape = target_shape or source_shape
+    notes = list(images.conversion_notes(source_shape, target_shape))
     split_strings, split_notes = _split_strings(builder, config)
     notes += split_notes
     sizes = {part: _num_examples(builder, s) for part, s in split_strings.items()}
@@ -235,19 +133,9 @@ def load_dataset(
     if total_bytes <= config.device_limit_mb * 2**20:
         splits = {}
         for part, split in split_strings.items():
-            images, labels = _read_split(builder, split, keys)
-            images, _ = convert_images(images, target_shape)
-            splits[part] = Split(images, labels)
-        mean = std = None
-        if config.standardize:
-            train = splits["train"].images
-            step = _CONVERT_CHUNK
-            mean, std = _channel_stats(
-                train[i : i + step] for i in range(0, len(train), step)
-            )
-            for split in splits.values():  # in place: these arrays are ours
-                np.subtract(split.images, mean, out=split.images)
-                np.divide(split.images, std, out=split.images)
+            x, labels = _read_split(builder, split, keys)
+            x, _ = images.convert_images(x, target_shape)
+            splits[part] = arrays.Split(x, labels)
     else:
         notes.append(
             f"streaming from TFDS: {total_bytes / 2**20:.0f} MB as float32 exceeds "
@@ -257,19 +145,11 @@ def load_dataset(
             part: StreamSplit(sizes[part], builder, split, keys, target_shape)
             for part, split in split_strings.items()
         }
-        mean = std = None
-        if config.standardize:
-            batches = splits["train"].batches(1024)
-            mean, std = _channel_stats(b.images[b.mask > 0] for b in batches)
-            splits = {
-                part: dataclasses.replace(s, mean=mean, std=std)
-                for part, s in splits.items()
-            }
+    mean = std = None
     if config.standardize:
-        notes.append(
-            f"standardised per channel with train mean {_fmt(mean)}, std {_fmt(std)}"
-        )
-    return Dataset(
+        splits, mean, std, note = arrays.standardize(splits)
+        notes.append(note)
+    return arrays.Dataset(
         name=config.dataset,
         train=splits["train"],
         val=splits["val"],
@@ -351,107 +231,10 @@ def dataset_info(
     return num_classes, class_names, image_shape
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
-    """The example order of one epoch: int32 [n], from key fold_in(key(seed), epoch)."""
-    key = jax.random.fold_in(jax.random.key(seed), epoch)
-    return jax.random.permutation(key, n).astype(jnp.int32)
-
-
-def augment(images: jax.Array, key: jax.Array, *, crop: int, flip: bool) -> jax.Array:
-    """Random crop after zero padding and random horizontal flip, independently per image.
-
-    Args:
-      images: [batch, height, width, channels].
-      key: PRNG key; consumed.
-      crop: pad each side by this many zero pixels, then crop back to height x width at a
-        random offset (0 disables).
-      flip: mirror each image left-right with probability 1/2.
-
-    Returns:
-      Augmented images, same shape and dtype.
-    """
-    if crop == 0 and not flip:
-        return images
-    crop_key, flip_key = jax.random.split(key)
-    batch, height, width, channels = images.shape
-    if crop:
-        padded = jnp.pad(images, ((0, 0), (crop, crop), (crop, crop), (0, 0)))
-        offsets = jax.random.randint(crop_key, (batch, 2), 0, 2 * crop + 1)
-
-        def crop_one(image, offset):
-            return jax.lax.dynamic_slice(
-                image, (offset[0], offset[1], 0), (height, width, channels)
-            )
-
-        images = jax.vmap(crop_one)(padded, offsets)
-    if flip:
-        mirror = jax.random.bernoulli(flip_key, 0.5, (batch,))
-        images = jnp.where(mirror[:, None, None, None], images[:, :, ::-1, :], images)
-    return images
-
-
-def convert_images(
-    images: np.ndarray, input_shape: Sequence[int]
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Scales to [0, 1], converts channels and resizes to input_shape.
-
-    Used for dataset splits and for `predict` on user images.
-
-    Args:
-      images: [n, h, w, c]; uint8 (0..255) or float (already in [0, 1]). c in 1..4
-        (grayscale, grayscale+alpha, RGB, RGBA).
-      input_shape: (H, W, C) wanted; C in {1, 3} unless it equals c.
-
-    Returns:
-      (images [n, H, W, C] float32, notes describing the conversions applied).
-
-    Raises:
-      DataError: images are not 4-D or the channel conversion is impossible.
-    """
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise DataError(
-            f"images must be [n, height, width, channels], got shape {images.shape}"
-        )
-    target = tuple(int(d) for d in input_shape)
-    notes = _conversion_notes(tuple(images.shape[1:]), target)
-    if images.dtype == np.uint8:
-        scale = np.float32(1 / 255)
-    else:
-        scale = np.float32(1)
-    if not notes:
-        return images.astype(np.float32) * scale, notes
-    tf = _tf()
-    out = np.empty((images.shape[0], *target), np.float32)
-    # grayscale->RGB: TF makes one channel, numpy broadcasts it into all three
-    expand = target[-1] == 3 and images.shape[-1] in (1, 2)
-    tf_target = (*target[:2], 1) if expand else target
-    for start in range(0, images.shape[0], _CONVERT_CHUNK):
-        chunk = images[start : start + _CONVERT_CHUNK].astype(np.float32) * scale
-        converted = _convert_tf(tf.constant(chunk), tf_target)
-        out[start : start + _CONVERT_CHUNK] = np.asarray(converted)
-    return out, notes
-
-
-# --------------------------------------------------------------------------- TF / TFDS plumbing
-
-
-@functools.cache
-def _tf():
-    """Imports TensorFlow with every GPU hidden from it, so it takes no accelerator memory."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # devices already initialised by someone else's TF use
-        pass
-    return tf
-
-
 @functools.cache
 def _tfds():
     """Imports TFDS (after _tf, so GPUs are hidden first) and registers the digits builder."""
-    _tf()
+    images.tensorflow()
     import tensorflow_datasets as tfds
 
     _register_digits(tfds)
@@ -502,9 +285,9 @@ def _register_digits(tfds) -> None:
             from sklearn import datasets
 
             digits = datasets.load_digits()
-            images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
-            for i in range(start, stop or len(images)):
-                yield i, {"image": images[i], "label": int(digits.target[i])}
+            pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+            for i in range(start, stop or len(pixels)):
+                yield i, {"image": pixels[i], "label": int(digits.target[i])}
 
 
 def _builder(name: str, data_dir: str | None):
@@ -521,6 +304,8 @@ def _builder(name: str, data_dir: str | None):
             if close
             else "see https://www.tensorflow.org/datasets/catalog for TFDS names"
         )
+        if "/" in name:
+            hint += f" (and there is no folder {name!r})"
         raise DataError(f"unknown dataset {name!r}: {hint}") from None
     except (ValueError, AssertionError) as e:  # unknown config or version
         raise DataError(f"cannot open TFDS dataset {name!r}: {e}") from None
@@ -727,94 +512,3 @@ def _read_split(
     ds = builder.as_dataset(split=split, batch_size=-1)
     example = tfds.as_numpy(ds)
     return example[image_key], example[label_key].astype(np.int32)
-
-
-def _conversion_notes(
-    source: tuple[int, ...], target: tuple[int, ...]
-) -> tuple[str, ...]:
-    """Describes converting images of shape source (h, w, c) to target (H, W, C)."""
-    if len(target) != 3 or min(target) < 1:
-        raise DataError(
-            f"input shape must be (height, width, channels) >= 1, got {target}"
-        )
-    (h, w, c), (height, width, channels) = source, target
-    notes = []
-    if c != channels:
-        if c not in (1, 2, 3, 4) or channels not in (1, 3):
-            raise DataError(
-                f"cannot convert images of shape {source} to the model's input shape {target}: "
-                f"only grayscale (1), grayscale+alpha (2), RGB (3) and RGBA (4) images convert "
-                f"to 1 or 3 channels"
-            )
-        if c in (2, 4):
-            notes.append("dropped the alpha channel")
-        gray = c in (1, 2)
-        if gray and channels == 3:
-            notes.append("grayscale->RGB")
-        elif not gray and channels == 1:
-            notes.append("RGB->grayscale (luminance)")
-    if (h, w) != (height, width):
-        notes.append(f"resized {h}x{w} -> {height}x{width} (bilinear)")
-    return tuple(notes)
-
-
-def _convert_tf(images, target: tuple[int, int, int]):
-    """TF ops: [n, h, w, c] float32 in [0, 1] -> [n, H, W, C]; see _conversion_notes."""
-    tf = _tf()
-    height, width, channels = target
-    c = images.shape[-1]
-    if c != channels:
-        images = images[..., : 1 if c in (1, 2) else 3]  # drop alpha
-        if images.shape[-1] == 3 and channels == 1:  # before resizing: less to resize
-            images = tf.image.rgb_to_grayscale(images)
-    h, w = images.shape[1:3]
-    if (h, w) != (height, width):
-        # Antialiasing only matters when shrinking, and is far slower when enlarging.
-        shrink = height < h or width < w
-        images = tf.image.resize(
-            images, (height, width), method="bilinear", antialias=shrink
-        )
-    if images.shape[-1] == 1 and channels == 3:  # after resizing: less to resize
-        images = tf.image.grayscale_to_rgb(images)
-    return images
-
-
-def _channel_stats(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std, float32 [C], over chunks of [n, H, W, C] images.
-
-    One pass with float64 sums; chunks keep the temporaries small.
-    """
-    total = squares = 0.0
-    count = 0
-    for chunk in chunks:
-        total = total + chunk.sum(axis=(0, 1, 2), dtype=np.float64)
-        squares = squares + np.square(chunk).sum(axis=(0, 1, 2), dtype=np.float64)
-        count += chunk.shape[0] * chunk.shape[1] * chunk.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
-
-
-def _padded_batch(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
-    """Pads a short last batch with zero rows whose mask is 0."""
-    n = images.shape[0]
-    mask = np.zeros(batch_size, np.float32)
-    mask[:n] = 1.0
-    if n < batch_size:
-        pad = batch_size - n
-        images = np.concatenate(
-            [images, np.zeros((pad, *images.shape[1:]), images.dtype)]
-        )
-        labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-    return Batch(
-        images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False), mask
-    )
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "[" + ", ".join(f"{v:.4f}" for v in np.asarray(values)) + "]"
