@@ -21,6 +21,7 @@ import pathlib
 import threading
 import time
 import traceback
+import warnings
 from typing import Any
 
 from jaxcnn import rundir
@@ -183,7 +184,9 @@ class Worker:
         import optuna
 
         if self.heartbeat:
-            optuna.storages.fail_stale_trials(self.study)
+            with warnings.catch_warnings():  # experimental; used on purpose
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
             return
         for t in self.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
