@@ -282,7 +282,11 @@ def _add_sweep(sub, common) -> None:
         "and figures.",
     )
     p.add_argument("target", nargs="+", metavar="CONFIG | worker CONFIG | report DIR")
-    p.add_argument("--workdir", help="sweep directory (default runs/sweeps/<name>)")
+    p.add_argument(
+        "--workdir",
+        help="sweep directory (default: CONFIG when it is a sweep directory, else "
+        "runs/sweeps/<name>)",
+    )
     p.add_argument(
         "--storage", help="Optuna storage URL (default: a journal file in workdir)"
     )
@@ -293,7 +297,15 @@ def _add_sweep(sub, common) -> None:
         "--smoke", action="store_true", help="the sweep's seconds-long version"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--restart", action="store_true", help=_RESTART_HELP)
     p.set_defaults(func=_cmd_sweep)
+
+
+_RESTART_HELP = (
+    "discard the trials this sweep already has in --workdir (and its study in "
+    "--storage) and start afresh; needed after changing its base config, sampler or "
+    "search space (new grid points, seeds or trials need no restart)"
+)
 
 
 def _cmd_sweep(args) -> int:
@@ -301,6 +313,11 @@ def _cmd_sweep(args) -> int:
 
     action, rest = args.target[0], args.target[1:]
     if action in ("report", "worker"):
+        if args.restart:
+            raise JaxcnnError(
+                f"--restart applies to `jaxcnn sweep CONFIG`, not to `sweep {action}` "
+                "(a worker must not discard trials other workers are running)"
+            )
         if len(rest) != 1:
             raise JaxcnnError(
                 f"usage: jaxcnn sweep {action} {'DIR' if action == 'report' else 'CONFIG'}"
@@ -327,6 +344,7 @@ def _cmd_sweep(args) -> int:
         workers=args.workers,
         smoke=args.smoke,
         quiet=args.quiet,
+        restart=args.restart,
     )
     return 0
 
@@ -352,18 +370,23 @@ def experiment_main(module_file: str, argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--restart", action="store_true", help=_RESTART_HELP)
     parser.add_argument("--no-report", action="store_true", help="skip the report")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage errors (2) and --help (0)
         return int(e.code or 0)
     args.module_file = module_file
-    args.workdir = args.workdir or f"runs/sweeps/{name}{'-smoke' if args.smoke else ''}"
     return _dispatch(_cmd_experiment, args)
 
 
 def _cmd_experiment(args) -> int:
     from jaxcnn import sweep
+    from jaxcnn.sweep import config
+
+    if not args.workdir:  # under runs/ whatever the file is called
+        name = config.check_name(pathlib.Path(args.module_file).stem)
+        args.workdir = f"runs/sweeps/{name}{'-smoke' if args.smoke else ''}"
 
     sweep.run_sweep(
         args.module_file,
@@ -372,6 +395,7 @@ def _cmd_experiment(args) -> int:
         workers=args.workers,
         smoke=args.smoke,
         quiet=args.quiet,
+        restart=args.restart,
     )
     if not args.no_report:
         from jaxcnn.sweep import report

@@ -7,7 +7,7 @@ dropout RNG state (part of the model state). The K states are stacked leaf by le
 `step.train_step` / `step.eval_step`, vmapped, update and evaluate all of them; the data
 stays shared and unbatched.
 
-Limits (see also `sweep.default_replicas_mode`): resident datasets only, one step per
+Limits (see also `sweep.trial.default_replicas_mode`): resident datasets only, one step per
 dispatch, no checkpoints (an interrupted vmapped trial restarts; the sequential mode
 resumes per seed), test metrics of the final (not best-by-val) weights.
 """

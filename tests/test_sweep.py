@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from jaxcnn import spec, sweep
-from jaxcnn.errors import SpecError
+from jaxcnn.errors import JaxcnnError, SpecError
 from jaxcnn.sweep import report, storage
 
 # A small simple_cnn on the embedded 8x8 digits: a trial trains in about a second.
@@ -67,9 +67,9 @@ def test_plan_marks_collapsing_shapes_invalid_and_orders_by_program():
         {"model.name": "simple_cnn", "model.input_shape": [28, 28, 1]}
     )
     points = [
-        {"model.filters": 8, "optim.lr": 1e-3},
-        {"model.filters": 16, "optim.lr": 1e-3},
-        {"model.filters": 8, "optim.lr": 1e-2},  # same program as the first point
+        {"model.filters": 8, "train.seed": 1},
+        {"model.filters": 16, "train.seed": 1},
+        {"model.filters": 8, "train.seed": 2},  # same program as the first point
         {"model.stride": 3, "model.pool": "max"},  # 28 -> 9 -> 4 -> 1: 1x1 < 2x2 window
         {"model.filters": 0},  # a bad value is invalid too, with the field named
     ]
@@ -81,6 +81,20 @@ def test_plan_marks_collapsing_shapes_invalid_and_orders_by_program():
     # The two filters=8 points share shapes: they run back to back.
     assert valid[0]["model.filters"] == valid[1]["model.filters"] == 8
     assert plans[2].group == plans[3].group != plans[4].group
+    # Every optimiser field is a constant of the compiled program; seed and patience not.
+    first = sweep.check_trial(base, points[0]).group
+    for path, value in [
+        ("optim.lr", 1e-2),
+        ("optim.momentum", 0.5),
+        ("optim.epsilon", 1e-4),
+        ("optim.weight_decay", 1e-4),
+        ("optim.l2", 1e-4),
+        ("optim.label_smoothing", 0.1),
+        ("train.epochs", 7),
+    ]:
+        assert sweep.check_trial(base, {**points[0], path: value}).group != first, path
+    for path, value in [("train.seed", 5), ("train.patience", 3)]:
+        assert sweep.check_trial(base, {**points[0], path: value}).group == first, path
     # Static totals come from shapes.infer: conv(3x3x1x8) + ... matches summarize().
     assert plans[2].params == sweep.check_trial(base, points[0]).params > 0
     assert len({p.key for p in plans}) == 5
@@ -293,20 +307,279 @@ def test_random_search_and_pruning(tmp_path, monkeypatch):
         assert 1e-4 <= r["optim.lr"] <= 1e-2 and r["model.filters"] in (4, 8)
 
 
-def test_seeds_report_mean_std_and_interval(tmp_path):
-    s = _sweep([{"model.filters": 8}], seeds=2, replicas="sequential")
-    (row,) = sweep.run_sweep(s, tmp_path, quiet=True)
-    assert row["status"] == "ok" and row["seeds"] == 2
+def test_seeds_report_mean_std_and_interval_and_grow_without_retraining(tmp_path):
+    one = _sweep([{"model.filters": 4}], replicas="sequential")
+    (first,) = sweep.run_sweep(one, tmp_path, quiet=True)
+    trial_dir = tmp_path / "trials" / first["trial"]
+    seed0 = (trial_dir / "metrics.jsonl").read_text()
+    # The same sweep with two seeds trains only seed 1; seed 0 is read back.
+    (row,) = sweep.run_sweep(
+        _sweep([{"model.filters": 4}], seeds=2, replicas="sequential"),
+        tmp_path,
+        quiet=True,
+    )
+    assert (
+        row["status"] == "ok" and row["seeds"] == 2 and row["trial"] == first["trial"]
+    )
+    assert (trial_dir / "metrics.jsonl").read_text() == seed0
+    assert row["epochs_this_attempt"] == 0  # seed 0's epochs: none trained again
     accs = [
-        json.loads(
-            (
-                tmp_path / "trials" / row["trial"] / f"seed{i}" / "summary.json"
-            ).read_text()
-        )["test_accuracy"]
-        for i in range(2)
+        json.loads((d / "summary.json").read_text())["test_accuracy"]
+        for d in (trial_dir, trial_dir / "seed1")
     ]
+    assert accs[0] == first["test_accuracy"]
     assert row["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
     assert row["test_accuracy_std"] >= 0 and row["test_accuracy_ci95"] >= 0
+    assert row["params"] == first["params"] and isinstance(row["params"], int)
+    assert _complete_per_key(tmp_path, "t") == {row["trial"]: 2}
+
+
+def _grid_file(
+    tmp_path, grid: str, epochs: int = 1, name: str = "grow"
+) -> pathlib.Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f"""
+[model]
+name = "simple_cnn"
+args = {{ input_shape = [8, 8, 1], depth = 1, padding = "same", dense_units = 16 }}
+[data]
+train_examples = 256
+[train]
+epochs = {epochs}
+batch_size = 32
+keep_checkpoints = 1
+[sweep]
+name = "{name}"
+[sweep.grid]
+{grid}
+"""
+    )
+    return path
+
+
+def _mtimes(workdir: pathlib.Path) -> dict[str, int]:
+    return {
+        p.parent.name: p.stat().st_mtime_ns
+        for p in (workdir / "trials").glob("*/metrics.jsonl")
+    }
+
+
+def test_a_sweep_grows_by_new_values_and_axes_running_only_new_points(tmp_path):
+    workdir = tmp_path / "sweep"
+    two = _grid_file(tmp_path, '"model.filters" = [4, 8]')
+    rows = sweep.run_sweep(two, workdir, quiet=True)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    before = _mtimes(workdir)
+    # One more value on the axis: only that point trains.
+    three = _grid_file(tmp_path, '"model.filters" = [4, 8, 12]')
+    rows = sweep.run_sweep(three, workdir, quiet=True)
+    assert [r["model.filters"] for r in rows] == [4, 8, 12]
+    assert {r["status"] for r in rows} == {"ok"}
+    after = _mtimes(workdir)
+    assert {k: after[k] for k in before} == before and len(after) == 3
+    # A new axis whose first value is the family's default (simple_cnn pools "max"):
+    # the old points are its max points; only the avg points train.
+    pools = _grid_file(
+        tmp_path, '"model.filters" = [4, 8, 12]\n"model.pool" = ["max", "avg"]'
+    )
+    rows = sweep.run_sweep(pools, workdir, quiet=True)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert sorted((r["model.filters"], r["model.pool"]) for r in rows) == sorted(
+        (f, p) for f in (4, 8, 12) for p in ("max", "avg")
+    )
+    assert {k: _mtimes(workdir)[k] for k in after} == after
+    assert set(_complete_per_key(workdir, "grow").values()) == {1}
+    # The original file still runs (nothing left to do); its rows cover every point.
+    rows = sweep.run_sweep(two, workdir, quiet=True)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert sweep.read_results(workdir) == rows
+    assert "6 trials (6 ok)" in report.write_report(workdir, figures=False)
+
+
+def test_a_changed_base_is_refused_with_what_changed_and_restart_starts_afresh(
+    tmp_path, capsys
+):
+    from jaxcnn import cli
+
+    workdir = tmp_path / "sweep"
+    first = _grid_file(tmp_path, '"model.filters" = [4]')
+    args = ["sweep", str(first), "--workdir", str(workdir), "--quiet"]
+    assert cli.main(args) == 0
+    changed = _grid_file(tmp_path, '"model.filters" = [4]', epochs=2)
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs: 1 there, 2 now" in err and "--restart" in err
+    assert "--workdir" in err and "Traceback" not in err
+    # The study refuses it too (another workdir sharing one storage).
+    journal = str(workdir / storage.JOURNAL)
+    other = ["sweep", str(changed), "--workdir", str(tmp_path / "b"), "--quiet"]
+    assert cli.main([*other, "--storage", journal]) == 2
+    assert "train.epochs: 1 there, 2 now" in capsys.readouterr().err
+    assert cli.main([*args, "--restart"]) == 0
+    (row,) = sweep.read_results(workdir)
+    assert row["status"] == "ok" and row["epochs"] == 2 and row["attempts"] == 1
+    assert _complete_per_key(workdir, "grow") == {row["trial"]: 1}
+
+
+def test_a_failure_while_setting_up_leaves_no_trial_running(tmp_path, monkeypatch):
+    from jaxcnn.sweep import worker
+
+    s = _sweep([{"model.filters": 4}], name="setup")
+    real = storage.flock
+
+    def broken(path, blocking=True):
+        if path.name == ".lock" and "trials" in path.parts:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, blocking=blocking)
+
+    monkeypatch.setattr(storage, "flock", broken)
+    with pytest.raises(JaxcnnError, match="cannot set up a trial.*back to the queue"):
+        sweep.run_sweep(s, tmp_path, quiet=True)
+    study = optuna.load_study(
+        study_name="setup", storage=storage.open_storage(None, tmp_path)
+    )
+    states = [t.state for t in study.get_trials()]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.WAITING in states
+    monkeypatch.setattr(storage, "flock", real)
+    (row,) = sweep.run_sweep(s, tmp_path, quiet=True)
+    assert row["status"] == "ok"
+    assert worker.trial_seeds(study.get_trials()[-1]) == 1
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name", ["../../x", "a/b", "/abs/x", ".hidden", "", "a b"])
+def test_sweep_names_that_could_leave_the_runs_folder_are_refused(name):
+    with pytest.raises(SpecError, match="only letters, digits"):
+        _sweep([{"model.filters": 4}], name=name)
+
+
+def test_names_from_files_and_the_default_workdir_stay_under_runs(
+    tmp_path, monkeypatch, capsys
+):
+    from jaxcnn import cli
+    from jaxcnn.sweep import run
+
+    monkeypatch.chdir(tmp_path)
+    path = _grid_file(tmp_path, '"model.filters" = [4]')
+    text = path.read_text().replace('name = "grow"', 'name = "../../escaped"')
+    path.write_text(text)
+    with pytest.raises(SpecError, match="'../../escaped' is not valid"):
+        sweep.load_sweep(path)
+    (tmp_path / "...py").write_text("")  # its stem is ".."
+    assert cli.experiment_main(str(tmp_path / "...py"), ["--no-report"]) == 2
+    assert "sweep name '..' is not valid" in capsys.readouterr().err
+    s = _sweep([{"model.filters": 4}], name="fine.name-1")
+    assert run.prepare_dir(s, None) == pathlib.Path("runs/sweeps/fine.name-1")
+    assert not list(tmp_path.parent.glob("escaped*"))
+
+
+def _cli_error(capsys, *args: str) -> str:
+    """Runs `jaxcnn sweep ARGS`; asserts exit status 2, one paragraph and no traceback."""
+    from jaxcnn import cli
+
+    capsys.readouterr()
+    assert cli.main(["sweep", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> pathlib.Path:
+    """A finished one-point sweep directory (copy it before damaging it)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    sweep.run_sweep(_grid_file(tmp, '"model.filters" = [4]'), tmp / "sweep", quiet=True)
+    return tmp / "sweep"
+
+
+def test_garbage_in_a_sweep_dir_is_a_clear_error(tmp_path, capsys, finished_sweep):
+    import shutil
+
+    workdir = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, workdir)
+    (workdir / "results.jsonl").write_text("not json\n")
+    err = _cli_error(capsys, "report", str(workdir))
+    assert "results.jsonl line 1 is not JSON" in err and "rerun" in err
+    (workdir / "results.jsonl").write_text('[1, 2]\n{"trial": "x"}\n')
+    assert "line 1 is not a result row" in _cli_error(capsys, "report", str(workdir))
+    # Resuming rewrites results.jsonl from the storage.
+    assert sweep.run_sweep(workdir, quiet=True)[0]["status"] == "ok"
+    assert "1 trials (1 ok)" in report.write_report(workdir, figures=False)
+    (workdir / "sweep.json").write_text("{garbage")
+    for args in (
+        [str(workdir)],
+        [str(_grid_file(tmp_path, "")), "--workdir", str(workdir)],
+    ):
+        err = _cli_error(capsys, *args, "--quiet")
+        assert "sweep.json does not hold a readable sweep (JSONDecodeError" in err
+        assert "--restart" in err
+    (workdir / "sweep.json").write_text('{"name": "grow", "bogus": 1}')
+    assert "TypeError" in _cli_error(capsys, str(workdir), "--quiet")
+    shutil.copy(finished_sweep / "sweep.json", workdir / "sweep.json")
+    (workdir / storage.JOURNAL).write_text("garbage\n")
+    err = _cli_error(capsys, str(workdir), "--quiet")
+    assert "optuna.journal" in err and "--restart" in err
+
+
+def test_bad_storage_and_workdir_are_clear_errors(tmp_path, capsys):
+    config = str(_grid_file(tmp_path, '"model.filters" = [4]'))
+    workdir = str(tmp_path / "sweep")
+    err = _cli_error(capsys, config, "--workdir", workdir, "--storage", "bogus://x/y")
+    assert "unknown scheme 'bogus'" in err
+    assert "sqlite://, postgresql://, mysql://" in err
+    missing = f"sqlite:///{tmp_path}/no/such/folder/s.db"
+    err = _cli_error(capsys, config, "--workdir", workdir, "--storage", missing)
+    assert (
+        f"the folder {tmp_path}/no/such/folder of the SQLite file does not exist" in err
+    )
+    refused = "postgresql://user:secret@127.0.0.1:1/db"
+    err = _cli_error(capsys, config, "--workdir", workdir, "--storage", refused)
+    assert "cannot open the Optuna storage" in err and "secret" not in err
+    (tmp_path / "file").write_text("")
+    err = _cli_error(capsys, config, "--workdir", str(tmp_path / "file"))
+    assert "is a file; pass a folder as --workdir" in err
+    err = _cli_error(capsys, config, "--workdir", str(tmp_path / "file" / "sub"))
+    assert "cannot write to the sweep directory" in err
+    err = _cli_error(capsys, "worker", config, "--restart")
+    assert "--restart applies to `jaxcnn sweep CONFIG`" in err
+
+
+def test_a_read_only_sweep_dir_is_a_clear_error(finished_sweep):
+    import shutil
+    import tempfile
+
+    # As root, permissions do not bind: run the command as `nobody` then.
+    as_user = []
+    if os.geteuid() == 0:
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = pathlib.Path(tempfile.mkdtemp(prefix="jaxcnn-ro-"))
+    try:
+        workdir = root / "sweep"
+        shutil.copytree(finished_sweep, workdir)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        repo = pathlib.Path(__file__).resolve().parents[1]
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(repo)}
+        for args in ([str(workdir)], ["report", str(workdir)]):
+            done = subprocess.run(
+                [*as_user, sys.executable, "-m", "jaxcnn", "sweep", *args, "--quiet"],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=root,
+                timeout=120,
+            )
+            assert done.returncode == 2, done.stderr
+            assert "error: cannot write" in done.stderr and "writable" in done.stderr
+            assert "Traceback" not in done.stderr
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755)
+        shutil.rmtree(root)
 
 
 # --------------------------------------------------------------------------- fault tolerance

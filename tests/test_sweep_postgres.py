@@ -180,3 +180,16 @@ def test_sigkilled_worker_is_found_by_heartbeat_and_its_trial_resumed(
     assert killed["resumed_from_epoch"] <= done_before
     assert killed["epochs_this_attempt"] == epochs - killed["resumed_from_epoch"]
     assert last["attempts"] == 1 and last["resumed_from_epoch"] == 0
+
+
+def test_a_sweep_on_postgres_grows_by_one_value_running_only_it(tmp_path, postgres_url):
+    workdir = tmp_path / "sweep"
+    for filters in ([4, 6], [4, 6, 8]):
+        config = _write_sweep_file(tmp_path, 1, filters, name="pg_grow")
+        rows = sweep.run_sweep(config, workdir, storage=postgres_url, quiet=True)
+        assert [r["model.filters"] for r in rows] == filters
+        assert {r["status"] for r in rows} == {"ok"}
+    trials = _trials_by_key(postgres_url, "pg_grow")
+    assert len(trials) == 3
+    for attempts in trials.values():
+        assert [t.state for t in attempts] == [optuna.trial.TrialState.COMPLETE]

@@ -27,6 +27,24 @@ from jaxcnn.spec import RunConfig, read_table
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha")
 SWEEP_FILE = "sweep.json"  # the resolved sweep, in every sweep directory
+# Sweep names name a folder (runs/sweeps/<name>) and an Optuna study.
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def check_name(name: Any) -> str:
+    """Returns `name` if it can name a sweep folder: letters, digits, '-', '_', '.',
+    not starting with '.' (so no '/', '..' or absolute paths).
+
+    Raises:
+      SpecError: any other name.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpecError(
+            f"sweep name {name!r} is not valid: it names the folder runs/sweeps/<name> and "
+            "the Optuna study, so it may hold only letters, digits, '-', '_' and '.', and "
+            "must not start with '.'; set [sweep] name (SETTINGS['name'] in a module)"
+        )
+    return name
 
 
 def encode_choice(value: Any) -> Any:
@@ -150,6 +168,7 @@ class Sweep:
     seed: int = 0
 
     def __post_init__(self):
+        check_name(self.name)
         object.__setattr__(self, "points", tuple(dict(p) for p in self.points))
         object.__setattr__(
             self, "search", {k: Axis.parse(k, v) for k, v in dict(self.search).items()}
@@ -213,6 +232,79 @@ class Sweep:
                 "model": {k: v for k, v in base["model"].items() if k != "spec"},
             }
         return cls(base=RunConfig.from_dict(base), **data)
+
+
+def read_saved(sweep_dir: str | os.PathLike) -> Sweep:
+    """The sweep saved in `sweep_dir`/sweep.json.
+
+    Raises:
+      SpecError: the file is missing, is not JSON, or does not describe a sweep.
+    """
+    path = pathlib.Path(sweep_dir) / SWEEP_FILE
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        return Sweep.from_dict(data)
+    except (OSError, ValueError, TypeError, AttributeError, SpecError) as e:
+        raise SpecError(
+            f"{path} does not hold a readable sweep ({type(e).__name__}: {e}). "
+            "`jaxcnn sweep` writes it; restore it, or start the sweep afresh from its "
+            f"file with --workdir {path.parent} --restart (which discards its trials), "
+            "or in another --workdir"
+        ) from None
+
+
+def changes(old: Sweep, new: Sweep) -> list[str]:
+    """What differs between two versions of one sweep that its finished trials would not
+    match: the name, the base config, the sampler and (random / tpe) the search space.
+
+    Grid points, seeds, trials, pruner, replicas and the sampler's seed may change: a
+    sweep grows by running only the points (or seeds) it has not run yet.
+    """
+    out = (
+        [] if old.name == new.name else [f"name: {old.name!r} there, {new.name!r} now"]
+    )
+    out += [
+        f"base {path}: {json.dumps(a)} there, {json.dumps(b)} now"
+        for path, a, b in _diff(old.base.to_dict(), new.base.to_dict())
+    ]
+    if old.sampler != new.sampler:
+        out.append(f"sampler: {old.sampler!r} there, {new.sampler!r} now")
+    elif new.sampler != "grid" and old.search != new.search:
+        before = {k: a.to_dict() for k, a in old.search.items()}
+        now = {k: a.to_dict() for k, a in new.search.items()}
+        out.append(f"search space: {json.dumps(before)} there, {json.dumps(now)} now")
+    return out
+
+
+def check_unchanged(old: Sweep, new: Sweep, where: str) -> None:
+    """Raises unless `new` may continue the sweep `old` held in `where`.
+
+    Raises:
+      SpecError: `changes(old, new)` is not empty; the message lists them.
+    """
+    found = changes(old, new)
+    if found:
+        raise SpecError(
+            f"{where} holds sweep {old.name!r} with other settings ("
+            + "; ".join(found[:5])
+            + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+            + "). A sweep may gain grid points, seeds or trials, but its finished "
+            "trials would not match a changed base config, sampler or search space. "
+            "Run the changed sweep in another --workdir, or pass --restart to discard "
+            "the trials there and start afresh."
+        )
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, old value, new value) of each leaf that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if old == new else [(path, old, new)]
 
 
 def expand_grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -285,7 +377,7 @@ def load_sweep(
     if path.is_dir():
         if not (path / SWEEP_FILE).is_file():
             raise SpecError(f"{path} is not a sweep directory (no {SWEEP_FILE})")
-        return Sweep.from_dict(json.loads((path / SWEEP_FILE).read_text()))
+        return read_saved(path)
     if path.suffix == ".py":
         if not path.is_file():
             raise SpecError(f"{path}: no such file")

@@ -2,8 +2,11 @@
 an order that keeps trials of one compiled program back to back.
 
 Points whose shapes collapse (`shapes.infer`) are `invalid` with the reason and never
-reach JAX. Valid points are grouped by compiled program (same model, data and batch
-shapes; other lr or seed), so the persistent compilation cache serves the repeats.
+reach JAX. A point's key names what it changes: the overrides that alter the resolved run
+(a value equal to the base's is left out), so a point written with or without an axis
+that was added later at its old value is the same trial. Valid points are grouped by
+compiled program (`program_key`: equal unless they differ only in seed or host-side
+settings), so the persistent compilation cache serves the repeats.
 """
 
 from __future__ import annotations
@@ -19,6 +22,21 @@ from jaxcnn import models, shapes
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import RunConfig
 from jaxcnn.sweep import config
+
+# Config fields the compiled train / eval programs do not depend on: the seed reaches
+# them as an argument, the rest act on the host. Every other field (lr, momentum,
+# epsilon, weight_decay, l2, the schedule and epochs it spans, shapes, ...) is baked
+# into the program, so points differing in it compile separately.
+NOT_COMPILED = (
+    "train.seed",
+    "train.patience",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.init_from",
+    "train.new_head",
+    "data.data_dir",
+    "data.manual_dir",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +59,57 @@ class TrialPlan:
     flops: int | None = None
 
 
+def resolved(run: RunConfig) -> dict[str, Any]:
+    """The run as data, its model as the resolved layer spec (so a family knob given at
+    its default value resolves to the same run as leaving it out).
+
+    Raises:
+      SpecError: the model does not resolve.
+    """
+    out = run.to_dict()
+    out["model"] = models.load_spec(run.model).to_dict()
+    return out
+
+
+def effective_overrides(
+    base: RunConfig, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The overrides whose removal would change the resolved run (all of them when the
+    point does not resolve)."""
+    try:
+        full = resolved(base.with_overrides(overrides))
+    except SpecError:
+        return dict(overrides)
+    out = {}
+    for path, value in overrides.items():
+        rest = {k: v for k, v in overrides.items() if k != path}
+        try:
+            same = resolved(base.with_overrides(rest)) == full
+        except SpecError:
+            same = False
+        if not same:
+            out[path] = value
+    return out
+
+
+def point_key(base: RunConfig, overrides: Mapping[str, Any]) -> str:
+    """The trial key of the point `overrides` of a sweep over `base`."""
+    return trial_key(effective_overrides(base, overrides))
+
+
+def program_key(run: RunConfig) -> str:
+    """Equal for runs that compile to the same programs (see NOT_COMPILED).
+
+    Raises:
+      SpecError: the model does not resolve.
+    """
+    data = resolved(run)
+    for path in NOT_COMPILED:
+        section, _, field = path.partition(".")
+        data[section].pop(field, None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
 def trial_key(overrides: Mapping[str, Any]) -> str:
     """A readable, stable directory name: 'filters-16_stride-2_pool-max-1a2b3c4d'."""
     parts = []
@@ -59,28 +128,13 @@ def _canonical(overrides: Mapping[str, Any]) -> str:
 
 def check_trial(base: RunConfig, overrides: Mapping[str, Any]) -> TrialPlan:
     """Applies `overrides` and checks the model statically (no JAX)."""
-    key = trial_key(overrides)
+    key = point_key(base, overrides)
     try:
-        config = base.with_overrides(overrides)
-        spec = models.load_spec(config.model)
-        summary = shapes.infer(spec)
+        run = base.with_overrides(overrides)
+        summary = shapes.infer(models.load_spec(run.model))
+        group = program_key(run)
     except SpecError as e:
         return TrialPlan(key, dict(overrides), str(e), group="invalid")
-    group = json.dumps(
-        {
-            "spec": spec.to_dict()["layers"],
-            "input": list(spec.input_shape),
-            "data": config.to_dict()["data"],
-            "batch": [config.train.batch_size, config.train.eval_batch_size],
-            "train": [config.train.steps_per_dispatch, config.train.kernels],
-            "optim": [
-                config.optim.optimizer,
-                config.optim.schedule,
-                config.optim.clip_norm,
-            ],
-        },
-        sort_keys=True,
-    )
     return TrialPlan(
         key, dict(overrides), None, group, summary.total_params, summary.total_flops
     )
@@ -91,14 +145,16 @@ def plan_sweep(sweep: config.Sweep) -> list[TrialPlan]:
     valid points grouped by compiled program, groups in order of first appearance.
 
     Raises:
-      SpecError: two points with the same overrides.
+      SpecError: two points that describe the same run.
     """
     plans = [check_trial(sweep.base, p) for p in sweep.points]
     seen: dict[str, dict] = {}
     for p in plans:
         if p.key in seen:
             raise SpecError(
-                f"sweep {sweep.name!r}: the point {p.overrides} is listed twice"
+                f"sweep {sweep.name!r}: the points {seen[p.key]} and {p.overrides} "
+                "describe the same run (a value equal to the base's changes nothing); "
+                "list it once"
             )
         seen[p.key] = p.overrides
     first: dict[str, int] = {}

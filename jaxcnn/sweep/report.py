@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn import metrics, rundir
+from jaxcnn.errors import JaxcnnError
 from jaxcnn.sweep import results
 
 DATA_AXES = ("data.dataset", "model.input_shape")
@@ -233,10 +234,20 @@ def write_report(sweep_dir: str | os.PathLike, *, figures: bool = True) -> str:
     """Writes report.md and the figures into `sweep_dir`; returns the printed text.
 
     Raises:
-      JaxcnnError: `sweep_dir` holds no results.jsonl.
+      JaxcnnError: `sweep_dir` holds no readable results.jsonl, or is not writable.
     """
     sweep_dir = pathlib.Path(sweep_dir)
     rows = results.read_results(sweep_dir)
+    try:
+        return _write(sweep_dir, rows, figures)
+    except OSError as e:
+        raise JaxcnnError(
+            f"cannot write the report into {sweep_dir} ({type(e).__name__}: {e}); "
+            "the sweep directory must be writable"
+        ) from None
+
+
+def _write(sweep_dir: pathlib.Path, rows: list[dict[str, Any]], figures: bool) -> str:
     ok = [r for r in rows if r["status"] == "ok" and r.get(METRIC) is not None]
     counts: dict[str, int] = {}
     for r in rows:

@@ -79,11 +79,38 @@ def read_results(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of `sweep_dir/results.jsonl`.
 
     Raises:
-      JaxcnnError: `sweep_dir` holds no results.jsonl.
+      JaxcnnError: `sweep_dir` holds no readable results.jsonl, or a line of it is not
+        a result row (a JSON object with a trial key and a status).
     """
     path = pathlib.Path(sweep_dir) / "results.jsonl"
     if not path.is_file():
         raise JaxcnnError(
             f"{path} not found: {sweep_dir} is not a sweep directory (run `jaxcnn sweep` first)"
         )
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    fix = (
+        "the sweep rewrites this file from its Optuna storage: rerun `jaxcnn sweep "
+        f"{sweep_dir}` to restore it"
+    )
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise JaxcnnError(
+            f"cannot read {path} ({type(e).__name__}: {e}); {fix}"
+        ) from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JaxcnnError(
+                f"{path} line {number} is not JSON ({e}); {fix}"
+            ) from None
+        if not isinstance(row, dict) or not {"trial", "status"} <= set(row):
+            raise JaxcnnError(
+                f"{path} line {number} is not a result row (a JSON object with "
+                f"'trial' and 'status'): {line[:80]!r}; {fix}"
+            )
+        rows.append(row)
+    return rows

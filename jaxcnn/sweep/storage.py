@@ -4,8 +4,13 @@ pruner, locks, re-enqueueing trials of dead workers, and reading the study into 
 Liveness: on one machine a worker holds an flock on `trials/<key>/.lock` while it runs
 the trial; a RUNNING trial whose lock is free belongs to a dead worker and is failed and
 re-enqueued. With an RDB URL (PostgreSQL, SQLite) Optuna's heartbeat does the same across
-machines. The re-enqueued copy uses the same run directory, so `fit` resumes from its last
-checkpoint; completed trials are never run again.
+machines; a worker records a heartbeat as soon as it pops a trial, so one that dies while
+setting it up is noticed too. The re-enqueued copy uses the same run directory, so `fit`
+resumes from its last checkpoint; completed trials are never run again.
+
+Accepted `--storage` values: a journal file path, or a URL whose scheme is one of
+URL_SCHEMES (sqlite:///PATH.db, postgresql://..., mysql://...); anything else, a missing
+driver or SQLite folder, or a storage that cannot be opened is a JaxcnnError.
 
 Storage notes (Optuna 5.0): only RDBStorage has heartbeats; JournalStorage has none, hence
 the flock check, which holds on one machine only. An SQLite file shared by several local
@@ -24,20 +29,26 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from jaxcnn.errors import JaxcnnError
 from jaxcnn.sweep import config, results
 
 HEARTBEAT_SECONDS = 20  # RDB storages: a worker silent for GRACE_SECONDS is dead
 GRACE_SECONDS = 90
 MAX_RETRIES = 3  # a trial whose worker died is re-enqueued at most this often
 JOURNAL = "optuna.journal"
+URL_SCHEMES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy backends Optuna supports
 
 
-def retry_copy(study: Any, trial: Any) -> None:
-    """Re-enqueues a trial whose worker died; the copy reuses its run directory."""
+def retry_copy(study: Any, trial: Any, *, count: bool = True) -> None:
+    """Re-enqueues a trial whose worker died; the copy reuses its run directory.
+
+    With count=False (the trial never started training) the copy does not use up one
+    of the MAX_RETRIES.
+    """
     import optuna
 
     history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    if len(history) > MAX_RETRIES:
+    if count and len(history) > MAX_RETRIES:
         return
     system_attrs = {**trial.system_attrs, "retry_history": history}
     study.add_trial(
@@ -57,30 +68,106 @@ def open_storage(storage: str | None, sweep_dir: pathlib.Path) -> Any:
     A URL with a scheme (postgresql://, mysql://, sqlite:///) is an RDBStorage with
     heartbeats (dead workers are detected across machines); SQLite gets a busy timeout
     so several local workers can share the file. A plain path is a journal file.
+
+    Raises:
+      JaxcnnError: an unknown URL scheme, a missing database driver or SQLite folder, or
+        a storage that cannot be opened (unreachable server, unreadable journal).
     """
     import optuna
 
     if storage is None or "://" not in storage:
         path = pathlib.Path(storage) if storage else sweep_dir / JOURNAL
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(
-            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
-        )
-        return optuna.storages.JournalStorage(backend)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path),
+                lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)),
+            )
+            return optuna.storages.JournalStorage(backend)
+        except (OSError, ValueError) as e:
+            raise JaxcnnError(
+                f"cannot open the Optuna journal {path} ({type(e).__name__}: {e}); "
+                "it must be a writable file written only by `jaxcnn sweep` (start "
+                "afresh with --restart or another --workdir)"
+            ) from None
+    url = _check_url(storage)
     engine_kwargs = {}
-    if storage.startswith("sqlite"):
+    if url.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": 120}}
     # Heartbeats are experimental in Optuna 5.0; we opt in on purpose, so every worker
     # need not warn about it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            storage,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=retry_copy,
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry_copy,
+            )
+    except Exception as e:  # noqa: BLE001 -- drivers raise their own types
+        shown = url.render_as_string(hide_password=True)
+        hint = (
+            " (install its driver, e.g. pip install 'psycopg[binary]')"
+            if isinstance(e, ImportError)
+            else ""
         )
+        raise JaxcnnError(
+            f"cannot open the Optuna storage {shown}{hint}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+def describe(storage: str | None, sweep_dir: pathlib.Path) -> str:
+    """The storage's path or URL for messages (without its password)."""
+    if storage is None or "://" not in storage:
+        return str(pathlib.Path(storage) if storage else sweep_dir / JOURNAL)
+    from sqlalchemy.engine import make_url
+
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+def _check_url(storage: str) -> Any:
+    """The parsed database URL; its scheme must be one Optuna supports."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    usage = (
+        "use a journal file path (the default: optuna.journal in the sweep dir), "
+        "sqlite:///PATH.db, postgresql://USER@HOST/DB or mysql://USER@HOST/DB"
+    )
+    try:
+        url = make_url(storage)
+    except ArgumentError as e:
+        raise JaxcnnError(
+            f"--storage {storage!r} is not a database URL ({e}); {usage}"
+        ) from None
+    if url.get_backend_name() not in URL_SCHEMES:
+        raise JaxcnnError(
+            f"--storage {url.render_as_string(hide_password=True)!r}: unknown scheme "
+            f"{url.drivername!r}; the accepted schemes are "
+            f"{', '.join(s + '://' for s in URL_SCHEMES)}; {usage}"
+        )
+    if url.get_backend_name() == "sqlite" and url.database not in (None, ":memory:"):
+        folder = pathlib.Path(url.database).parent
+        if not folder.is_dir():
+            raise JaxcnnError(
+                f"--storage {storage!r}: the folder {folder} of the SQLite file does not "
+                "exist; create it first (four slashes for an absolute path: "
+                "sqlite:////abs/path.db)"
+            )
+    return url
+
+
+def discard(storage: Any, name: str) -> None:
+    """Deletes the study `name` from `storage` (an opened storage), if it is there."""
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
 
 
 def sampler(sweep: config.Sweep) -> Any:
@@ -119,8 +206,12 @@ def flock(path: pathlib.Path, *, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def collect_rows(study: Any) -> list[dict[str, Any]]:
-    """One row per trial key (its latest attempt), in trial order."""
+def collect_rows(
+    study: Any, shown: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per trial key (its latest completed attempt, else its latest), in trial
+    order. `shown` maps a trial key to the grid point it stands for now: its row shows
+    those values too (axes added after the trial ran, at the value it ran with)."""
     import optuna
 
     state_status = {
@@ -159,6 +250,7 @@ def collect_rows(study: Any) -> list[dict[str, Any]]:
             error = "the worker running this trial died (retries exhausted)"
         result = attrs.get("result") or {}
         row: dict[str, Any] = {"trial": key, "status": status, "error": error or ""}
+        row.update((shown or {}).get(key, {}))
         row.update(attrs.get("overrides", {}))
         row.update(
             {

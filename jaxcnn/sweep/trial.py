@@ -1,13 +1,21 @@
 """One trial: `train.fit` in its run directory, or K seeds (sequential fits or one
-vmapped program, `replicas.fit_replicas`) aggregated into mean, std and 95 % interval."""
+vmapped program, `replicas.fit_replicas`) aggregated into mean, std and 95 % interval.
+
+Seed 0 trains in the trial's run directory and seed i > 0 in its `seed<i>/` (the vmapped
+mode writes every seed's metrics to `seed<i>/`). A sequential seed already trained to
+the end with the same config is read back, not retrained, so a trial that gains seeds
+trains only the new ones.
+"""
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jaxcnn import metrics, rundir
+from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import RunConfig
 from jaxcnn.sweep import results
 
@@ -45,34 +53,50 @@ def run_trial(
     `<metric>_mean`, `_std` and `_ci95` (95 % half width, Student t) over the seeds, and
     the plain metric is the mean.
     """
-    from jaxcnn import train
-
-    if seeds == 1:
-        fitted = train.fit(
-            config, run_dir, quiet=quiet, dataset=dataset, on_epoch=on_epoch
-        )
-        return _record(fitted.summary, fitted.history)
     mode = replicas if replicas != "auto" else default_replicas_mode()
-    if mode == "vmap":
+    if seeds > 1 and mode == "vmap":
         from jaxcnn import replicas as replicas_lib
 
         runs = replicas_lib.fit_replicas(
             config, run_dir, seeds, quiet=quiet, dataset=dataset, on_epoch=on_epoch
         )
-        records = [_record(s, h) for s, h in runs]
-    else:
-        records = []
-        for i in range(seeds):
-            seeded = config.override("train.seed", config.train.seed + i)
+        return aggregate([_record(s, h) for s, h in runs], mode)
+    records = []
+    for i in range(seeds):
+        seeded = (
+            config if i == 0 else config.override("train.seed", config.train.seed + i)
+        )
+        seed_dir = run_dir if i == 0 else run_dir / f"seed{i}"
+        done = finished_run(seeded, seed_dir)
+        if done is None:
+            from jaxcnn import train
+
             fitted = train.fit(
                 seeded,
-                run_dir / f"seed{i}",
+                seed_dir,
                 quiet=quiet,
                 dataset=dataset,
                 on_epoch=on_epoch if i == 0 else None,
             )
-            records.append(_record(fitted.summary, fitted.history))
-    return aggregate(records, mode)
+            done = fitted.summary, fitted.history
+        records.append(_record(*done))
+    return records[0] if seeds == 1 else aggregate(records, "sequential")
+
+
+def finished_run(
+    config: RunConfig, run_dir: pathlib.Path
+) -> tuple[dict[str, Any], list[dict]] | None:
+    """(summary, metrics history) of a run trained to the end with `config` in
+    `run_dir`, or None."""
+    saved = rundir.RunDir(run_dir)
+    if not saved.summary_file.is_file():
+        return None
+    try:
+        if saved.read().config.to_dict() != config.to_dict():
+            return None
+        return json.loads(saved.summary_file.read_text()), saved.metrics()
+    except (JaxcnnError, OSError, ValueError):
+        return None
 
 
 def default_replicas_mode(backend: str | None = None) -> str:
@@ -105,8 +129,10 @@ def aggregate(records: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         values = [float(r[name]) for r in records if r.get(name) is not None]
-        if len(values) != len(records):
-            continue
+        if len(values) != len(records) or (
+            isinstance(value, int) and len(set(values)) == 1
+        ):
+            continue  # missing somewhere, or a count all seeds share (params, epochs)
         mean, std, half = metrics.mean_confidence_interval(values)
         out[name] = mean
         if name in results.SEED_METRICS:

@@ -1,20 +1,27 @@
 """A sweep worker: pops trials from the Optuna study and trains them until none is left.
 
-A worker records the grid's invalid points and enqueues the valid ones in plan order
-(once per study), then pops one waiting trial at a time (atomic in the storage), trains
-it in `trials/<key>/` and tells the result. A trial that raises (or hits NaN) is recorded
+A worker records the grid's invalid points and enqueues the valid ones in plan order,
+then pops one waiting trial at a time (atomic in the storage), trains it in
+`trials/<key>/` and tells the result. A trial that raises (or hits NaN) is recorded
 `failed` with its error; the sweep goes on. Dead workers' trials are found and
-re-enqueued as storage.py describes.
+re-enqueued as storage.py describes; a trial whose setup fails is handed back at once.
+
+A sweep grows: every worker start enqueues the grid points the study has no trial for,
+and a finished trial with fewer seeds than the sweep now asks for is enqueued again (its
+finished seeds are read back, not retrained). Grid trials are stored by their key (a
+user attribute), not as Optuna parameters, whose distributions could not gain values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
 import threading
 import time
 import traceback
+import warnings
 from typing import Any
 
 from jaxcnn import rundir
@@ -23,6 +30,18 @@ from jaxcnn.spec import RunConfig
 from jaxcnn.sweep import config, plan, results
 from jaxcnn.sweep import storage as storage_lib
 from jaxcnn.sweep import trial as trial_lib
+
+# The attributes a trial enqueued again for more seeds keeps.
+_IDENTITY = ("key", "overrides", "params", "flops")
+
+
+def trial_seeds(t: Any, default: int = 1) -> int:
+    """How many seeds a stored trial was (or is to be) trained with; `default` for one
+    that does not say (a result of one seed carries no count)."""
+    attrs = t.user_attrs
+    return int(
+        attrs.get("seeds") or (attrs.get("result") or {}).get("seeds") or default
+    )
 
 
 class Worker:
@@ -40,17 +59,13 @@ class Worker:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.sweep, self.dir, self.quiet = sweep, sweep_dir, quiet
         self.storage = storage_lib.open_storage(storage, sweep_dir)
+        self.where = storage_lib.describe(storage, sweep_dir)
         self.heartbeat = isinstance(self.storage, optuna.storages.RDBStorage)
+        # Stored trial key -> the current grid point it stands for (rows show its axes).
+        self.shown: dict[str, dict[str, Any]] = {}
         self.study = self._open_study()
         self.datasets: dict[str, Any] = {}
         self.ran = 0
-        # One categorical distribution per grid axis (Optuna needs it fixed per name).
-        self._choices: dict[str, list] = {}
-        for point in sweep.points:
-            for path, value in point.items():
-                choices = self._choices.setdefault(path, [])
-                if config.encode_choice(value) not in choices:
-                    choices.append(config.encode_choice(value))
 
     def _coord_lock(self):
         return storage_lib.flock(self.dir / ".coord.lock")
@@ -68,19 +83,24 @@ class Worker:
         )
         with self._coord_lock():
             try:
-                study = optuna.create_study(
-                    study_name=self.sweep.name, direction="maximize", **kwargs
-                )
-                created = True
-            except optuna.exceptions.DuplicatedStudyError:
-                study = optuna.load_study(study_name=self.sweep.name, **kwargs)
-                created = False
-            saved = study.user_attrs.get("sweep")
-            if saved is not None and saved["base"] != self.sweep.to_dict()["base"]:
+                try:
+                    study = optuna.create_study(
+                        study_name=self.sweep.name, direction="maximize", **kwargs
+                    )
+                    created = True
+                except optuna.exceptions.DuplicatedStudyError:
+                    study = optuna.load_study(study_name=self.sweep.name, **kwargs)
+                    created = False
+            except (ValueError, OSError) as e:  # e.g. a journal that is not JSON lines
                 raise JaxcnnError(
-                    f"sweep {self.sweep.name!r} in this storage has a different base config; "
-                    "use another --workdir (or study name) for a changed sweep"
-                )
+                    f"cannot read sweep {self.sweep.name!r} from its Optuna storage "
+                    f"{self.where} ({type(e).__name__}: {e}); start it afresh with "
+                    "--restart or in another --workdir"
+                ) from None
+            saved = study.user_attrs.get("sweep")
+            if saved is not None:
+                where = f"the Optuna storage {self.where}"
+                config.check_unchanged(config.Sweep.from_dict(saved), self.sweep, where)
             if not created:
                 # Another machine may be enqueueing right now; give it a moment.
                 deadline = time.time() + 60
@@ -89,20 +109,39 @@ class Worker:
                 ):
                     time.sleep(1.0)
             self._enqueue(study)
-            if not study.user_attrs.get("initialized"):
-                study.set_user_attr("sweep", self.sweep.to_dict())
-                study.set_user_attr("initialized", True)
+            study.set_user_attr("sweep", self.sweep.to_dict())  # the latest version
+            study.set_user_attr("initialized", True)
         return study
 
+    def _attempts(self, study) -> dict[str, list]:
+        """The study's trials by the key of the point they ran (recomputed from their
+        overrides, so trials keyed before an axis was added still match)."""
+        out: dict[str, list] = {}
+        for t in study.get_trials(deepcopy=False):
+            attrs = t.user_attrs
+            if "key" not in attrs or attrs.get("status") == "duplicate":
+                continue
+            key = attrs["key"]
+            if "overrides" in attrs:
+                key = plan.point_key(self.sweep.base, attrs["overrides"])
+            out.setdefault(key, []).append(t)
+        return out
+
     def _enqueue(self, study) -> None:
-        """Records invalid points and enqueues valid ones not in the study yet."""
+        """Records invalid points, enqueues valid ones not in the study yet and tops up
+        finished trials to the sweep's seeds."""
         import optuna
 
+        attempts = self._attempts(study)
         if self.sweep.sampler != "grid":
+            for tried in attempts.values():
+                self._top_up(study, tried)
             return
-        known = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)}
         for p in plan.plan_sweep(self.sweep):
-            if p.key in known:
+            if p.key in attempts:
+                for t in attempts[p.key]:
+                    self.shown[t.user_attrs["key"]] = p.overrides
+                self._top_up(study, attempts[p.key])
                 continue
             attrs = {
                 "key": p.key,
@@ -118,10 +157,26 @@ class Worker:
                     )
                 )
             else:
-                study.enqueue_trial(
-                    {k: config.encode_choice(v) for k, v in p.overrides.items()},
-                    user_attrs=attrs,
-                )
+                study.enqueue_trial({}, user_attrs={**attrs, "seeds": self.sweep.seeds})
+
+    def _top_up(self, study, tried: list) -> None:
+        """Enqueues a finished trial again when the sweep now asks for more seeds."""
+        import optuna
+
+        state, seeds = optuna.trial.TrialState, self.sweep.seeds
+        done = [t for t in tried if t.state == state.COMPLETE]
+        queued = [t for t in tried if t.state in (state.WAITING, state.RUNNING)]
+        if (
+            not done
+            or any(trial_seeds(t) >= seeds for t in done)
+            or any(trial_seeds(t, seeds) >= seeds for t in queued)
+        ):
+            return
+        last = done[-1]
+        attrs = {k: last.user_attrs[k] for k in _IDENTITY if k in last.user_attrs}
+        # A search trial keeps its sampled values; a grid trial needs none.
+        params = dict(last.params) if self.sweep.sampler != "grid" else {}
+        study.enqueue_trial(params, user_attrs={**attrs, "seeds": seeds})
 
     # ------------------------------------------------------------------ liveness
     def _reclaim(self) -> None:
@@ -129,7 +184,9 @@ class Worker:
         import optuna
 
         if self.heartbeat:
-            optuna.storages.fail_stale_trials(self.study)
+            with warnings.catch_warnings():  # experimental; used on purpose
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
             return
         for t in self.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
@@ -171,59 +228,96 @@ class Worker:
         return self.study.ask()
 
     def _write_results(self) -> None:
-        results.write_results(self.dir, storage_lib.collect_rows(self.study))
+        results.write_results(
+            self.dir, storage_lib.collect_rows(self.study, self.shown)
+        )
 
     def run(self, max_trials: int | None = None) -> int:
         """Runs trials until the sweep is done (or `max_trials`); returns how many ran."""
         self._write_results()
         while max_trials is None or self.ran < max_trials:
-            lock_cm = None
             with self._coord_lock():
                 self._reclaim()
                 trial = self._next()
                 if trial is None:
                     break
-                key, overrides = self._identify(trial)
-                if key is not None:
-                    lock_cm = storage_lib.flock(self._trial_lock_path(key))
-                    lock_cm.__enter__()
-            try:
-                if key is not None:
+                started = self._start(trial)
+            if started is not None:
+                key, overrides, lock = started
+                try:
                     self._run_trial(trial, key, overrides)
-            finally:
-                if lock_cm is not None:
-                    lock_cm.__exit__(None, None, None)
+                except BaseException as e:  # Ctrl-C, or the sweep dir went away
+                    self._give_back(trial, e)
+                    raise
+                finally:
+                    lock.__exit__(None, None, None)
             self.ran += 1
             self._write_results()
         self._write_results()
         return self.ran
+
+    def _start(self, trial) -> tuple[str, dict, Any] | None:
+        """Identifies a popped trial, takes its lock and creates its run directory;
+        None when it is settled without training (a duplicate or an invalid sample).
+
+        Whatever fails here hands the trial back, so none stays RUNNING.
+        """
+        lock = None
+        try:
+            if self.heartbeat:  # alive from the start: a death now is noticed too
+                self.storage.record_heartbeat(trial._trial_id)
+            key, overrides = self._identify(trial)
+            if key is None:
+                return None
+            lock = storage_lib.flock(self._trial_lock_path(key))
+            lock.__enter__()
+            return key, overrides, lock
+        except BaseException as e:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+            self._give_back(trial, e)
+            if isinstance(e, OSError):
+                raise JaxcnnError(
+                    f"sweep {self.sweep.name!r}: cannot set up a trial in {self.dir} "
+                    f"({type(e).__name__}: {e}); the trial went back to the queue"
+                ) from None
+            raise
+
+    def _give_back(self, trial, error: BaseException) -> None:
+        """Fails a trial that never finished and enqueues it again (not counted as a
+        retry); best effort, as the storage may be what failed."""
+        import optuna
+
+        with contextlib.suppress(Exception):
+            frozen = self.storage.get_trial(trial._trial_id)
+            if frozen.state != optuna.trial.TrialState.RUNNING:
+                return
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            frozen = self.storage.get_trial(trial._trial_id)
+            storage_lib.retry_copy(self.study, frozen, count=False)
 
     def _identify(self, trial) -> tuple[str | None, dict]:
         """The trial's key and overrides; settles duplicates and invalid samples at once."""
         import optuna
 
         attrs = trial.user_attrs
-        if "key" in attrs:
-            overrides = dict(attrs["overrides"])
-            for path, value in overrides.items():  # registers params for plots / TPE
-                trial.suggest_categorical(
-                    path, self._choices.get(path, [config.encode_choice(value)])
-                )
-            key = attrs["key"]
+        if "key" in attrs:  # enqueued: a grid point, or a search trial's top-up
+            for path, axis in self.sweep.search.items():  # registers its params (TPE)
+                axis.suggest(trial, path)
+            key, seeds = attrs["key"], trial_seeds(trial, self.sweep.seeds)
             done = [
                 t
                 for t in self.study.get_trials(
                     deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
                 )
-                if t.user_attrs.get("key") == key
+                if t.user_attrs.get("key") == key and trial_seeds(t) >= seeds
             ]
-            if (
-                done
-            ):  # a duplicate (e.g. enqueued twice by racing machines): never re-run
+            if done:  # a duplicate (e.g. enqueued twice by racing machines)
                 trial.set_user_attr("status", "duplicate")
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                return None, overrides
-            return key, overrides
+                return None, attrs["overrides"]
+            return key, dict(attrs["overrides"])
         overrides = {
             path: axis.suggest(trial, path) for path, axis in self.sweep.search.items()
         }
@@ -233,6 +327,7 @@ class Worker:
             ("overrides", p.overrides),
             ("params", p.params),
             ("flops", p.flops),
+            ("seeds", self.sweep.seeds),
         ):
             trial.set_user_attr(name, value)
         if p.error is not None:
@@ -262,7 +357,6 @@ class Worker:
         import optuna
 
         run_dir = self.dir / "trials" / key
-        run_dir.mkdir(parents=True, exist_ok=True)
         stop = threading.Event()
         beat = None
         if self.heartbeat:
@@ -286,7 +380,7 @@ class Worker:
             result = trial_lib.run_trial(
                 run_config,
                 run_dir,
-                seeds=self.sweep.seeds,
+                seeds=trial_seeds(trial, self.sweep.seeds),
                 replicas=self.sweep.replicas,
                 quiet=self.quiet,
                 dataset=self._dataset(run_config),
