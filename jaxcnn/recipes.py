@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -218,21 +219,32 @@ def lookup(model: str, name: str, *, inline: bool = False) -> Recipe:
     return RECIPES[model][name]
 
 
-def format_recipes(model: str) -> str:
+def format_recipes(model: str, width: int = 89) -> str:
     """The text `jaxcnn summary` prints for a preset's recipes ("" when it has none)."""
     recipes = for_model(model)
     if not recipes:
         return ""
+
+    def item(label: str, text: str, indent: int) -> list[str]:
+        lead = " " * indent
+        return textwrap.wrap(
+            text,
+            width,
+            initial_indent=f"{lead}{label}",
+            subsequent_indent=lead + "  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+
     lines = [f"Recipes (jaxcnn train --model {model} --recipe NAME):"]
     for recipe in recipes:
         settings = ", ".join(
             f"{path}={json.dumps(_plain(value))}"
             for path, value in recipe.settings.items()
         )
-        lines += [
-            f"  {recipe.name}: {recipe.source}",
-            f"    reports: {recipe.reports}",
-            f"    settings: {settings}",
-        ]
-        lines += [f"    note: {note}" for note in recipe.notes]
+        lines += item(f"{recipe.name}: ", recipe.source, 2)
+        lines += item("reports: ", recipe.reports, 4)
+        lines += item("settings: ", settings, 4)
+        for note in recipe.notes:
+            lines += item("note: ", note, 4)
     return "\n".join(lines)

@@ -249,3 +249,27 @@ def test_the_book_recipe_reaches_the_books_test_accuracy(tmp_path, tfds_dir):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["epochs"] == 5
     assert summary["test_accuracy"] >= 0.990, summary
+
+
+def test_a_sweep_base_and_a_sweep_axis_apply_recipes(tmp_path):
+    from jaxcnn.sweep import config as sweep_config
+    from jaxcnn.sweep import plan
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'model = "keras_mnist"\n[train]\nrecipe = "book"\nepochs = 1\n'
+        '[sweep.grid]\n"optim.lr" = [0.01, 0.001]\n'
+    )
+    sweep = sweep_config.load_sweep(path)
+    base = sweep.base
+    assert (base.train.recipe, base.train.epochs, base.train.batch_size) == (
+        "book",
+        1,
+        64,
+    )
+    trial = base.with_overrides(sweep.points[0])
+    assert (trial.optim.lr, trial.optim.optimizer) == (0.01, "rmsprop")
+    plain = RunConfig().with_overrides({"model.name": "keras_mnist"})
+    assert plan.check_trial(plain, {"train.recipe": "book"}).error is None
+    bad = plan.check_trial(plain, {"train.recipe": "paper"})
+    assert "preset 'keras_mnist' has no recipe 'paper'" in bad.error
