@@ -273,3 +273,16 @@ def test_a_sweep_base_and_a_sweep_axis_apply_recipes(tmp_path):
     assert plan.check_trial(plain, {"train.recipe": "book"}).error is None
     bad = plan.check_trial(plain, {"train.recipe": "paper"})
     assert "preset 'keras_mnist' has no recipe 'paper'" in bad.error
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"model.filters": 8}, "setting 'model.filters' must be data.X, optim.X or"),
+        ({"lr": 0.1}, "setting 'lr' must be data.X, optim.X or train.X"),
+        ({"train.recipe": "x"}, "a recipe cannot name a recipe"),
+    ],
+)
+def test_a_recipe_sets_only_run_settings(settings, message):
+    with pytest.raises(SpecError, match=message):
+        recipes.Recipe("x", "keras_mnist", "a source", "a figure", settings)
