@@ -35,8 +35,9 @@ def _input_shape(text: str) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- commands
 def cmd_summary(args: argparse.Namespace) -> int:
-    """Prints the per-layer table (or JSON) of a preset, family or spec file."""
-    from jaxcnn import models, shapes
+    """Prints the per-layer table (or JSON) of a preset, family or spec file, and the
+    preset's published training recipes."""
+    from jaxcnn import models, recipes, shapes
 
     spec = models.load_spec(
         args.model, input_shape=args.input_shape, num_classes=args.classes
@@ -46,10 +47,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.json:
         data = summary.to_dict()
         data["memory"] = {"batch_size": args.batch_size, **memory}
+        data["recipes"] = [r.to_dict() for r in recipes.for_model(args.model)]
         print(json.dumps(data))
     else:
         print(shapes.format_table(summary))
         print(shapes.format_memory(memory, args.batch_size))
+        if text := recipes.format_recipes(args.model):
+            print(text)
     return 0
 
 
@@ -77,6 +81,12 @@ def _add_train(sub, common) -> None:
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument(
         "--manual-dir", help="folder of raw downloads to build the dataset from offline"
+    )
+    p.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="the preset's published training recipe (jaxcnn summary MODEL lists "
+        "them); the config file, flags and --set override its values",
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -156,12 +166,20 @@ def _add_process_flags(p) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """The run config a `jaxcnn train` command line describes (file, then flags, then --set)."""
+    """The run config a `jaxcnn train` command line describes.
+
+    Precedence: defaults < the recipe (--recipe, --set train.recipe or the file's
+    train.recipe) < the config file < flags < --set.
+    """
     from jaxcnn import spec
 
-    config = spec.load_run_config(args.config) if args.config else spec.RunConfig()
+    table = {}
+    if args.config:
+        spec.load_run_config(args.config)  # errors in the file name the file
+        table = spec.read_table(args.config)
     flags = {
         "model.name": args.model,
+        "train.recipe": args.recipe,
         "data.dataset": args.dataset,
         "data.data_dir": args.data_dir,
         "data.manual_dir": args.manual_dir,
@@ -174,8 +192,9 @@ def train_config_from_args(args: argparse.Namespace):
         "train.freeze": args.freeze,
         "train.new_head": True if args.new_head else None,
     }
-    config = config.with_overrides({k: v for k, v in flags.items() if v is not None})
-    return config.with_overrides(dict(spec.parse_override(item) for item in args.set))
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(spec.parse_override(item) for item in args.set)
+    return spec.RunConfig.from_layers(table, overrides)
 
 
 def _cmd_train(args) -> int:

@@ -43,7 +43,9 @@ Shape3 = tuple[int, int, int]
 def keras_mnist(input_shape: Shape3 = (28, 28, 1), num_classes: int = 10) -> ModelSpec:
     """The classic Keras MNIST convnet: 93,322 parameters at 28x28x1.
 
-    Output shapes 26x26x32, 13x13x32, 11x11x64, 5x5x64, 3x3x64, 576, 64, 10.
+    Output shapes 26x26x32, 13x13x32, 11x11x64, 5x5x64, 3x3x64, 576, 64, 10. Chollet's
+    Deep Learning with Python (1st ed., 5.1); its training there is recipe "book"
+    (jaxcnn.recipes).
     """
     return ModelSpec(
         input_shape=input_shape,
@@ -68,7 +70,9 @@ def lenet5(input_shape: Shape3 = (32, 32, 1), num_classes: int = 10) -> ModelSpe
     C1 conv 6@5x5 -> S2 avg pool 2 -> C3 conv 16@5x5 -> S4 avg pool 2 -> C5 conv 120@5x5
     -> F6 dense 84 -> dense num_classes. Inputs smaller than 32x32 (e.g. 28x28 MNIST) get
     'same' padding in C1, which reproduces the classic 28x28 C1 maps from a 28x28 image
-    (as LeNet's 2-pixel border did), so the rest of the network is unchanged.
+    (as LeNet's 2-pixel border did), so the rest of the network is unchanged. No recipe:
+    the paper's training (stochastic diagonal Levenberg-Marquardt, RBF outputs) is not
+    one jaxcnn can run.
     """
     small = input_shape[0] < 32 or input_shape[1] < 32
     return ModelSpec(
@@ -120,7 +124,8 @@ def resnet_cifar(
 
     Stem conv 16 + batch norm + relu, three stages of basic blocks with 16, 32, 64 filters
     (the first block of stages 2 and 3 has stride 2; its skip path is a 1x1 conv),
-    global average pooling and a dense classifier.
+    global average pooling and a dense classifier. The paper's CIFAR-10 training is
+    recipe "paper" (jaxcnn.recipes).
     """
     if not 1 <= blocks_per_stage <= MAX_BLOCKS_PER_STAGE:
         raise SpecError(

@@ -24,6 +24,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
+from jaxcnn import recipes
 from jaxcnn.errors import SpecError
 
 # The largest size a spec may name (filters, units, kernel, stride, padding, groups, each
@@ -861,6 +862,9 @@ class TrainConfig:
     )
     freeze: tuple[str, ...] = ()  # regexes searched in parameter paths (conv_0/kernel)
     new_head: bool = False  # with init_from: re-initialise the last dense layer
+    # a published recipe of the preset (jaxcnn.recipes): its settings lie under the
+    # config's own values; see RunConfig.from_dict / override
+    recipe: str | None = None
 
     def __post_init__(self):
         _check_config("train", self)
@@ -895,16 +899,70 @@ _SECTIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs; `config.json` in a workdir is `to_dict()`."""
+    """Everything a training run needs; `config.json` in a workdir is `to_dict()`.
+
+    `train.recipe` names a published recipe of the preset (jaxcnn.recipes). `from_dict`
+    and `from_layers` put its settings under the given values (defaults < recipe <
+    table < overrides); `override("train.recipe", name)` puts them over the current
+    values. A RunConfig built directly from its sections records the name only.
+    """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        if self.train.recipe is not None:
+            self.recipe()
+
+    def recipe(self) -> recipes.Recipe | None:
+        """The recipe `train.recipe` names, or None.
+
+        Raises:
+          SpecError: the model is no preset with that recipe (listing the valid ones).
+        """
+        if self.train.recipe is None:
+            return None
+        return recipes.lookup(
+            self.model.name, self.train.recipe, inline=self.model.spec is not None
+        )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Parses a run config; `model_spec` (written by training) is ignored."""
+        """Parses a run config; `model_spec` (written by training) is ignored.
+
+        A `train.recipe` in `data` fills in every field `data` leaves out.
+        """
+        config = cls._parse(data)
+        recipe = config.recipe()
+        if recipe is None:
+            return config
+        return cls._parse(_merge_tables(recipe.table(), data))
+
+    @classmethod
+    def from_layers(
+        cls, table: Mapping[str, Any], overrides: Mapping[str, Any]
+    ) -> RunConfig:
+        """defaults < recipe < `table` (a config file) < `overrides` (flags, --set).
+
+        The recipe and the model it belongs to are the ones `overrides` name, else the
+        ones `table` names: a recipe named by an override still lies under the table.
+        """
+        overrides = dict(overrides)
+        early = {
+            path: overrides.pop(path)
+            for path in ("model.name", "train.recipe")
+            if path in overrides
+        }
+        nested: dict[str, dict[str, Any]] = {}
+        for path, value in early.items():
+            section, _, field = path.partition(".")
+            nested.setdefault(section, {})[field] = value
+        return cls.from_dict(_merge_tables(table, nested)).with_overrides(overrides)
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any]) -> RunConfig:
         if not isinstance(data, Mapping):
             raise SpecError(
                 "a run config must be a table with [model] [data] [optim] [train] "
@@ -957,6 +1015,7 @@ class RunConfig:
 
         `model.<field>` that is not a ModelConfig field goes to `model.args`, so a family
         knob reads `model.filters`. Values are type-checked like a config file's.
+        `train.recipe` applies the recipe's settings over the current values.
         """
         section, _, field = path.partition(".")
         if section not in _SECTIONS or not field:
@@ -973,15 +1032,44 @@ class RunConfig:
             )
         data = self.to_dict()
         data[section][field] = value
+        if path == "train.recipe" and isinstance(value, str):
+            named = dataclasses.replace(
+                self, train=dataclasses.replace(self.train, recipe=value)
+            )
+            data = _merge_tables(data, named.recipe().table())
         if section == "model" and data["model"]["spec"] is None:
             data["model"].pop("spec")
         return RunConfig.from_dict(data)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """`override` for each item; a `train.recipe` among them (with the `model.name`
+        it belongs to) goes first, so the other items win over the recipe."""
+        overrides = dict(overrides)
         config = self
+        if "train.recipe" in overrides:
+            recipe = overrides.pop("train.recipe")
+            config = config.override("train.recipe", None)
+            if "model.name" in overrides:
+                config = config.override("model.name", overrides.pop("model.name"))
+            config = config.override("train.recipe", recipe)
         for path, value in overrides.items():
             config = config.override(path, value)
         return config
+
+
+def _merge_tables(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
+    """Run-config tables `high` over `low`, field by field within each section."""
+    out = dict(low)
+    for section, table in high.items():
+        below = out.get(section)
+        if section == "model" and isinstance(below, str):
+            below = {"name": below}
+        if section == "model" and isinstance(table, str):
+            table = {"name": table}
+        if isinstance(below, Mapping) and isinstance(table, Mapping):
+            table = {**below, **table}
+        out[section] = table
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:

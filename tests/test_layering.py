@@ -13,6 +13,7 @@ PACKAGE = pathlib.Path(jaxcnn.__file__).parent
 
 RANKS = {
     "jaxcnn.errors": 0,
+    "jaxcnn.recipes": 0.5,
     "jaxcnn.spec": 1,
     "jaxcnn.cputune": 1,
     "jaxcnn.filters": 1,
