@@ -399,7 +399,8 @@ def build_model(
         name (e.g. "flatten_5"), with the parameter paths and initial values of the
         whole network built from the same seed; the model returns that layer's
         output. The spec may then lack a classifier head: a spec ending in a feature
-        map or a flatten builds, whatever its num_classes.
+        map or a flatten builds, whatever its num_classes (`model.spec` is then the
+        spec with a flatten / dense head appended, which is never built).
 
     Raises:
       SpecError: a bad spec, seed, rngs, kernels or `upto` name.
