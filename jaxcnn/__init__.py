@@ -36,6 +36,7 @@ _LAZY = {
     "preset": "jaxcnn.models",
     "load_spec": "jaxcnn.models",
     "build_model": "jaxcnn.models",
+    "features": "jaxcnn.models",
     "set_kernels": "jaxcnn.models",
     "PRESETS": "jaxcnn.models",
     "FAMILIES": "jaxcnn.models",

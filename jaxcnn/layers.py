@@ -10,8 +10,9 @@ Images are NHWC float32: [batch, H, W, C].
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from flax import nnx
 
 from jaxcnn import filters, shapes
 from jaxcnn import kernels as ops
+from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ActivationSpec,
     ConvSpec,
@@ -216,13 +218,17 @@ def make_norm(spec: NormSpec, channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
 
     Batch norm normalises over batch, H and W (running stats with `spec.momentum`);
     layer norm over the channels of each position; group norm over H, W and the
-    channels of each of `spec.groups` groups.
+    channels of each of `spec.groups` groups. All add `spec.epsilon` to the variance.
     """
     if spec.norm == "batch":
-        return nnx.BatchNorm(channels, momentum=spec.momentum, rngs=rngs)
+        return nnx.BatchNorm(
+            channels, momentum=spec.momentum, epsilon=spec.epsilon, rngs=rngs
+        )
     if spec.norm == "layer":
-        return nnx.LayerNorm(channels, rngs=rngs)
-    return nnx.GroupNorm(channels, num_groups=spec.groups, rngs=rngs)
+        return nnx.LayerNorm(channels, epsilon=spec.epsilon, rngs=rngs)
+    return nnx.GroupNorm(
+        channels, num_groups=spec.groups, epsilon=spec.epsilon, rngs=rngs
+    )
 
 
 # --------------------------------------------------------------------------- blocks
@@ -274,11 +280,31 @@ class Sequential(nnx.Module):
         """(attribute name, module) in call order."""
         return [(name, getattr(self, name)) for name in self.layer_names]
 
-    def _run(self, x: jax.Array, plans: tuple[ops.LayerPlan, ...]) -> jax.Array:
-        for (_, layer), plan in zip(self.named_layers(), plans, strict=True):
-            planned = isinstance(layer, Conv | Pool | Residual)
-            x = layer(x, plan) if planned else layer(x)
-        return x
+    def _run(
+        self,
+        x: jax.Array,
+        plans: Sequence[ops.LayerPlan],
+        rngs: nnx.Rngs | None = None,
+        keep: Collection[str] = (),
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Runs the first len(plans) layers: (output, {name: output of each in keep}).
+
+        `rngs`, when given, draws the dropout masks instead of the layers' own streams.
+        """
+        kept = {}
+        for name, plan in zip(self.layer_names[: len(plans)], plans, strict=True):
+            layer = getattr(self, name)
+            if isinstance(layer, Residual):
+                x = layer(x, plan, rngs=rngs)
+            elif isinstance(layer, Conv | Pool):
+                x = layer(x, plan)
+            elif isinstance(layer, nnx.Dropout):
+                x = layer(x, rngs=rngs)
+            else:
+                x = layer(x)
+            if name in keep:
+                kept[name] = x
+        return x, kept
 
 
 class Residual(Sequential):
@@ -302,10 +328,17 @@ class Residual(Sequential):
         )
         self.activation = spec.activation
 
-    def __call__(self, x: jax.Array, plan: ops.LayerPlan | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        plan: ops.LayerPlan | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
         plan = _own_plan(self, x) if plan is None else plan
         skip = x if plan.proj is None else self.proj(x, plan.proj)
-        return activate(self._run(x, plan.layers) + skip, self.activation)
+        body, _ = self._run(x, plan.layers, rngs)
+        return activate(body + skip, self.activation)
 
 
 class CNN(Sequential):
@@ -314,11 +347,15 @@ class CNN(Sequential):
     Takes any input size the spec can take (`shapes.infer` with the input shape
     replaced): the kernel plan is derived at trace time from the actual shape.
 
-    Owns `rngs`: stream `params` from the seed and `dropout` from a key derived from it,
-    so the dropout RNG state is part of `nnx.state(model)` and is checkpointed. Starts in
+    Owns `rngs`, its `params` and `dropout` streams (models.build_model makes them), so
+    the dropout RNG state is part of `nnx.state(model)` and is checkpointed. Starts in
     training mode (dropout active, batch norm using batch statistics); call
     `model.eval()` for inference and `model.train()` to switch back. `kernel_choice`
     (kernels.KernelChoice) is the one kernel setting; `models.set_kernels` replaces it.
+
+    With `upto` (a top-level layer name), only the layers up to and including that one
+    are built (a backbone): same attribute names, so the same parameter paths as the
+    whole network, and the call returns that layer's output.
     """
 
     def __init__(
@@ -326,15 +363,17 @@ class CNN(Sequential):
         spec: ModelSpec,
         summary: shapes.Summary,
         *,
-        seed: int = 0,
+        rngs: nnx.Rngs,
         kernels: ops.KernelChoice | None = None,
+        upto: str | None = None,
     ):
         self.spec = spec
         self.kernel_choice = ops.KernelChoice() if kernels is None else kernels
-        self.rngs = nnx.Rngs(
-            params=seed, dropout=jax.random.fold_in(jax.random.key(seed), 1)
-        )
-        self._add_layers(spec.layers, "", summary, rngs=self.rngs)
+        self.rngs = rngs
+        self.upto = upto
+        names = [f"{layer.type}_{i}" for i, layer in enumerate(spec.layers)]
+        count = len(names) if upto is None else names.index(upto) + 1
+        self._add_layers(spec.layers[:count], "", summary, rngs=rngs)
 
     def kernel_plan(
         self, input_shape: Sequence[int] | None = None, *, backend: str | None = None
@@ -356,14 +395,67 @@ class CNN(Sequential):
             backend or jax.default_backend(),
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """[batch, H, W, C] -> logits [batch, num_classes].
+    def _plans(self, x: jax.Array, ends: Collection[str]) -> list[ops.LayerPlan]:
+        """The plans of the built layers for input `x`, whole at each layer in `ends`.
+
+        A layer whose output is read (a backbone's last layer, a requested feature) must
+        not crop or fuse its ReLU into the pool after it: those two layers get the
+        plans they have without pairing.
+        """
+        plan = ops.input_plan(
+            self.spec, x.shape, self.kernel_choice, jax.default_backend()
+        )
+        plans = list(plan.layers[: len(self.layer_names)])
+        for i, layer in enumerate(plans):
+            if layer.name in ends and (layer.crop is not None or layer.fuse_relu_pool):
+                choice = dataclasses.replace(
+                    self.kernel_choice, crop=False, fuse_relu_pool=False
+                )
+                loose = ops.model_plan(
+                    self.spec, plan.input_shape, choice, plan.backend
+                ).layers
+                plans[i] = loose[i]
+                if i + 1 < len(plans):
+                    plans[i + 1] = loose[i + 1]
+        return plans
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """[batch, H, W, C] -> logits [batch, num_classes] (a backbone: its last output).
+
+        Args:
+          x: a batch of images.
+          rngs: draws this call's dropout masks (as Flax's own modules take it); None
+            uses the model's own `dropout` stream. Eval mode ignores it.
 
         Raises:
           SpecError: `x` is not a batch of images the model can take (static shapes,
             checked at trace time).
         """
-        plan = ops.input_plan(
-            self.spec, x.shape, self.kernel_choice, jax.default_backend()
-        )
-        return self._run(x, plan.layers)
+        plans = self._plans(x, self.layer_names[-1:])
+        return self._run(x, plans, rngs)[0]
+
+    def features(
+        self, x: jax.Array, names: Sequence[str], rngs: nnx.Rngs | None = None
+    ) -> dict[str, jax.Array]:
+        """The outputs of the top-level layers `names` for the batch `x`.
+
+        Runs the layers up to the last one named, in the model's current mode and with
+        its kernel choice, exactly as the call does (train mode draws dropout masks and
+        moves batch-norm statistics).
+
+        Returns:
+          {name: [batch, ...] output of that layer}.
+
+        Raises:
+          SpecError: a name that is no top-level layer of the model, or no names.
+        """
+        unknown = [n for n in names if n not in self.layer_names]
+        if unknown or not names:
+            what = f"no layer {unknown[0]!r}" if unknown else "no layers asked for"
+            raise SpecError(
+                f"features: {what}; the model's layers are {', '.join(self.layer_names)}"
+            )
+        last = max(self.layer_names.index(n) for n in names)
+        plans = self._plans(x, {*names, self.layer_names[-1]})[: last + 1]
+        _, kept = self._run(x, plans, rngs, keep=names)
+        return {name: kept[name] for name in names}

@@ -1,4 +1,4 @@
-"""Presets, the sweepable `simple_cnn` family, spec loading and `build_model`.
+"""Presets, the sweepable `simple_cnn` family, spec loading, `build_model`, `features`.
 
 Importing this module does not import JAX: presets and `load_spec` serve
 `jaxcnn summary`, and `build_model` loads Flax on first use.
@@ -10,7 +10,7 @@ import dataclasses
 import inspect
 import pathlib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from jaxcnn import shapes
@@ -34,6 +34,7 @@ from jaxcnn.spec import (
 )
 
 if TYPE_CHECKING:
+    import jax
     from flax import nnx
 
 Shape3 = tuple[int, int, int]
@@ -374,28 +375,139 @@ def load_spec(
 def build_model(
     spec: ModelSpec,
     *,
+    rngs: nnx.Rngs | None = None,
     seed: int = 0,
     kernels: Kernels = "auto",
+    upto: str | None = None,
 ) -> nnx.Module:
-    """Builds the Flax NNX model of `spec`, deterministically from `seed`.
+    """Builds the Flax NNX model of `spec`.
 
     The spec is checked by `shapes.infer` first, so an impossible network raises a
     SpecError before anything reaches JAX. The model maps [batch, H, W, C] float32 to
-    logits [batch, num_classes] for any H, W the spec can take; it starts in training
-    mode (`model.eval()` for inference). `kernels` selects the conv / pool
-    implementations ("auto", "xla" or "fast", see jaxcnn.kernels.plan; `set_kernels`
-    changes them later).
+    logits [batch, num_classes] for any H, W the spec can take; `model(x, rngs)` takes
+    this call's dropout randomness as Flax modules do. It starts in training mode
+    (`model.eval()` for inference).
+
+    Construction needs no concrete values, so it runs under `nnx.vmap` (with
+    `nnx.split_rngs`) to build an ensemble.
+
+    Args:
+      spec: the network (or a preset name / spec file, as `load_spec` takes).
+      rngs: initial randomness, Flax style: parameters from its `params` stream, the
+        model's own dropout stream from `dropout` (both fall back to `default`, as
+        in Flax); with neither a dropout nor a default stream, dropout keys derive
+        from the parameter key. Replaces `seed`.
+      seed: without `rngs`, the model is a deterministic function of this int.
+      kernels: the conv / pool implementations ("auto", "xla" or "fast", see
+        jaxcnn.kernels.plan; `set_kernels` changes them later).
+      upto: build a backbone: the layers up to and including this top-level layer
+        name (e.g. "flatten_5"), with the parameter paths and initial values of the
+        whole network built from the same seed; the model returns that layer's
+        output. The spec may then lack a classifier head: a spec ending in a feature
+        map or a flatten builds, whatever its num_classes (`model.spec` is then the
+        spec with a flatten / dense head appended, which is never built).
+
+    Raises:
+      SpecError: a bad spec, seed, rngs, kernels or `upto` name.
     """
     if not isinstance(spec, ModelSpec):
         spec = load_spec(spec)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise SpecError(f"seed must be an int, got {seed!r}")
+    if upto is not None:
+        spec = _backbone_spec(spec, upto)
     summary = shapes.infer(spec)
     from jaxcnn import layers  # Flax loads here, not at import time
     from jaxcnn.kernels import plan
 
     choice = plan.KernelChoice(kernels=kernels)
-    return layers.CNN(spec, summary, seed=seed, kernels=choice)
+    return layers.CNN(
+        spec, summary, rngs=_model_rngs(rngs, seed), kernels=choice, upto=upto
+    )
+
+
+def _model_rngs(rngs: nnx.Rngs | None, seed: int) -> nnx.Rngs:
+    """The model's own params and dropout streams, from `rngs` or else from `seed`."""
+    import jax
+    from flax import nnx
+
+    if rngs is None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise SpecError(
+                f"seed must be an int, got {seed!r}; pass rngs=nnx.Rngs(...) for a "
+                "traced or split key (e.g. under nnx.vmap)"
+            )
+        dropout = jax.random.fold_in(jax.random.key(seed), 1)
+        return nnx.Rngs(params=seed, dropout=dropout)
+    if not isinstance(rngs, nnx.Rngs):
+        raise SpecError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+    streams = set(rngs)
+    if not streams & {"params", "default"}:
+        raise SpecError(
+            f"rngs has no 'params' or 'default' stream (it has "
+            f"{', '.join(sorted(streams)) or 'none'}); use e.g. nnx.Rngs(0) or "
+            "nnx.Rngs(params=0, dropout=1)"
+        )
+    params = rngs.params()
+    has_dropout = streams & {"dropout", "default"}
+    dropout = rngs.dropout() if has_dropout else jax.random.fold_in(params, 1)
+    return nnx.Rngs(params=params, dropout=dropout)
+
+
+def _backbone_spec(spec: ModelSpec, upto: str) -> ModelSpec:
+    """`spec`, with a classifier head appended if it has none, checking `upto`.
+
+    The head is never built (a backbone stops at `upto`); it only lets the spec pass
+    `shapes.infer` and the kernel plan, which check for logits.
+    """
+    names = [f"{layer.type}_{i}" for i, layer in enumerate(spec.layers)]
+    if upto not in names:
+        raise SpecError(
+            f"upto={upto!r} is no top-level layer of model {spec.name!r}; its layers "
+            f"are {', '.join(names)}"
+        )
+    rows = shapes.infer_layers(spec.layers, spec.input_shape)
+    out = [r for r in rows if "." not in r.index][-1].output_shape
+    if tuple(out) == (spec.num_classes,):
+        return spec
+    head = (FlattenSpec(),) if len(out) > 1 else ()
+    head += (DenseSpec(units=spec.num_classes),)
+    return dataclasses.replace(spec, layers=(*spec.layers, *head))
+
+
+def features(
+    model: nnx.Module,
+    images: jax.Array,
+    layers: Sequence[str] | str,
+    *,
+    rngs: nnx.Rngs | None = None,
+) -> dict[str, jax.Array]:
+    """Activations of named layers for a batch: jittable, in the model's current mode.
+
+    Runs the model's top-level layers up to the last one named, with its kernel choice,
+    as `model(images, rngs)` would: eval mode for inference features, train mode for
+    an auxiliary loss (dropout masks drawn, batch-norm statistics moved). The mode is
+    left as it was. Works under `nnx.jit` (layer names are static).
+
+    Args:
+      model: a model from `build_model` (a backbone too).
+      images: [batch, H, W, C] float32.
+      layers: top-level layer names, e.g. ("conv_0", "pool_1"), or one name.
+      rngs: dropout randomness for this call, as in `model(images, rngs)`.
+
+    Returns:
+      {name: [batch, ...] output of that layer}.
+
+    Raises:
+      SpecError: a model not from build_model, a name that is no top-level layer (the
+        message lists them), or images the model cannot take.
+    """
+    from jaxcnn import layers as layers_lib
+
+    if not isinstance(model, layers_lib.CNN):
+        raise SpecError(
+            f"features takes a model from build_model, got {type(model).__name__}"
+        )
+    names = (layers,) if isinstance(layers, str) else tuple(layers)
+    return model.features(images, names, rngs)
 
 
 def set_kernels(

@@ -386,12 +386,20 @@ class GlobalPoolSpec(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class NormSpec(LayerSpec):
-    """Batch, layer or group normalisation over channels (`groups` for group norm)."""
+    """Batch, layer or group normalisation over channels (`groups` for group norm).
+
+    The defaults are Flax's (nnx.BatchNorm / LayerNorm / GroupNorm). Keras's
+    BatchNormalization is epsilon=1e-3, momentum=0.99; PyTorch's is epsilon=1e-5 with
+    momentum 0.1 in its own convention, i.e. momentum=0.9 here.
+    """
 
     type: ClassVar[str] = "norm"
     norm: Literal["batch", "layer", "group"] = "batch"
     groups: int = 8
-    momentum: float = 0.99  # batch-norm running average decay, as in Keras
+    # Batch norm only: running average decay (new = momentum * old + (1 - momentum) *
+    # batch), as in Flax and Keras.
+    momentum: float = 0.99
+    epsilon: float = 1e-5  # added to the variance before the square root, as in Flax
 
     def __post_init__(self):
         _coerce_fields(self)
@@ -399,6 +407,11 @@ class NormSpec(LayerSpec):
         _check(
             0.0 <= self.momentum < 1.0,
             f"field 'momentum' must be in [0, 1), got {self.momentum}",
+        )
+        _check(
+            0.0 < self.epsilon <= 1.0,
+            f"field 'epsilon' must be in (0, 1] (Flax 1e-5, Keras 1e-3), "
+            f"got {self.epsilon}",
         )
 
 

@@ -39,11 +39,11 @@ _SPATIAL_TYPES = ("conv", "pool", "activation", "norm", "residual")
 def feature_maps(
     model: Any, spec: ModelSpec, image: np.ndarray
 ) -> list[tuple[str, np.ndarray]]:
-    """The input and the activations of every spatial layer for one image.
+    """The input and the activations of every spatial layer for one image, in eval mode.
 
-    Runs the top-level layers of `model` one at a time (in eval mode: the model is
-    switched with `model.eval()`), keeping the output of each conv, pool, activation,
-    norm and residual layer, i.e. every layer whose output is still a [H, W, C] map.
+    Runs `models.features` on an eval-mode view of `model` (`nnx.view`), keeping the
+    output of each top-level conv, pool, activation, norm and residual layer whose
+    output is still a [H, W, C] map. `model` itself stays in the mode it was in.
 
     Args:
       model: a model built from `spec` (models.build_model or train.restore).
@@ -58,7 +58,9 @@ def feature_maps(
     Raises:
       DataError: the image does not have the model's input shape.
     """
-    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxcnn import models
 
     x = np.asarray(image, np.float32)
     if x.ndim == 3:
@@ -69,14 +71,14 @@ def feature_maps(
             f"{list(spec.input_shape)} ([H, W, C] or [1, H, W, C]), got shape "
             f"{list(np.shape(image))}; convert it with viz.load_image first"
         )
-    model.eval()
-    maps = [("input", x[0])]
-    h = jnp.asarray(x)
-    for name, layer in model.named_layers():
-        h = layer(h)
-        if name.rsplit("_", 1)[0] in _SPATIAL_TYPES and h.ndim == 4:
-            maps.append((name, np.asarray(h[0], np.float32)))
-    return maps
+    names = [n for n in model.layer_names if n.rsplit("_", 1)[0] in _SPATIAL_TYPES]
+    frozen = nnx.view(
+        model, deterministic=True, use_running_average=True, raise_if_not_found=False
+    )
+    maps = models.features(frozen, x, names) if names else {}
+    return [("input", x[0])] + [
+        (name, np.asarray(h[0], np.float32)) for name, h in maps.items() if h.ndim == 4
+    ]
 
 
 def edge_responses(image: np.ndarray) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ CORE_NAMES = [
     "preset",
     "load_spec",
     "build_model",
+    "features",
     "set_kernels",
     "PRESETS",
 ]
