@@ -204,9 +204,9 @@ def _restore(run: _Run, steps: step.Steps, ckpt) -> tuple[int, float]:
     """Loads the latest checkpoint into `steps` when resuming: (epoch, best val acc)."""
     if not run.resume:
         return 0, -1.0
-    restored, meta = ckpt.restore("latest", nnx.to_pure_dict(steps.state))
-    nnx.replace_by_pure_dict(steps.state, restored)
-    return meta["epoch"], meta.get("best_val_accuracy", -1.0)
+    restored = ckpt.restore("latest", nnx.to_pure_dict(steps.state))
+    nnx.replace_by_pure_dict(steps.state, restored.state)
+    return restored.meta["epoch"], restored.meta.get("best_val_accuracy", -1.0)
 
 
 def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool]:
@@ -293,8 +293,9 @@ def _finish(run: _Run, steps, ckpt, history, stopped_early: bool) -> dict[str, A
     """Test metrics of the best-by-validation checkpoint (as `eval` reports), summary."""
     best_step = ckpt.best_step()
     if best_step is not None and best_step != ckpt.latest_step():
-        best_state, _ = ckpt.restore("best", nnx.to_pure_dict(steps.state))
-        nnx.replace_by_pure_dict(steps.state, best_state)
+        best = ckpt.restore("best", nnx.to_pure_dict(steps.state))
+        nnx.replace_by_pure_dict(steps.state, best.state)
+        best_step = best.step  # another one when that checkpoint proved unusable
     (test_loss, test_correct, test_count), _, _ = steps.evaluate(
         run.dataset.test.batches(run.config.train.eval_batch_size)
     )
