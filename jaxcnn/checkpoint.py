@@ -16,28 +16,51 @@ directory).
 Restores are checked before orbax reads any array: the stored tree (paths, shapes,
 dtypes) must match the target exactly, otherwise a `CheckpointError` names the first
 mismatching paths and their shapes.
+
+A checkpoint is used only once it is verified: `save` refuses a state holding NaN or Inf
+and stores a sha256 digest of every leaf's bytes in the meta; `restore` recomputes the
+digests and rejects a restored state that differs or is not finite. A checkpoint that
+fails (unreadable files, garbage metrics or meta, a digest mismatch, NaN/Inf) is skipped
+by ``restore("latest")`` and ``restore("best")`` with a one-line warning on stderr that
+names the step and the reason; the next checkpoint in line is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
-from jaxcnn.errors import CheckpointError
+from jaxcnn.errors import CheckpointError, TrainingError
 
 PyTree = Any
 StepRef = int | Literal["latest", "best"]
 
 _STATE, _META = "state", "meta"
+_DIGESTS = "state_sha256"  # meta key: {leaf path: sha256 hex digest of its bytes}
 _MAX_LISTED = 5  # mismatching paths named in one error message
+
+
+class Restored(NamedTuple):
+    """What `Checkpointer.restore` returns: the state, its meta, and the step used."""
+
+    state: PyTree
+    meta: dict
+    step: int
+
+
+class _Unusable(Exception):
+    """A checkpoint step that cannot be used; the message says why."""
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:
@@ -46,12 +69,55 @@ def has_checkpoint(directory: str | os.PathLike) -> bool:
     return os.path.isdir(path) and bool(ocp.utils.checkpoint_steps(path))
 
 
-def _best_value(metrics: Mapping[str, Any] | None) -> float:
-    """Ranking key: val_accuracy, with missing or NaN values ranked last."""
-    value = (metrics or {}).get("val_accuracy")
-    if value is None or math.isnan(float(value)):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _best_value(metrics: Any) -> float:
+    """Ranking key: val_accuracy, with missing, NaN or malformed values ranked last."""
+    value = metrics.get("val_accuracy") if isinstance(metrics, Mapping) else None
+    if not _is_number(value) or math.isnan(value):
         return -math.inf
     return float(value)
+
+
+def nonfinite_paths(state: PyTree) -> list[str]:
+    """The paths of the floating-point leaves of `state` that hold a NaN or an Inf.
+
+    The check runs where the arrays live; only one boolean per leaf reaches the host.
+    """
+    floats = [
+        (path, leaf)
+        for path, leaf in _flat(state)
+        if jnp.issubdtype(getattr(leaf, "dtype", np.float64), jnp.inexact)
+    ]
+    finite = [_host(jnp.isfinite(leaf).all()) for _, leaf in floats]
+    return [path for (path, _), ok in zip(floats, finite, strict=True) if not ok]
+
+
+class _Manager(ocp.CheckpointManager):
+    """orbax's manager, except that a step whose metrics file is not a JSON object of
+    numbers is recorded in `unusable` (and ranks as unmeasured) instead of stopping the
+    whole directory from opening."""
+
+    def __init__(self, *args, **kwargs):
+        self.unusable: dict[int, str] = {}
+        super().__init__(*args, **kwargs)
+
+    def _get_metrics(self, step: int):
+        try:
+            metrics = super()._get_metrics(step)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            self.unusable[step] = f"its metrics file cannot be read ({_reason(e)})"
+            return None
+        if metrics is not None and not (
+            isinstance(metrics, Mapping) and all(map(_is_number, metrics.values()))
+        ):
+            self.unusable[step] = (
+                "its metrics file does not hold a JSON object of numbers"
+            )
+            return None
+        return metrics
 
 
 class Checkpointer:
@@ -104,7 +170,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         try:
-            self._manager = ocp.CheckpointManager(
+            self._manager = _Manager(
                 self.directory,
                 item_handlers={
                     _STATE: ocp.StandardCheckpointHandler(),
@@ -116,10 +182,10 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot open checkpoint directory {self.directory}: {e}"
             ) from e
-        best = self._manager.best_step()
-        self._best = (
-            _best_value(self._manager.metrics(best)) if best is not None else None
-        )
+        # steps found unusable, with the reason (the manager adds those whose metrics
+        # file is malformed); restores skip them, saves replace them
+        self._bad: dict[int, str] = self._manager.unusable
+        self._best = self._best_so_far()
 
     # -- saving ---------------------------------------------------------------------------
 
@@ -135,7 +201,8 @@ class Checkpointer:
         """Saves `state` as checkpoint `step` (see the class docstring for when it skips).
 
         Args:
-          step: the global optimiser step (checkpoint name); must be new.
+          step: the global optimiser step (checkpoint name); must be new, unless the
+            step there was found unusable (it is then replaced).
           state: pytree of arrays, e.g. ``{"model": ..., "optimizer": ...}`` pure dicts.
           metrics: scalar metrics; ``val_accuracy`` selects the best checkpoint.
           meta: JSON-serialisable information returned by `restore` / `read_meta`.
@@ -143,6 +210,11 @@ class Checkpointer:
 
         Returns:
           True if a checkpoint was written.
+
+        Raises:
+          TrainingError: a floating-point leaf of `state` holds NaN or Inf (see
+            `check_finite`); nothing is written.
+          CheckpointError: the step exists, or `meta` is not JSON-serialisable.
         """
         try:
             meta = json.loads(json.dumps(dict(meta)))
@@ -159,11 +231,9 @@ class Checkpointer:
         due = epoch is None or int(epoch) % self.save_every == 0
         if not (force or due or is_best):
             return False
-        if step in self._manager.all_steps():
-            raise CheckpointError(
-                f"checkpoint step {step} already exists in {self.directory}; restore it to "
-                f"resume, or use a fresh directory to start over"
-            )
+        self.check_finite(state, epoch=epoch, step=step)
+        self._make_room(step)
+        meta[_DIGESTS] = _digests(state)
         args = ocp.args.Composite(
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
         )
@@ -171,6 +241,48 @@ class Checkpointer:
         if is_best:
             self._best = value
         return True
+
+    def check_finite(
+        self, state: PyTree, *, epoch: int | None = None, step: int | None = None
+    ) -> None:
+        """Raises `TrainingError` if a floating-point leaf of `state` holds NaN or Inf.
+
+        `save` calls it before writing, so such a state never becomes a checkpoint; a
+        training loop may call it every epoch to stop as soon as the weights diverge.
+
+        Args:
+          state: the pytree that would be saved.
+          epoch: the epoch it belongs to (1-based), named in the message.
+          step: the step it belongs to, named when `epoch` is not given.
+        """
+        bad = nonfinite_paths(state)
+        if not bad:
+            return
+        when = f"epoch {epoch}" if epoch is not None else f"step {step}"
+        latest = self.latest_step()
+        kept = (
+            f"the last good checkpoint (step {latest}) is kept in {self.directory}"
+            if latest is not None
+            else f"no checkpoint was saved in {self.directory}"
+        )
+        raise TrainingError(
+            f"the weights became NaN or Inf in {when} ({_listing(bad)}); they are not "
+            f"saved, and {kept}. Lower the learning rate (optim.lr) or set "
+            f"optim.clip_norm=1.0"
+        )
+
+    def _make_room(self, step: int) -> None:
+        """Removes an unusable checkpoint at `step`; refuses to overwrite a good one."""
+        if step not in self._manager.all_steps():
+            return
+        if step not in self._bad:
+            raise CheckpointError(
+                f"checkpoint step {step} already exists in {self.directory}; restore it to "
+                f"resume, or use a fresh directory to start over"
+            )
+        self._manager.delete(step)
+        del self._bad[step]
+        self._best = self._best_so_far()
 
     def wait(self) -> None:
         """Blocks until every started save is on disk."""
@@ -188,47 +300,67 @@ class Checkpointer:
 
     # -- listing --------------------------------------------------------------------------
 
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
-    def best_step(self) -> int | None:
-        """The step with the highest ``val_accuracy`` (the latest of equals)."""
-        return self._manager.best_step()
-
     def all_steps(self) -> list[int]:
+        """Every finalised step, unusable ones included."""
         self.wait()
         return sorted(self._manager.all_steps())
 
-    def _resolve(self, step: StepRef) -> int:
+    def latest_step(self) -> int | None:
+        """The newest step not known to be unusable."""
+        good = [s for s in self._candidates("latest") if s not in self._bad]
+        return good[0] if good else None
+
+    def best_step(self) -> int | None:
+        """The step with the highest ``val_accuracy`` (the latest of equals), among
+        those not known to be unusable; None when no step has a ``val_accuracy``."""
+        good = [s for s in self._candidates("best") if s not in self._bad]
+        return good[0] if good and self._value(good[0]) > -math.inf else None
+
+    def _value(self, step: int | None) -> float:
+        return -math.inf if step is None else _best_value(self._manager.metrics(step))
+
+    def _best_so_far(self) -> float | None:
+        best = self.best_step()
+        return None if best is None else self._value(best)
+
+    def _candidates(self, which: Literal["latest", "best"]) -> list[int]:
+        """The steps in the order `which` tries them. Known-bad steps stay in the list
+        (a restore names them as it skips them); for "best", those whose metrics could
+        not be read go first, as they might have ranked first."""
+        steps = list(reversed(self.all_steps()))
+        if which == "best":
+            # stable sort: the newest of equals first
+            steps.sort(key=lambda s: (s in self._bad, self._value(s)), reverse=True)
+        return steps
+
+    def _resolve(self, step: StepRef) -> list[int]:
+        """The steps to try for `step`: one for a number, fallbacks for latest / best."""
         steps = self.all_steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        if step == "latest":
-            return steps[-1]
-        if step == "best":
-            return self.best_step()
+        if step in ("latest", "best"):
+            return self._candidates(step)
         if isinstance(step, str) or step not in steps:
             raise CheckpointError(
                 f"no checkpoint step {step!r} in {self.directory}; available steps: {steps} "
                 f"(or 'latest' / 'best')"
             )
-        return int(step)
+        return [int(step)]
 
     # -- restoring ------------------------------------------------------------------------
 
     def read_meta(self, step: StepRef = "latest") -> dict:
-        """The JSON meta saved with `step`."""
-        step = self._resolve(step)
-        try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
-            )
-        except Exception as e:  # orbax raises many types for unreadable files
-            raise self._corrupt(step, e) from e
-        return dict(restored[_META])
+        """The JSON meta saved with `step` (the first readable one for latest / best)."""
+        meta, _ = self._first_usable(step, self._read_meta)
+        meta.pop(_DIGESTS, None)
+        return meta
 
-    def restore(self, step: StepRef, target: PyTree) -> tuple[PyTree, dict]:
-        """Restores checkpoint `step` into the structure of `target`.
+    def restore(self, step: StepRef, target: PyTree) -> Restored:
+        """Restores checkpoint `step` into the structure of `target`, verified.
+
+        For ``"latest"`` and ``"best"``, an unusable checkpoint (unreadable, its data
+        not matching the digests saved with it, NaN/Inf values) is skipped with a
+        one-line warning on stderr, and the next one in line is restored instead.
 
         Args:
           step: a step number, ``"latest"`` or ``"best"``.
@@ -236,14 +368,65 @@ class Checkpointer:
             with exactly the saved structure, shapes and dtypes.
 
         Returns:
-          (state, meta): the restored pytree (arrays, typed keys like the target's) and
-          the saved meta.
+          `Restored` (state, meta, step): the restored pytree (arrays, typed keys like
+          the target's), the saved meta, and the step it came from.
 
         Raises:
-          CheckpointError: no such checkpoint, a structure/shape/dtype mismatch (naming
-            the parameter paths and shapes), or unreadable files.
+          CheckpointError: no such checkpoint, no usable one, the named step unusable,
+            or a structure/shape/dtype mismatch (naming the parameter paths and shapes).
         """
-        step = self._resolve(step)
+        (state, meta), used = self._first_usable(
+            step, lambda s: self._restore_step(s, target)
+        )
+        return Restored(state, meta, used)
+
+    def _first_usable(self, step: StepRef, load) -> tuple[Any, int]:
+        """`load(s)` of the first usable step for `step`, warning about skipped ones."""
+        candidates = self._resolve(step)
+        skipped = []
+        for s in candidates:
+            try:
+                loaded = load(s)
+            except _Unusable as e:
+                self._bad[s] = str(e)
+                if not isinstance(step, str):  # a step asked for by number
+                    raise CheckpointError(
+                        f"checkpoint step {s} in {self.directory} is unusable: {e}. "
+                        f"Restore 'latest' or 'best' to fall back to a usable one"
+                    ) from None
+                skipped.append(s)
+                continue
+            for bad in skipped:
+                _warn(
+                    f"checkpoint step {bad} in {self.directory} is unusable "
+                    f"({self._bad[bad]}); using step {s} instead"
+                )
+            return loaded, s
+        reasons = "; ".join(f"step {s}: {self._bad[s]}" for s in sorted(self._bad))
+        raise CheckpointError(
+            f"no usable checkpoint in {self.directory} ({reasons}). Start the run afresh "
+            f"(jaxcnn train --restart) or restore the directory from a backup"
+        )
+
+    def _read_meta(self, step: int) -> dict:
+        """The meta saved with `step`; raises _Unusable when it cannot be read."""
+        self._manager.metrics(step)  # records a malformed metrics file in self._bad
+        if step in self._bad:
+            raise _Unusable(self._bad[step])
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+            )
+        except Exception as e:  # orbax raises many types for unreadable files
+            raise _Unusable(f"its meta file cannot be read ({_reason(e)})") from e
+        meta = restored[_META]
+        if not isinstance(meta, Mapping):
+            raise _Unusable("its meta file does not hold a JSON object")
+        return dict(meta)
+
+    def _restore_step(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
+        """Restores and verifies one step; raises _Unusable when it cannot be used."""
+        meta = self._read_meta(step)
         try:
             stored_meta = self._manager.item_metadata(step)[_STATE]
             if stored_meta is None:
@@ -253,32 +436,17 @@ class Checkpointer:
                 for path, m in _flat(stored_meta.tree)
             }
         except Exception as e:
-            raise self._corrupt(step, e) from e
+            raise _Unusable(f"its state metadata cannot be read ({_reason(e)})") from e
         expected = {path: _stored_form(leaf) for path, leaf in _flat(target)}
         self._check_match(step, stored, expected)
         abstract = jax.tree_util.tree_map(_abstract, target)
-        args = ocp.args.Composite(
-            **{
-                _STATE: ocp.args.StandardRestore(abstract),
-                _META: ocp.args.JsonRestore(),
-            }
-        )
+        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
         try:
-            restored = self._manager.restore(step, args=args)
+            state = self._manager.restore(step, args=args)[_STATE]
         except Exception as e:
-            raise self._corrupt(step, e) from e
-        return restored[_STATE], dict(restored[_META])
-
-    def _corrupt(self, step: int, error: Exception) -> CheckpointError:
-        # tensorstore appends its whole JSON spec to messages; keep the readable part
-        text = (str(error).strip().splitlines() or [""])[0].split(" [tensorstore_spec")[
-            0
-        ]
-        return CheckpointError(
-            f"checkpoint step {step} in {self.directory} is corrupt or unreadable "
-            f"({type(error).__name__}: {text[:300]}); delete {self.directory}/{step} to "
-            f"fall back to an earlier checkpoint"
-        )
+            raise _Unusable(f"its array data cannot be read ({_reason(e)})") from e
+        _verify(state, meta.pop(_DIGESTS, None))
+        return state, meta
 
     def _check_match(self, step: int, stored: dict, expected: dict) -> None:
         problems = []
@@ -314,6 +482,79 @@ class Checkpointer:
                 f"written for a different model or optimiser; restore with the config it was "
                 f"saved with, or use a fresh workdir"
             )
+
+
+def _verify(state: PyTree, digests: Any) -> None:
+    """Raises _Unusable unless `state` matches `digests` (when saved) and is finite."""
+    if digests is not None:
+        if not isinstance(digests, Mapping):
+            raise _Unusable(f"its meta entry {_DIGESTS!r} is not a JSON object")
+        actual = _digests(state)
+        differ = [p for p in actual if p in digests and digests[p] != actual[p]]
+        if differ:
+            raise _Unusable(
+                f"the data of {_listing(differ)} does not match the sha256 digest "
+                f"saved with it: its files were changed or damaged after the save"
+            )
+    bad = nonfinite_paths(state)
+    if bad:
+        raise _Unusable(f"NaN or Inf values in {_listing(bad)}")
+
+
+def _digests(state: PyTree) -> dict[str, str]:
+    """sha256 of each leaf's bytes (typed keys: their key data), by leaf path.
+
+    A leaf spread over several processes' devices without a full copy on this one is
+    left out.
+    """
+    out = {}
+    for path, leaf in _flat(state):
+        if _is_key(leaf):
+            leaf = jax.random.key_data(leaf)
+        if isinstance(leaf, jax.Array) and not (
+            leaf.is_fully_addressable or leaf.is_fully_replicated
+        ):
+            continue
+        data = np.ascontiguousarray(_host(leaf)).reshape(-1).view(np.uint8)
+        out[path] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _host(x: Any) -> np.ndarray:
+    """This process's full copy of an array (a replicated global array included)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def _reason(error: BaseException) -> str:
+    """The readable core of an orbax / tensorstore error: its innermost cause's first
+    line, without the JSON spec and object reprs tensorstore appends."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, json.JSONDecodeError):
+        text = f"not valid JSON: {text}"
+    for cut in (
+        " [tensorstore_spec",
+        " See full TensorStore details",
+        " <bound method",
+    ):
+        text = text.split(cut)[0]
+    return text[:300]
+
+
+def _listing(paths: list[str]) -> str:
+    more = len(paths) - _MAX_LISTED
+    shown = ", ".join(paths[:_MAX_LISTED])
+    noun = "parameter" if len(paths) == 1 else "parameters"
+    return f"{noun} {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _warn(message: str) -> None:
+    """One line on stderr (from process 0 only, in a multi-process run)."""
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _path_str(path: tuple) -> str:

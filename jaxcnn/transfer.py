@@ -161,22 +161,20 @@ def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
 
     The model is returned in eval mode.
 
+    For "best" and "latest", an unusable checkpoint is skipped with a warning naming it
+    and the step used instead (see `checkpoint.Checkpointer.restore`).
+
     Raises:
-      CheckpointError: not a run directory, or no such checkpoint.
+      CheckpointError: not a run directory, no such (or no usable) checkpoint.
     """
     run_dir = rundir.RunDir(workdir)
     saved = run_dir.read()
     model, optimizer = build_run_state(saved.config, saved.spec)
     _, state = nnx.split((model, optimizer))
+    if not run_dir.has_checkpoint():
+        raise CheckpointError(f"no checkpoint in {run_dir.checkpoints}; train first")
     with checkpoint.Checkpointer(run_dir.checkpoints) as ckpt:
-        step = {"best": ckpt.best_step, "latest": ckpt.latest_step}.get(
-            which, lambda: which
-        )()
-        if step is None:
-            raise CheckpointError(
-                f"no checkpoint in {run_dir.checkpoints}; train first"
-            )
-        restored, meta = ckpt.restore(step, nnx.to_pure_dict(state))
+        restored, meta, step = ckpt.restore(which, nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, restored)
     nnx.update((model, optimizer), state)
     model.eval()

@@ -1,7 +1,11 @@
 """Checkpoint round trips, retention, error messages and crash safety."""
 
 import glob
+import json
+import math
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +20,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import checkpoint
-from jaxcnn.errors import CheckpointError
+from jaxcnn.errors import CheckpointError, TrainingError
 
 
 class _Net(nnx.Module):
@@ -97,9 +101,9 @@ def test_round_trip_of_a_real_nnx_model_and_optimizer_is_exact(tmp_path):
 
     with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
         assert ckpt.latest_step() == 40
-        restored, restored_meta = ckpt.restore("latest", _abstract_state())
+        restored, restored_meta, step = ckpt.restore("latest", _abstract_state())
         assert ckpt.read_meta(40) == meta
-    assert restored_meta == meta
+    assert restored_meta == meta and step == 40
     _assert_trees_equal(restored, state)
     assert int(restored["optimizer"]["step"]) == 1
     assert (
@@ -128,7 +132,7 @@ def test_keeps_latest_n_and_the_best_even_when_older(tmp_path):
     with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:  # survives reopening
         assert ckpt.all_steps() == [20, 50, 60]
         assert (ckpt.best_step(), ckpt.latest_step()) == (20, 60)
-        restored, meta = ckpt.restore("best", _small_state())
+        restored, meta, _ = ckpt.restore("best", _small_state())
         assert meta == {"epoch": 2}
         np.testing.assert_array_equal(restored["w"], np.full((2, 3), 2.0))
         # a later, better checkpoint replaces the old best
@@ -226,20 +230,29 @@ def test_missing_checkpoint_names_the_directory(tmp_path):
             ckpt.restore(4, _small_state())
 
 
+def _files(directory) -> list[str]:
+    return [
+        f for f in glob.glob(str(directory / "**"), recursive=True) if os.path.isfile(f)
+    ]
+
+
+def _assert_readable(message: str) -> None:
+    """No internal reprs or tensorstore specs in a message meant for users."""
+    for internal in ("pybind", "<bound method", "tensorstore_spec", "Traceback"):
+        assert internal not in message, message
+
+
 @pytest.mark.parametrize(
     "damage", ["delete_data", "truncate_data", "truncate_metadata"]
 )
-def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, damage):
+def test_damaged_checkpoint_is_skipped_by_latest_and_refused_by_number(
+    tmp_path, capsys, damage
+):
     state = {"w": jnp.arange(1000.0), "b": jnp.ones(3)}
     with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
-        ckpt.save(1, state, metrics={}, meta={})
-        ckpt.save(2, state, metrics={}, meta={})
-    files = [
-        f
-        for f in glob.glob(str(tmp_path / "2" / "state" / "**"), recursive=True)
-        if os.path.isfile(f)
-    ]
-    data = [f for f in files if f"{os.sep}d{os.sep}" in f]
+        ckpt.save(1, state, metrics={}, meta={"epoch": 1})
+        ckpt.save(2, state, metrics={}, meta={"epoch": 2})
+    data = [f for f in _files(tmp_path / "2" / "state") if f"{os.sep}d{os.sep}" in f]
     assert data
     if damage == "delete_data":
         for f in data:
@@ -250,12 +263,123 @@ def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, damage):
     else:
         os.truncate(tmp_path / "2" / "state" / "_METADATA", 10)
     with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
-        with pytest.raises(
-            CheckpointError, match=r"checkpoint step 2 in .* is corrupt or unreadable"
-        ):
-            ckpt.restore("latest", state)
-        restored, _ = ckpt.restore(1, state)  # the earlier checkpoint is untouched
+        with pytest.raises(CheckpointError) as info:
+            ckpt.restore(2, state)
+        restored, meta, step = ckpt.restore("latest", state)
+        assert ckpt.latest_step() == 1  # step 2 is known to be unusable now
+    message = str(info.value)
+    assert message.startswith(f"checkpoint step 2 in {tmp_path} is unusable: its ")
+    assert "Restore 'latest' or 'best'" in message
+    _assert_readable(message)
+    assert (step, meta) == (1, {"epoch": 1})
     np.testing.assert_array_equal(restored["w"], state["w"])
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: checkpoint step 2 in {tmp_path} is unusable (")
+    assert warning.endswith("; using step 1 instead") and "\n" not in warning
+    _assert_readable(warning)
+
+
+def test_changed_bytes_fail_the_digest_and_best_falls_back(tmp_path, capsys):
+    state = {"w": jnp.linspace(0.0, 1.0, 4096), "b": jnp.ones(3)}
+    with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
+        ckpt.save(1, state, metrics={"val_accuracy": 0.5}, meta={"epoch": 1})
+        ckpt.save(2, state, metrics={"val_accuracy": 0.9}, meta={"epoch": 2})
+        ckpt.save(3, state, metrics={"val_accuracy": 0.7}, meta={"epoch": 3})
+    largest = max(_files(tmp_path / "2" / "state"), key=os.path.getsize)
+    with open(largest, "r+b") as f:  # four bytes inside the array data
+        f.seek(os.path.getsize(largest) // 2)
+        f.write(b"\x00\x00\x80\x7f")
+    with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
+        assert ckpt.best_step() == 2  # not known to be damaged before it is read
+        _, meta, step = ckpt.restore("best", state)
+        assert (step, meta) == (3, {"epoch": 3})  # the next best by val_accuracy
+        assert ckpt.best_step() == 3
+    warning = capsys.readouterr().err
+    assert "checkpoint step 2" in warning and "parameter w" in warning
+    assert "does not match the sha256 digest saved with it" in warning
+    assert "using step 3 instead" in warning
+
+
+def test_no_usable_checkpoint_names_every_step_and_why(tmp_path):
+    state = {"w": jnp.ones(8)}
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, metrics={}, meta={"epoch": 1})
+        ckpt.save(2, state, metrics={}, meta={"epoch": 2})
+    (tmp_path / "1" / "meta" / "metadata").write_text("{not json")
+    (tmp_path / "2" / "metrics" / "metrics").write_text('["garbage"]')
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 1  # step 2's metrics were checked on opening
+        with pytest.raises(CheckpointError) as info:
+            ckpt.restore("latest", state)
+    message = str(info.value)
+    assert message.startswith(f"no usable checkpoint in {tmp_path} (step 1: its meta")
+    assert "not valid JSON" in message
+    assert "step 2: its metrics file does not hold a JSON object of numbers" in message
+    assert "--restart" in message
+
+
+def test_garbage_metrics_file_does_not_stop_the_directory_opening(tmp_path, capsys):
+    state = {"w": jnp.ones(8)}
+    with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, state, metrics={"val_accuracy": step / 10}, meta={})
+    (tmp_path / "3" / "metrics" / "metrics").write_bytes(b"\xff\xfe garbage")
+    with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
+        assert (ckpt.latest_step(), ckpt.best_step()) == (2, 2)
+        assert ckpt.all_steps() == [1, 2, 3]
+        _, _, step = ckpt.restore("best", state)  # step 3 might have been the best
+        assert step == 2
+        # saving step 3 again replaces the unusable one instead of refusing
+        assert ckpt.save(3, state, metrics={"val_accuracy": 0.3}, meta={"epoch": 3})
+        assert ckpt.latest_step() == 3 and ckpt.best_step() == 3
+    assert "checkpoint step 3" in capsys.readouterr().err
+    with checkpoint.Checkpointer(tmp_path, keep=3) as ckpt:
+        assert ckpt.restore("latest", state).step == 3
+
+
+def test_save_refuses_nonfinite_state_and_keeps_the_last_good(tmp_path):
+    good = {"model": {"w": jnp.ones(4)}, "step": jnp.int32(3)}
+    bad = {
+        "model": {"w": jnp.array([1.0, jnp.nan, 0.0, jnp.inf])},
+        "step": jnp.int32(4),
+    }
+    assert checkpoint.nonfinite_paths(good) == []
+    assert checkpoint.nonfinite_paths(bad) == ["model/w"]
+    assert (
+        checkpoint.nonfinite_paths({"k": jax.random.key(0), "i": jnp.arange(3)}) == []
+    )
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(TrainingError) as first:
+            ckpt.save(10, bad, metrics={}, meta={"epoch": 1})
+        assert "no checkpoint was saved" in str(first.value)
+        ckpt.save(10, good, metrics={}, meta={"epoch": 1})
+        with pytest.raises(TrainingError) as info:
+            ckpt.save(20, bad, metrics={}, meta={"epoch": 2})
+        ckpt.check_finite(good, epoch=3)  # no error
+        assert ckpt.all_steps() == [10]
+    message = str(info.value)
+    assert message.startswith(
+        "the weights became NaN or Inf in epoch 2 (parameter model/w); they are not "
+        f"saved, and the last good checkpoint (step 10) is kept in {tmp_path}"
+    )
+    assert "optim.lr" in message and "optim.clip_norm" in message
+
+
+def test_restore_rejects_nonfinite_state_even_when_its_digest_matches(
+    tmp_path, monkeypatch, capsys
+):
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"w": jnp.ones(3)}, metrics={}, meta={})
+        # a checkpoint written without the save-time check (e.g. by an older version)
+        monkeypatch.setattr(checkpoint, "nonfinite_paths", lambda state: [])
+        ckpt.save(2, {"w": jnp.full(3, jnp.nan)}, metrics={}, meta={})
+        monkeypatch.undo()
+        restored, _, step = ckpt.restore("latest", {"w": jnp.zeros(3)})
+        with pytest.raises(CheckpointError, match="NaN or Inf values in parameter w"):
+            ckpt.restore(2, {"w": jnp.zeros(3)})
+    assert step == 1
+    np.testing.assert_array_equal(restored["w"], np.ones(3))
+    assert "NaN or Inf values in parameter w" in capsys.readouterr().err
 
 
 _CHILD = textwrap.dedent(
@@ -298,7 +422,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert glob.glob(str(directory / "2.orbax-checkpoint-tmp*"))  # killed mid-write
     with checkpoint.Checkpointer(directory) as ckpt:
         assert ckpt.all_steps() == [1]
-        restored, meta = ckpt.restore(
+        restored, meta, _ = ckpt.restore(
             "latest", {"w": jnp.zeros(8), "big": jnp.zeros(8)}
         )
     assert meta == {"epoch": 1}
@@ -313,5 +437,167 @@ def test_async_save_is_durable_after_wait(tmp_path):
         )
         ckpt.wait()
         assert checkpoint.has_checkpoint(tmp_path)
-        restored, _ = ckpt.restore(1, _small_state())
+        restored, _, _ = ckpt.restore(1, _small_state())
     _assert_trees_equal(restored, _small_state(1.0))
+
+
+# ------------------------------------------------------------------ real runs of fit
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A finished 3-epoch run of the embedded digits default (two checkpoints kept)."""
+    from jaxcnn import train
+    from jaxcnn.spec import RunConfig
+
+    workdir = tmp_path_factory.mktemp("digits")
+    train.fit(RunConfig().override("train.epochs", 3), workdir, quiet=True)
+    return workdir
+
+
+@pytest.fixture
+def run_copy(digits_run, tmp_path):
+    """A copy of `digits_run` to damage; (workdir, older step, newest step)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(digits_run, workdir)
+    with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+        older, newest = ckpt.all_steps()
+        assert ckpt.best_step() == newest  # so that damaging it tests "best" too
+    return workdir, older, newest
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+    largest = max(_files(step_dir / "state"), key=os.path.getsize)
+    if how == "overwrite":  # four bytes in the middle of the largest data file
+        with open(largest, "r+b") as f:
+            f.seek(os.path.getsize(largest) // 2)
+            f.write(b"\xff\xff\xff\xff")
+    elif how == "truncate":
+        os.truncate(largest, os.path.getsize(largest) // 3)
+    elif how == "metrics":
+        (step_dir / "metrics" / "metrics").write_text("val_accuracy: high")
+    elif how == "meta":
+        (step_dir / "meta" / "metadata").write_text('{"epoch": 3, "config"')
+
+
+def _digit_png(path: pathlib.Path) -> pathlib.Path:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    image = load_digits().images[0] * 255 / 16
+    Image.fromarray(image.astype(np.uint8)).resize((32, 32)).save(path)
+    return path
+
+
+def test_overwritten_bytes_in_a_real_run_eval_and_predict_fall_back(
+    run_copy, tmp_path, capsys
+):
+    from jaxcnn import cli
+
+    workdir, older, newest = run_copy
+    _damage(workdir / "checkpoints" / str(newest), "overwrite")
+
+    assert cli.main(["eval", "--workdir", str(workdir), "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["step"] == older and math.isfinite(report["loss"])
+    assert report["accuracy"] > 0.5
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: checkpoint step {newest} in {workdir / 'checkpoints'} is unusable "
+        "(the data of parameter"
+    )
+    assert "does not match the sha256 digest" in lines[0]
+    assert lines[0].endswith(f"using step {older} instead")
+
+    image = _digit_png(tmp_path / "digit.png")
+    assert cli.main(["predict", "--workdir", str(workdir), str(image)]) == 0
+    out, err = capsys.readouterr()
+    assert "nan" not in out and f"using step {older} instead" in err
+    probability = float(out.split("(")[1].split(")")[0])
+    assert 0.0 < probability <= 1.0
+
+    assert (
+        cli.main(["eval", "--workdir", str(workdir), "--checkpoint", str(newest)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"error: checkpoint step {newest} in" in err and "is unusable" in err
+    _assert_readable(err)
+
+
+@pytest.mark.parametrize("how", ["truncate", "metrics", "meta"])
+def test_damaged_newest_checkpoint_of_a_real_run_is_skipped(run_copy, capsys, how):
+    from jaxcnn import transfer
+
+    workdir, older, newest = run_copy
+    _damage(workdir / "checkpoints" / str(newest), how)
+    for which in ("latest", "best"):
+        restored = transfer.restore(workdir, which)
+        assert (restored.step, restored.epoch) == (older, 2)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"checkpoint step {newest} in" in err
+        assert f"using step {older} instead" in err
+        _assert_readable(err)
+    reason = {
+        "truncate": "its array data cannot be read",
+        "metrics": "its metrics file cannot be read (not valid JSON",
+        "meta": "its meta file cannot be read (not valid JSON",
+    }[how]
+    assert reason in err
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint_and_ends_identical(
+    run_copy, digits_run, tmp_path, capsys
+):
+    from jaxcnn import train
+    from jaxcnn.spec import RunConfig
+
+    workdir, older, newest = run_copy
+    _damage(workdir / "checkpoints" / str(newest), "truncate")
+    intact = tmp_path / "intact"
+    shutil.copytree(digits_run, intact)
+    config = RunConfig().override("train.epochs", 4)
+    resumed = train.fit(config, workdir, quiet=True)
+    err = capsys.readouterr().err
+    assert f"checkpoint step {newest}" in err and f"using step {older} instead" in err
+    reference = train.fit(config, intact, quiet=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history == [
+        {
+            **r,
+            "epoch_seconds": s["epoch_seconds"],
+            "images_per_second": s["images_per_second"],
+        }
+        for r, s in zip(reference.history, resumed.history, strict=True)
+    ]
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        nnx.to_pure_dict(nnx.state(resumed.model, nnx.Param)),
+        nnx.to_pure_dict(nnx.state(reference.model, nnx.Param)),
+    )
+    with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+        assert newest in ckpt.all_steps()  # rewritten by the resumed run, and good
+        assert ckpt.restore(newest, _pure_state_of(workdir)).step == newest
+
+
+def _pure_state_of(workdir):
+    from jaxcnn import rundir, transfer
+
+    saved = rundir.RunDir(workdir).read()
+    _, state = nnx.split(transfer.build_run_state(saved.config, saved.spec))
+    return nnx.to_pure_dict(state)
+
+
+def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy):
+    from jaxcnn import cli, train
+    from jaxcnn.spec import RunConfig
+
+    workdir, older, newest = run_copy
+    _damage(workdir / "checkpoints" / str(newest), "overwrite")
+    _damage(workdir / "checkpoints" / str(older), "meta")
+    with pytest.raises(CheckpointError) as info:
+        train.fit(RunConfig().override("train.epochs", 4), workdir, quiet=True)
+    message = str(info.value)
+    assert message.startswith(f"no usable checkpoint in {workdir / 'checkpoints'}")
+    assert f"step {older}: its meta file" in message
+    assert f"step {newest}: the data of parameter" in message
+    _assert_readable(message)
+    assert cli.main(["eval", "--workdir", str(workdir)]) == 2

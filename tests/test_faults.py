@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxcnn import train
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.errors import JaxcnnError, TrainingError
 from jaxcnn.spec import RunConfig
 
 
@@ -217,3 +217,29 @@ def test_default_workdir_of_a_folder_dataset_is_its_name(tmp_path):
     folder.mkdir()
     config = RunConfig().override("data.dataset", str(folder) + "/")
     assert rundir.default_workdir(config).as_posix() == "runs/digits_cnn-my_images"
+
+
+def test_weights_that_overflow_under_a_finite_loss_are_not_kept(tmp_path, monkeypatch):
+    """The loss is computed before the update, so an update that overflows the weights
+    (an exploding learning rate) leaves that step's loss finite."""
+    import jax.numpy as jnp
+
+    from jaxcnn.train import step
+
+    train_step = step.train_step
+
+    def overflowing_step(graph, state, *args):
+        state, sums = train_step(graph, state, *args)
+        state = jax.tree.map(
+            lambda x: x * jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else x,
+            state,
+        )
+        return state, sums
+
+    monkeypatch.setattr(step, "train_step", overflowing_step)
+    with pytest.raises(TrainingError, match="NaN or Inf in epoch 1"):
+        one_step_epochs = {"data.train_examples": 40, "train.batch_size": 32}
+        train.fit(_digits(**one_step_epochs), tmp_path / "run", quiet=True)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert not ckpts.exists() or not any(p.name.isdigit() for p in ckpts.iterdir())
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

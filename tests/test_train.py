@@ -164,6 +164,31 @@ def test_compilation_cache_entries_are_zstandard_frames(tmp_path):
         assert entry.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", entry.name  # zstd magic
 
 
+def test_truncated_compilation_cache_entry_is_removed_once_and_rewritten(tmp_path):
+    """JAX warns about an unreadable entry on every run and never replaces it."""
+    cache = tmp_path / "xla"
+
+    def run():
+        done = subprocess.run(
+            [sys.executable, "-c", _CACHE_SCRIPT, str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    run()
+    entry = max(cache.glob("jit_*-cache"), key=lambda p: p.stat().st_size)
+    size = entry.stat().st_size
+    os.truncate(entry, size // 2)  # what a process killed while writing leaves
+    err = run()
+    assert f"removed the unreadable compilation cache entry {entry}" in err
+    assert "Error reading persistent compilation cache" not in err
+    assert entry.stat().st_size == size  # written again by that run's compile
+    assert train.step.remove_unreadable_cache_entries(cache) == []  # good again
+
+
 _KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, threading

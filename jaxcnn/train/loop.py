@@ -229,8 +229,9 @@ def _restore(run: _Run, steps: step.Steps, ckpt) -> _Position:
     """Loads the latest checkpoint into `steps` when resuming; where it stands."""
     if not run.resume:
         return _Position()
-    restored, meta = ckpt.restore("latest", nnx.to_pure_dict(steps.state))
-    nnx.replace_by_pure_dict(steps.state, restored)
+    restored = ckpt.restore("latest", nnx.to_pure_dict(steps.state))
+    nnx.replace_by_pure_dict(steps.state, restored.state)
+    meta = restored.meta
     return _Position(
         meta["epoch"],
         meta.get("best_val_accuracy", -1.0),
@@ -274,6 +275,9 @@ def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool
                 if cfg.patience and since_best >= cfg.patience:
                     return history, True
                 record = _epoch(loop, epoch, position, history)
+                # weights can overflow while the loss (computed before the update)
+                # is still finite: never log or keep such an epoch as good
+                ckpt.check_finite(nnx.to_pure_dict(steps.state), epoch=epoch + 1)
                 position = _Position(epoch + 1)
                 if record["val_accuracy"] > loop.best_val:
                     loop.best_val, since_best = record["val_accuracy"], 0
@@ -372,8 +376,9 @@ def _finish(run: _Run, steps, ckpt, history, stopped_early: bool) -> dict[str, A
     """Test metrics of the best-by-validation checkpoint (as `eval` reports), summary."""
     best_step = ckpt.best_step()
     if best_step is not None and best_step != ckpt.latest_step():
-        best_state, _ = ckpt.restore("best", nnx.to_pure_dict(steps.state))
-        nnx.replace_by_pure_dict(steps.state, best_state)
+        best = ckpt.restore("best", nnx.to_pure_dict(steps.state))
+        nnx.replace_by_pure_dict(steps.state, best.state)
+        best_step = best.step  # another one when that checkpoint proved unusable
     (test_loss, test_correct, test_count), _, _ = steps.evaluate(
         run.dataset.test.batches(run.config.train.eval_batch_size)
     )

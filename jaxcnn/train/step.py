@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -275,10 +278,13 @@ class Steps:
 
 
 def enable_compilation_cache(directory: str | None = None) -> None:
-    """Turns on JAX's persistent compilation cache (shared by runs, trials, workers)."""
-    import os
-    import pathlib
+    """Turns on JAX's persistent compilation cache (shared by runs, trials, workers).
 
+    JAX writes an entry in place and never replaces an existing one, so an entry cut
+    short (a process killed while writing it) would make every later run warn and
+    compile again. Entries written since the last check are therefore read once here,
+    and one that does not decompress is removed, so that the next compile rewrites it.
+    """
     directory = directory or os.environ.get(
         "JAXCNN_COMPILATION_CACHE",
         str(pathlib.Path.home() / ".cache" / "jaxcnn" / "xla"),
@@ -286,3 +292,43 @@ def enable_compilation_cache(directory: str | None = None) -> None:
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", directory)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        remove_unreadable_cache_entries(directory)
+
+
+_CHECKED = ".jaxcnn-checked"  # its mtime: when the entries were last checked
+
+
+def remove_unreadable_cache_entries(directory: str | os.PathLike) -> list[str]:
+    """Removes the compilation cache entries written since the last check that do not
+    decompress, each with a line on stderr; returns their file names.
+
+    An entry being written by another process at that moment may be removed too; that
+    only costs it a compile.
+    """
+    try:  # the codec JAX wrote the entries with (zstd or zlib)
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:
+        return []
+    directory = pathlib.Path(directory)
+    stamp = directory / _CHECKED
+    since = stamp.stat().st_mtime if stamp.exists() else 0.0
+    started, removed = time.time(), []
+    for entry in sorted(directory.glob("*-cache")):
+        try:
+            if entry.stat().st_mtime < since:
+                continue
+            decompress_executable(entry.read_bytes())
+        except OSError:  # gone, or not readable: JAX reports what it cannot read
+            continue
+        except Exception as e:  # the codec's error for a truncated or damaged entry
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+            print(
+                f"warning: removed the unreadable compilation cache entry {entry} "
+                f"({type(e).__name__}: {e}); the next compile writes it again",
+                file=sys.stderr,
+            )
+    if directory.is_dir():
+        stamp.touch()
+        os.utime(stamp, (started, started))
+    return removed
