@@ -54,11 +54,9 @@ def _patches(x, kernel, stride, padding, dilation):
     return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _conv_im2col(x, w, stride, padding, dilation):
-    kh, kw, cin, cout = w.shape
-    p = _patches(x, (kh, kw), stride, padding, dilation)
-    return jnp.dot(p, w.reshape(kh * kw * cin, cout), preferred_element_type=x.dtype)
+    return _conv_im2col_fwd(x, w, stride, padding, dilation)[0]
 
 
 def _conv_im2col_fwd(x, w, stride, padding, dilation):
@@ -81,7 +79,11 @@ def _conv_im2col_bwd(stride, padding, dilation, res, g):
     return dx.astype(p.dtype), dw.astype(w.dtype)
 
 
-_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+@functools.partial(_conv_im2col.defjvp, symbolic_zeros=True)
+def _conv_im2col_jvp(stride, padding, dilation, primals, tangents):
+    y, res = _conv_im2col_fwd(*primals, stride, padding, dilation)
+    vjp = functools.partial(_conv_im2col_bwd, stride, padding, dilation, res)
+    return y, windows.jvp_from_vjp(vjp, y, tangents)
 
 
 # Winograd minimal filtering F(m, 3) (Lavin & Gray, "Fast Algorithms for Convolutional
@@ -232,7 +234,7 @@ def _winograd_outputs(mm, n, geometry, m):
     return y[:, :ho, :wo]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv_winograd(x, w, padding, m):
     return _conv_winograd_fwd(x, w, padding, m)[0]
 
@@ -241,7 +243,20 @@ def _conv_winograd_fwd(x, w, padding, m):
     v, u = _winograd_inputs(x, w, padding, m)
     geometry = _winograd_geometry(x.shape[1:3], padding, m)
     y = _winograd_outputs(jnp.einsum("tpc,tcf->tpf", v, u), x.shape[0], geometry, m)
+    # The transforms mix a tile's inputs and cancel only up to rounding: an output whose
+    # receptive field is all zeros would come out as +-1e-7-ish noise, not the exact 0
+    # that decides a ReLU (and max-pool ties) downstream.
+    y = jnp.where(_support(x, padding, y.shape[1:3]), y, jnp.zeros((), y.dtype))
     return y, (v, u, x.shape)
+
+
+def _support(x, padding, out_hw):
+    """[N, Ho, Wo, 1]: whether an output's 3x3 receptive field holds a nonzero input."""
+    nonzero = jnp.any(x != 0, axis=-1, keepdims=True)
+    nonzero = jnp.pad(nonzero, ((0, 0), padding[0], padding[1], (0, 0)))
+    return functools.reduce(
+        jnp.logical_or, windows.taps(nonzero, (3, 3), (1, 1), (1, 1), out_hw)
+    )
 
 
 def _conv_winograd_bwd(padding, m, res, gy):
@@ -270,7 +285,11 @@ def _transpose(mat):
     return tuple(zip(*mat, strict=True))
 
 
-_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
+@functools.partial(_conv_winograd.defjvp, symbolic_zeros=True)
+def _conv_winograd_jvp(padding, m, primals, tangents):
+    y, res = _conv_winograd_fwd(*primals, padding, m)
+    vjp = functools.partial(_conv_winograd_bwd, padding, m, res)
+    return y, windows.jvp_from_vjp(vjp, y, tangents)
 
 
 def conv2d(
