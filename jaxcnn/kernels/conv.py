@@ -1,4 +1,4 @@
-"""Convolution kernels: XLA's, im2col and Winograd F(m, 3), the latter two with custom VJPs.
+"""Convolution kernels: XLA's, im2col and Winograd F(m, 3), the latter two hand-written.
 
 Pure functions on NHWC inputs and HWIO kernels with explicit padding
 ``((top, bottom), (left, right))`` ("same"/"valid" are resolved in `jaxcnn.shapes`).
@@ -9,8 +9,24 @@ Pure functions on NHWC inputs and HWIO kernels with explicit padding
 - ``"winograd"`` runs a 3x3 stride-1 convolution as batched matmuls between elementwise
   tile transforms, forward and both gradients, with 2.25-4x fewer multiplies.
 
-All give the reference's values and gradients up to float rounding. Which one a layer
-uses is decided in `jaxcnn.kernels.plan`.
+Every JAX transformation works on all three: grad, vjp, jvp, jacfwd, jacrev, linearize,
+Hessian-vector products (jvp of grad) and vmap. The hand-written ones are
+`jax.custom_jvp` functions whose tangent is the transpose of their hand-written
+backward pass (`windows.jvp_from_vjp`), so reverse mode runs that backward pass.
+
+All compute the convolution and its exact derivatives (not the derivatives of their
+rounding errors), and differ from XLA's only by float rounding: im2col sums the same
+products in another order (errors of a few ulps of the sum of |x * w| over the
+receptive field); Winograd rounds like direct convolution for F(2, 3) and about 10x
+coarser for F(4, 3) (~5e-6 of the layer's largest output in float32). Exactly: an
+output whose receptive field holds only zeros (zero padding, MNIST backgrounds, ReLU
+zeros) is exactly 0 in all three, so a following ReLU or max-pool tie decides as the
+reference does. What rounding can change: a ReLU whose input is within rounding of 0,
+or a max-pool window whose top values are within rounding of each other, may decide
+the other way (as between any two float implementations; XLA's own convolution breaks
+ties of identical receptive fields unlike im2col), which moves that one position's
+share of the gradient. Which implementation a layer uses is decided in
+`jaxcnn.kernels.plan`.
 """
 
 from __future__ import annotations
@@ -312,7 +328,7 @@ def conv2d(
       dilation: kernel (rhs) dilation, (dh, dw) or an int.
       groups: feature groups. The hand-written impls fall back to "xla" when groups > 1.
       impl: "xla" (lax.conv_general_dilated), "im2col" (shifted slices + one matmul,
-        custom VJP with a matmul-only backward) or "winograd" (F(m, 3), see
+        matmul-only backward pass) or "winograd" (F(m, 3), see
         `winograd_applies`; a conv it does not apply to runs as "im2col").
 
     Returns:

@@ -5,12 +5,19 @@ floor mode. Each takes an ``impl``:
 
 - ``"xla"``: flax's reduce_window pools (`nnx.max_pool`, `nnx.pool`, `nnx.avg_pool`),
   differentiated by JAX; the right choice on GPU/TPU.
-- ``"fast"``: max pooling with a custom VJP, an elementwise first-maximum mask against
-  the pooled output (XLA:CPU's reduce_window max gradient is slow), with XLA's tie rule;
-  the other kinds sum with a reshape where windows tile the input (stride == window)
-  and as "xla" elsewhere.
+- ``"fast"``: max pooling with a hand-written backward pass, an elementwise
+  first-maximum mask against the pooled output (XLA:CPU's reduce_window max gradient is
+  slow), with XLA's tie rule; the other kinds sum with a reshape where windows tile the
+  input (stride == window) and as "xla" elsewhere.
 
-Both give the same values and gradients up to float rounding. Which one a layer uses is
+Max pooling is exact in both: the same values, and the same jvp and vjp bit for bit,
+ties included (the first maximum in row-major order takes the derivative, as XLA's
+select-and-scatter does). The fast one is a `jax.custom_jvp` whose tangent is the
+transpose of its backward pass (`windows.jvp_from_vjp`), so every JAX transformation
+works and reverse mode runs that backward pass. Second order at an exact tie: the
+fast pool differentiates the first-maximum choice; XLA's forward-over-reverse rule of
+reduce_window max does not follow it there. The other kinds are plain JAX in both
+impls and agree up to float rounding (sums in another order). Which one a layer uses is
 decided in `jaxcnn.kernels.plan`.
 """
 
@@ -232,14 +239,14 @@ def relu_max_pool(
     padding: Pads = ((0, 0), (0, 0)),
     impl: PoolImpl = "fast",
 ) -> jax.Array:
-    """max_pool(relu(x)) with one custom VJP (no ReLU mask stored or applied separately).
+    """max_pool(relu(x)) with one hand-written backward pass (no separate ReLU mask).
 
     Equal in value and gradient to ``pool2d(jax.nn.relu(x), kind="max", ...)``.
 
     Args:
       x: [N, H, W, C] pre-activation (e.g. a convolution output plus bias).
       window, stride, padding: as in `pool2d`.
-      impl: "fast" (fused custom VJP) or "xla" (relu, then `pool2d`).
+      impl: "fast" (fused backward pass) or "xla" (relu, then `pool2d`).
 
     Returns:
       [N, Ho, Wo, C].
