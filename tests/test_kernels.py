@@ -246,10 +246,9 @@ def _reference_pool(x, kind, window, stride, padding, p=2.0):
         return mean(x)
     if kind == "lp":
         return mean(jnp.abs(x) ** p) ** (1 / p)
-    clamped = jnp.maximum(x, 0.0) + kernels.POOL_EPS
-    if kind == "geometric":
-        return jnp.exp(mean(jnp.log(clamped)))
-    return 1.0 / mean(1.0 / clamped)
+    if kind == "geometric":  # positive inputs only
+        return jnp.exp(mean(jnp.log(x)))
+    return 1.0 / mean(1.0 / x)
 
 
 @SETTINGS
@@ -349,7 +348,8 @@ def _numpy_pool(x, kind, window, stride, pads, p=2.0):
             real = ~np.isnan(win)
             n = real.sum(axis=1)
             w0 = np.where(real, win, 0.0)
-            clamped = np.maximum(w0, 0.0) + kernels.POOL_EPS
+            clamped = np.where(real, np.maximum(w0, 0.0), 1.0)
+            has_zero = (clamped == 0).any(axis=1)
             if kind == "max":
                 out[:, i, j] = np.nanmax(win, axis=1)
             elif kind == "avg":
@@ -359,9 +359,13 @@ def _numpy_pool(x, kind, window, stride, pads, p=2.0):
             elif kind == "lp":
                 out[:, i, j] = ((np.abs(w0) ** p * real).sum(axis=1) / n) ** (1 / p)
             elif kind == "geometric":
-                out[:, i, j] = np.exp((np.log(clamped) * real).sum(axis=1) / n)
+                with np.errstate(divide="ignore"):
+                    mean_log = (np.log(clamped) * real).sum(axis=1) / n
+                out[:, i, j] = np.where(has_zero, 0.0, np.exp(mean_log))
             elif kind == "harmonic":
-                out[:, i, j] = n / ((1.0 / clamped) * real).sum(axis=1)
+                with np.errstate(divide="ignore"):
+                    inv = ((1.0 / clamped) * real).sum(axis=1)
+                out[:, i, j] = np.where(has_zero, 0.0, n / inv)
     return out
 
 
@@ -383,7 +387,9 @@ def test_every_pool_kind_and_impl_matches_numpy(kind, hw, padding, window, strid
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, *hw, 3)).astype(np.float32)
     if kind in ("geometric", "harmonic"):
-        x = np.abs(x) + 0.1  # their domain is x >= 0
+        x = np.abs(x) + 0.1  # their domain is x >= 0; some exact zeros and negatives
+        x[0, 0, 0] = 0.0
+        x[1, -1, -1] = -1.0
     p = 3.0 if kind == "lp" else 2.0
     pads = shapes.resolve_padding(padding, hw, window, stride)
     want = _numpy_pool(x.astype(np.float64), kind, window, stride, pads, p)
@@ -428,12 +434,31 @@ def test_pooling_hand_values(impl):
     )
 
 
-def test_geometric_and_harmonic_clamp_negative_inputs():
-    x = jnp.array([-5.0, -1.0, 0.0, -2.0]).reshape(1, 2, 2, 1)
-    for kind in ("geometric", "harmonic"):
-        for impl in kernels.POOL_IMPLS:
-            y = _pool_one(x, kind, impl=impl)
-            assert y == pytest.approx(kernels.POOL_EPS, rel=1e-3)
+@pytest.mark.parametrize("impl", ["xla", "fast"])
+@pytest.mark.parametrize("kind", ["geometric", "harmonic"])
+def test_geometric_and_harmonic_pool_a_zero_or_negative_to_exactly_zero(kind, impl):
+    """A window holding a 0 (or a negative input, clamped to 0) pools to 0, the limit of
+    both means, and passes no gradient; the other windows keep their mean and gradient."""
+    x = jnp.array([[2.0, 0.0, 1.0, 4.0], [8.0, 3.0, 2.0, 2.0]]).reshape(1, 2, 4, 1)
+    for zero in (0.0, -3.0):
+        v = x.at[0, 0, 1, 0].set(zero)
+
+        def pooled(v):
+            return kernels.pool2d(v, kind=kind, window=2, impl=impl)
+
+        y = np.asarray(pooled(v))[0, 0, :, 0]
+        assert y[0] == 0.0
+        want = 2.0 if kind == "geometric" else 4 / (1 + 1 / 4 + 1 / 2 + 1 / 2)
+        assert y[1] == pytest.approx(want, rel=1e-6)
+        grad = np.asarray(jax.grad(lambda v: pooled(v).sum())(v))[0, :, :, 0]
+        np.testing.assert_array_equal(grad[:, :2], np.zeros((2, 2)))
+        # d/dx_i of (prod x)^(1/n) is y / (n x_i); of n / sum(1/x) it is y^2 / (n x_i^2)
+        right = np.asarray(v)[0, :, 2:, 0]
+        if kind == "geometric":
+            expected = want / (4 * right)
+        else:
+            expected = want**2 / (4 * right**2)
+        np.testing.assert_allclose(grad[:, 2:], expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "fast"])

@@ -27,7 +27,6 @@ from jaxcnn.kernels.plan import (
     model_plan,
 )
 from jaxcnn.kernels.pool import (
-    POOL_EPS,
     POOL_IMPLS,
     PoolImpl,
     PoolKind,
@@ -38,7 +37,6 @@ from jaxcnn.kernels.windows import Pads, out_size
 
 __all__ = [
     "CONV_IMPLS",
-    "POOL_EPS",
     "POOL_IMPLS",
     "WINOGRAD_MIN_CHANNELS",
     "BorderCrop",

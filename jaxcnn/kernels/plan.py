@@ -8,7 +8,7 @@ backend, the ACTUAL input shape), per layer:
 - crop: a conv directly followed by a pool skips the rows/columns of its output that
   the floor-mode pool never reads (`border_crop`; identical values and gradients);
 - fusion: a ReLU conv followed by a max pool hands its ReLU to the pool, which runs
-  `relu_max_pool` (one custom VJP);
+  `relu_max_pool` (one hand-written backward pass);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).

@@ -5,12 +5,19 @@ floor mode. Each takes an ``impl``:
 
 - ``"xla"``: flax's reduce_window pools (`nnx.max_pool`, `nnx.pool`, `nnx.avg_pool`),
   differentiated by JAX; the right choice on GPU/TPU.
-- ``"fast"``: max pooling with a custom VJP, an elementwise first-maximum mask against
-  the pooled output (XLA:CPU's reduce_window max gradient is slow), with XLA's tie rule;
-  the other kinds sum with a reshape where windows tile the input (stride == window)
-  and as "xla" elsewhere.
+- ``"fast"``: max pooling with a hand-written backward pass, an elementwise
+  first-maximum mask against the pooled output (XLA:CPU's reduce_window max gradient is
+  slow), with XLA's tie rule; the other kinds sum with a reshape where windows tile the
+  input (stride == window) and as "xla" elsewhere.
 
-Both give the same values and gradients up to float rounding. Which one a layer uses is
+Max pooling is exact in both: the same values, and the same jvp and vjp bit for bit,
+ties included (the first maximum in row-major order takes the derivative, as XLA's
+select-and-scatter does). The fast one is a `jax.custom_jvp` whose tangent is the
+transpose of its backward pass (`windows.jvp_from_vjp`), so every JAX transformation
+works and reverse mode runs that backward pass. Second order at an exact tie: the
+fast pool differentiates the first-maximum choice; XLA's forward-over-reverse rule of
+reduce_window max does not follow it there. The other kinds are plain JAX in both
+impls and agree up to float rounding (sums in another order). Which one a layer uses is
 decided in `jaxcnn.kernels.plan`.
 """
 
@@ -31,8 +38,6 @@ from jaxcnn.kernels.windows import Pads
 PoolImpl = Literal["xla", "fast"]
 POOL_IMPLS = ("xla", "fast")
 PoolKind = Literal["max", "avg", "sum", "lp", "geometric", "harmonic"]
-# keeps log / reciprocal finite in geometric and harmonic pooling
-POOL_EPS = 1e-6
 
 
 def _first_max_masks(taps, y):
@@ -105,22 +110,20 @@ def _max_pool_grad(x, y, g, window, stride, padding, relu):
     return windows.untap(parts, window, stride, (1, 1), (h, w), padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_fast(x, window, stride, padding, relu):
     return _max_pool_fwd_value(x, window, stride, padding, relu)
 
 
-def _max_pool_fast_fwd(x, window, stride, padding, relu):
+@functools.partial(_max_pool_fast.defjvp, symbolic_zeros=True)
+def _max_pool_fast_jvp(window, stride, padding, relu, primals, tangents):
+    (x,) = primals
     y = _max_pool_fwd_value(x, window, stride, padding, relu)
-    return y, (x, y)
 
+    def vjp(g):
+        return (_max_pool_grad(x, y, g, window, stride, padding, relu),)
 
-def _max_pool_fast_bwd(window, stride, padding, relu, res, g):
-    x, y = res
-    return (_max_pool_grad(x, y, g, window, stride, padding, relu),)
-
-
-_max_pool_fast.defvjp(_max_pool_fast_fwd, _max_pool_fast_bwd)
+    return y, windows.jvp_from_vjp(vjp, y, tangents)
 
 
 def _window_sum(x, window, stride, padding, impl):
@@ -149,6 +152,19 @@ def _window_mean(x, window, stride, padding, impl):
     return nnx.avg_pool(x, window, stride, padding, count_include_pad=False)
 
 
+def _zero_or(kind, x, args):
+    """Geometric or harmonic mean of max(x, 0) per window, 0 where the window holds a
+    value <= 0; no gradient flows through those windows (log and 1/x see only x > 0)."""
+    positive = x > 0
+    safe = jnp.where(positive, x, jnp.ones((), x.dtype))
+    zeros = _window_sum(jnp.where(positive, 0.0, 1.0).astype(x.dtype), *args)
+    if kind == "geometric":
+        mean = jnp.exp(_window_mean(jnp.log(safe), *args))
+    else:
+        mean = 1.0 / _window_mean(1.0 / safe, *args)
+    return jnp.where(zeros > 0, jnp.zeros((), x.dtype), mean)
+
+
 def _safe_pow(x: jax.Array, power: float) -> jax.Array:
     """x**power for x >= 0, with a zero (not NaN) gradient where x == 0."""
     positive = x > 0
@@ -172,10 +188,13 @@ def pool2d(
       avg: sum / n (padding excluded from the count, as in Keras).
       sum: sum (zero padding adds nothing).
       lp: (sum |x|^p / n)^(1/p); p=1 is the mean absolute value, large p approaches max.
-      geometric: exp(mean(log(max(x, 0) + eps))). Domain: x >= 0; negative inputs are
-        clamped to 0 first, so put it after relu/sigmoid-like activations.
-      harmonic: n / sum(1 / (max(x, 0) + eps)). Domain and clamping as geometric.
-    eps = POOL_EPS keeps the log and reciprocal finite at 0.
+      geometric: (prod x)^(1/n) = exp(mean(log x)).
+      harmonic: n / sum(1 / x).
+    Geometric and harmonic pooling are defined for x >= 0 (put them after relu- or
+    sigmoid-like activations): negative inputs are clamped to 0, and a window holding a
+    0 pools to exactly 0 (the limit of both means). Their gradient is 0 for every input
+    of such a window, the one-sided derivative from the clamped side (as relu'(0) = 0 in
+    JAX), so gradients stay finite.
 
     Args:
       x: [N, H, W, C].
@@ -205,11 +224,8 @@ def pool2d(
         return _window_mean(x, *args)
     if kind == "lp":
         return _safe_pow(_window_mean(_safe_pow(jnp.abs(x), p), *args), 1 / p)
-    clamped = jnp.maximum(x, 0.0) + POOL_EPS
-    if kind == "geometric":
-        return jnp.exp(_window_mean(jnp.log(clamped), *args))
-    if kind == "harmonic":
-        return 1.0 / _window_mean(1.0 / clamped, *args)
+    if kind in ("geometric", "harmonic"):
+        return _zero_or(kind, x, args)
     raise ValueError(
         f"pool2d kind must be one of max, avg, sum, lp, geometric, harmonic; got {kind!r}"
     )
@@ -223,14 +239,14 @@ def relu_max_pool(
     padding: Pads = ((0, 0), (0, 0)),
     impl: PoolImpl = "fast",
 ) -> jax.Array:
-    """max_pool(relu(x)) with one custom VJP (no ReLU mask stored or applied separately).
+    """max_pool(relu(x)) with one hand-written backward pass (no separate ReLU mask).
 
     Equal in value and gradient to ``pool2d(jax.nn.relu(x), kind="max", ...)``.
 
     Args:
       x: [N, H, W, C] pre-activation (e.g. a convolution output plus bias).
       window, stride, padding: as in `pool2d`.
-      impl: "fast" (fused custom VJP) or "xla" (relu, then `pool2d`).
+      impl: "fast" (fused backward pass) or "xla" (relu, then `pool2d`).
 
     Returns:
       [N, Ho, Wo, C].

@@ -1,15 +1,16 @@
-"""Window geometry shared by convolution and pooling: output sizes, shifted taps and their
-transpose.
+"""What convolution and pooling kernels share: window geometry (output sizes, shifted taps
+and their transpose) and the JVP of a kernel from its hand-written VJP.
 
 Arrays are NHWC; padding is explicit, ``((top, bottom), (left, right))``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
-from jax import lax
+from jax import custom_derivatives, lax
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -85,3 +86,34 @@ def untap(parts, kernel, stride, dilation, in_hw, padding):
         part = lax.pad(tap, zero, cfg)
         total = part if total is None else total + part
     return total
+
+
+def jvp_from_vjp(
+    vjp: Callable[[jax.Array], tuple[jax.Array, ...]],
+    y: jax.Array,
+    tangents: Sequence[jax.Array | custom_derivatives.SymbolicZero],
+) -> jax.Array:
+    """The tangent sum_i J_i t_i of an output `y`, as the transpose of its VJP.
+
+    For a `jax.custom_jvp` rule (with ``symbolic_zeros=True``) of a kernel whose
+    backward pass is written by hand: `vjp` maps a cotangent of `y` to the cotangents of
+    the inputs (linear in it, the primal values closed over), and its transpose is the
+    JVP. JAX derives reverse mode by transposing this tangent once more, which gives
+    back `vjp`'s own operations: the hand-written backward pass runs in `jax.grad`,
+    and forward mode, `jax.linearize` and higher orders work as for any JAX function.
+    Inputs whose tangent is a symbolic zero are left out of the transpose.
+    """
+    live = [
+        i
+        for i, t in enumerate(tangents)
+        if not isinstance(t, custom_derivatives.SymbolicZero)
+    ]
+    if not live:
+        return jnp.zeros_like(y)
+
+    def selected(g):
+        cotangents = vjp(g)
+        return tuple(cotangents[i] for i in live)
+
+    (ty,) = jax.linear_transpose(selected, y)(tuple(tangents[i] for i in live))
+    return ty
