@@ -502,10 +502,11 @@ def test_overwritten_bytes_in_a_real_run_eval_and_predict_fall_back(
     assert report["accuracy"] > 0.5
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"warning: checkpoint step {newest} in {workdir / 'checkpoints'} is unusable "
-        "(the data of parameter"
+        f"warning: checkpoint step {newest} in {workdir / 'checkpoints'} is unusable ("
     )
-    assert "does not match the sha256 digest" in lines[0]
+    # Where the four bytes land decides which check sees them first: the stored
+    # (compressed) data no longer decodes, or it decodes to values whose digest differs.
+    assert "does not match the sha256 digest" in lines[0] or "cannot be read" in lines[0]
     assert lines[0].endswith(f"using step {older} instead")
 
     image = _digit_png(tmp_path / "digit.png")
@@ -598,6 +599,6 @@ def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy):
     message = str(info.value)
     assert message.startswith(f"no usable checkpoint in {workdir / 'checkpoints'}")
     assert f"step {older}: its meta file" in message
-    assert f"step {newest}: the data of parameter" in message
+    assert f"step {newest}: " in message  # unreadable data or a digest mismatch
     _assert_readable(message)
     assert cli.main(["eval", "--workdir", str(workdir)]) == 2
