@@ -303,6 +303,29 @@ class RunDir:
             ) from None
         return SavedRun(config, spec, record.get("dataset", {}))
 
+    def prepare(self) -> None:
+        """Creates the directory and checks that jaxcnn can write in it.
+
+        Raises:
+          JaxcnnError: the path (or a folder above it) is a file, or the directory or
+            its checkpoints/ cannot be written.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            file = next(p for p in (self.path, *self.path.parents) if p.is_file())
+            raise JaxcnnError(
+                f"workdir {self.path} cannot be created: {file} is a file. Pass a "
+                f"folder for --workdir"
+            ) from None
+        except OSError as e:
+            raise JaxcnnError(
+                f"cannot create workdir {self.path} ({e.strerror}); use another --workdir"
+            ) from None
+        for directory in (self.path, self.checkpoints):
+            if directory.is_dir():
+                _check_writable(directory)
+
     def write_config(
         self, config: RunConfig, spec: ModelSpec, dataset: Mapping[str, Any]
     ) -> None:
@@ -393,6 +416,17 @@ class RunDir:
         for directory in (self.checkpoints, self.tensorboard):
             if directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()
+
+
+def _check_writable(directory: pathlib.Path) -> None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".jaxcnn-write-test-"):
+            pass
+    except OSError as e:
+        raise JaxcnnError(
+            f"cannot write in {directory} ({e.strerror}): make it writable or use "
+            f"another --workdir"
+        ) from None
 
 
 def _listdir(directory: pathlib.Path) -> list[pathlib.Path]:

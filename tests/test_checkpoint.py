@@ -506,7 +506,9 @@ def test_overwritten_bytes_in_a_real_run_eval_and_predict_fall_back(
     )
     # Where the four bytes land decides which check sees them first: the stored
     # (compressed) data no longer decodes, or it decodes to values whose digest differs.
-    assert "does not match the sha256 digest" in lines[0] or "cannot be read" in lines[0]
+    assert (
+        "does not match the sha256 digest" in lines[0] or "cannot be read" in lines[0]
+    )
     assert lines[0].endswith(f"using step {older} instead")
 
     image = _digit_png(tmp_path / "digit.png")

@@ -3,8 +3,11 @@ no lost epoch record, and SIGTERM / mid-epoch checkpoints that resume bit-identi
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import jax
@@ -243,3 +246,69 @@ def test_weights_that_overflow_under_a_finite_loss_are_not_kept(tmp_path, monkey
     ckpts = tmp_path / "run" / "checkpoints"
     assert not ckpts.exists() or not any(p.name.isdigit() for p in ckpts.iterdir())
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _train_cli(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxcnn", "train", "--epochs", "1", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def test_workdir_that_is_a_file_or_under_one_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for workdir in (blocker, blocker / "run"):
+        done = _train_cli("--workdir", str(workdir))
+        assert done.returncode == 2, done.stderr
+        assert f"{blocker} is a file" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_garbage_config_json_is_a_clear_error(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    done = _train_cli("--workdir", str(tmp_path / "run"))
+    assert done.returncode == 2, done.stderr
+    assert "is not a readable run config" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "run" / "config.json").read_text() == "{not json"
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv as root"
+)
+def test_read_only_workdir_is_a_clear_error(tmp_path):
+    # As root, permissions do not bind: run the command as `nobody` then.
+    as_user = []
+    if os.geteuid() == 0:
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    home = pathlib.Path(tempfile.mkdtemp(prefix="jaxcnn-ro-"))
+    try:
+        workdir = home / "run"
+        (workdir / "checkpoints").mkdir(parents=True)
+        for path in (home, workdir, workdir / "checkpoints"):
+            os.chmod(path, 0o777)
+        for read_only in (workdir / "checkpoints", workdir):
+            read_only.chmod(0o555)
+            done = subprocess.run(
+                [*as_user, sys.executable, "-m", "jaxcnn", "train", "--epochs", "1",
+                 "--quiet", "--workdir", str(workdir)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=home,
+                env={**os.environ, "HOME": str(home),
+                     "JAXCNN_COMPILATION_CACHE": str(home / "xla"),
+                     "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])},
+            )  # fmt: skip
+            assert done.returncode == 2, done.stderr
+            assert f"cannot write in {read_only}" in done.stderr
+            assert "Traceback" not in done.stderr
+    finally:
+        for path in (home, *home.rglob("*")):
+            path.chmod(0o777)
+        shutil.rmtree(home)

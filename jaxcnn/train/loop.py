@@ -143,6 +143,8 @@ def _open_run(
     """
     primary = distributed.is_primary()
     try:
+        if primary:
+            run_dir.prepare()
         resume = run_dir.resumes(config, restart) if primary else False
     except JaxcnnError:
         distributed.broadcast_from_primary(-1)  # the others stop too, not wait
@@ -152,10 +154,8 @@ def _open_run(
         raise JaxcnnError(
             f"process 0 refused workdir {run_dir.path}; its error message says why"
         )
-    if primary:
-        if not status:
-            run_dir.clear()
-        run_dir.path.mkdir(parents=True, exist_ok=True)
+    if primary and not status:
+        run_dir.clear()
     distributed.barrier("jaxcnn:workdir")
     return _Run(config, run_dir, bool(status), primary, quiet or not primary)
 
