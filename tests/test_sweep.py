@@ -774,6 +774,19 @@ def test_three_concurrent_workers_run_every_trial_once(tmp_path):
         assert len(lines) == epochs
 
 
+def test_a_sweep_with_vmapped_seeds_records_plain_numbers(tmp_path):
+    s = sweep.Sweep(
+        name="vmap",
+        base=BASE.override("train.epochs", 1),
+        points=({"model.filters": 4},),
+        seeds=2,
+        replicas="vmap",
+    )
+    (row,) = sweep.run_sweep(s, tmp_path, quiet=True)  # Optuna stores it as JSON
+    assert row["status"] == "ok" and row["seeds"] == 2, row.get("error")
+    assert type(row["test_accuracy_mean"]) is float and row["test_accuracy_ci95"] >= 0
+
+
 def test_vmapped_seeds_equal_separate_runs(tmp_path):
     from jaxcnn import data, replicas, train
 
