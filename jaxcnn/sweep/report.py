@@ -94,7 +94,8 @@ def tie_marks(
     ranked: Sequence[dict[str, Any]],
 ) -> list[tuple[bool | None, bool | None]]:
     """For the ok trials of one dataset, best first: (tied with #1, tied with the next
-    rank) per trial, by `tied`; None for #1's own first mark and the last's second."""
+    rank) per trial, by `tied`; None where there is no such rank (#1's first mark, the
+    last trial's second) or an interval is unknown."""
     spans = [interval(r) for r in ranked]
     return [
         (
@@ -381,7 +382,7 @@ def _effects(ok: Sequence[dict[str, Any]], out: pathlib.Path) -> list[pathlib.Pa
             continue
         path = out / f"effect_{axis.rpartition('.')[2]}.png"
         series = effect_series(ok, axis, values)
-        labels = [_fmt(v) for v in values]
+        labels = [v if isinstance(v, int | float) else _fmt(v) for v in values]
         kwargs = {} if ylabel is None else {"ylabel": ylabel}
         written.append(viz.plot_effect(labels, series, path, xlabel=axis, **kwargs))
     return written
