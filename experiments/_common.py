@@ -6,7 +6,8 @@ offline from the raw files in ../shared/data (JAXCNN_SHARED_DATA) into a TFDS da
 (JAXCNN_DATA_DIR, default ~/.cache/jaxcnn/tfds). --smoke uses the embedded 8x8 digits.
 
 Budgets: experiments that call `budget()` train for the budget named by JAXCNN_BUDGET
-(`short`, the default, or `long`), so a ranking can be checked at a second budget:
+(`short`, the default, or `long`; BUDGETS, or the experiment's own table), so a ranking
+can be checked at a second budget:
 `JAXCNN_BUDGET=long python experiments/grid.py --workdir runs/grid-long`. A sweep
 directory holds one budget (its base config); give each budget its own --workdir.
 """
@@ -44,19 +45,20 @@ BUDGETS = {
 }
 
 
-def budget() -> dict[str, int]:
-    """The epochs and train_examples of the budget JAXCNN_BUDGET names (default short).
+def budget(budgets: dict[str, dict[str, int]] = BUDGETS) -> dict[str, int]:
+    """The epochs and train_examples of the budget JAXCNN_BUDGET names (default short)
+    in `budgets` (an experiment may define its own).
 
     Raises:
       SpecError: JAXCNN_BUDGET names no budget.
     """
     name = os.environ.get(BUDGET_ENV) or "short"
-    if name not in BUDGETS:
+    if name not in budgets:
         raise SpecError(
-            f"{BUDGET_ENV}={name!r} is not a budget; use one of {', '.join(BUDGETS)} "
-            f"({'; '.join(f'{k}: {v}' for k, v in BUDGETS.items())})"
+            f"{BUDGET_ENV}={name!r} is not a budget; use one of {', '.join(budgets)} "
+            f"({'; '.join(f'{k}: {v}' for k, v in budgets.items())})"
         )
-    return dict(BUDGETS[name])
+    return dict(budgets[name])
 
 
 def datasets(smoke: bool) -> list[str]:

@@ -9,11 +9,11 @@ cost), simple_cnn of depth 2, 3 seeds per point (mean and 95 % interval; the rep
 marks the points tied with the best). Budgets (experiments/_common.py): short (default)
 = 2 epochs on the first 4,000 training images, long = 3 epochs on the first 12,000
 (validation: 10 % carved from train; test: the full test split).
-~75 min on 2 CPU cores at the short budget, ~3 h at the long one, with other jobs
-sharing the cores (extrapolated from the single-seed short run, ~30 min shared, see
-experiments/results/grid: 3x its training, evaluation and per-fit overhead; the long
-budget has 4.5x the training steps). Rerunning the short budget in a directory that
-holds a finished single-seed run trains only seeds 1 and 2.
+~20-40 min on 2 CPU cores at the short budget, ~40-80 min at the long one (126 fits;
+extrapolated from two timed points: ~10 s per fit with compile and testing, training
+~0.13x the train_seconds of the single-seed run in experiments/results/grid; the upper
+ends allow for other jobs sharing the cores). Rerunning the short budget in a
+directory that holds a finished single-seed run trains only seeds 1 and 2.
 Expect: accuracy rises with filters; stride 1 + max pooling or stride 2 without pooling
 are the efficient choices (MNIST ~92-94 %, Fashion ~74-78 % at the short budget);
 stride 2 + pooling shrinks the maps to 1x1 and loses 15-45 points; max pooling beats avg

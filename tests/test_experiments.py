@@ -98,14 +98,17 @@ def _module(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["grid", "allconv"])
-def test_budgets_and_seeds(name, monkeypatch):
+@pytest.mark.parametrize(
+    "name, short, long",
+    [("grid", (2, 4000), (3, 12000)), ("allconv", (3, 12000), (6, 24000))],
+)
+def test_budgets_and_seeds(name, short, long, monkeypatch):
     s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
     assert s.seeds == 3
-    assert (s.base.train.epochs, s.base.data.train_examples) == (2, 4000)
+    assert (s.base.train.epochs, s.base.data.train_examples) == short
     monkeypatch.setenv("JAXCNN_BUDGET", "long")
     s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
-    assert (s.base.train.epochs, s.base.data.train_examples) == (3, 12000)
+    assert (s.base.train.epochs, s.base.data.train_examples) == long
     smoke = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py", smoke=True)
     assert smoke.base.train.epochs == 1  # smoke ignores the budget
     monkeypatch.setenv("JAXCNN_BUDGET", "huge")
