@@ -1,8 +1,15 @@
-"""Shared pieces of the experiments: data locations, datasets per run size, the base run.
+"""Shared pieces of the experiments: data locations, datasets per run size, the base run,
+the training budgets.
 
 Datasets: MNIST and Fashion-MNIST (CIFAR-10 too when it is prepared in the data dir), built
 offline from the raw files in ../shared/data (JAXCNN_SHARED_DATA) into a TFDS data dir
 (JAXCNN_DATA_DIR, default ~/.cache/jaxcnn/tfds). --smoke uses the embedded 8x8 digits.
+
+Budgets: experiments that call `budget()` train for the budget named by JAXCNN_BUDGET
+(`short`, the default, or `long`; BUDGETS, or the experiment's own table), so a ranking
+can be checked at a second budget:
+`JAXCNN_BUDGET=long python experiments/grid.py --workdir runs/grid-long`. A sweep
+directory holds one budget (its base config); give each budget its own --workdir.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import sys
 from typing import Any
 
 from jaxcnn import RunConfig
+from jaxcnn.errors import SpecError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(
@@ -27,6 +35,30 @@ SHAPES = {
     "cifar10": (32, 32, 3),
     "digits": (8, 8, 1),
 }
+
+
+BUDGET_ENV = "JAXCNN_BUDGET"
+# name -> epochs and training images (the first N of the train split)
+BUDGETS = {
+    "short": {"epochs": 2, "train_examples": 4000},
+    "long": {"epochs": 3, "train_examples": 12000},
+}
+
+
+def budget(budgets: dict[str, dict[str, int]] = BUDGETS) -> dict[str, int]:
+    """The epochs and train_examples of the budget JAXCNN_BUDGET names (default short)
+    in `budgets` (an experiment may define its own).
+
+    Raises:
+      SpecError: JAXCNN_BUDGET names no budget.
+    """
+    name = os.environ.get(BUDGET_ENV) or "short"
+    if name not in budgets:
+        raise SpecError(
+            f"{BUDGET_ENV}={name!r} is not a budget; use one of {', '.join(budgets)} "
+            f"({'; '.join(f'{k}: {v}' for k, v in budgets.items())})"
+        )
+    return dict(budgets[name])
 
 
 def datasets(smoke: bool) -> list[str]:

@@ -1,13 +1,15 @@
 """Transfer learning: MNIST features for Fashion-MNIST, frozen base vs fine-tuned vs scratch.
 
-python experiments/transfer.py --workdir runs/sweeps/transfer   (~6-10 min on 2 CPU cores)
+python experiments/transfer.py --workdir runs/sweeps/transfer   (~20-30 min on 2 CPU cores)
 python experiments/transfer.py --smoke                          seconds (digits -> digits)
 
 1. Pre-train keras_mnist (Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10) on the first
-   10,000 MNIST training images for 3 epochs (WORKDIR/pretrain).
+   10,000 MNIST training images for 3 epochs (WORKDIR/pretrain, one seed).
 2. A sweep (WORKDIR/trials/...) trains keras_mnist on Fashion-MNIST with 250, 1,000 and
    4,000 training images (30, 12 and 6 epochs: 210-750 Adam steps of batch 32) in three
-   ways:
+   ways, each with 3 seeds (train.seed 0, 1, 2: the new head's initialisation, the
+   scratch arm's whole initialisation and the data order; the pre-trained base is the
+   same for every seed):
    - frozen:    start from the MNIST run's best checkpoint, convolutional base frozen
                 (`--freeze conv`), fresh classifier head (`--new-head`); only the two
                 dense layers (37,578 of 93,322 parameters) train;
@@ -15,17 +17,20 @@ python experiments/transfer.py --smoke                          seconds (digits 
    - scratch:   random initialisation, every layer trains.
    Validation: the last 1,000 Fashion-MNIST training images; test accuracy: the full
    10,000-image test set, for each run's best-validation checkpoint.
-The comparison table goes to WORKDIR/transfer.md and is printed.
+The comparison table (mean ± 95 % interval over the seeds, and which variants are tied
+with the best at each size) goes to WORKDIR/transfer.md and is printed.
 
-Expect (measured, experiments/results/transfer.md): fine-tuning the MNIST-initialised
-network is best at every size but within ~1 point of scratch (one seed); the frozen MNIST
-base, which never saw clothes, trails both by 3-4.5 points (0.70 / 0.77 / 0.79 test
-accuracy at 250 / 1,000 / 4,000 images vs 0.73 / 0.80 / 0.83 from scratch).
+Expect (one-seed measurement, experiments/results/transfer.md): fine-tuning the
+MNIST-initialised network is best at every size but within ~1 point of scratch, which
+three seeds will likely show as a tie; the frozen MNIST base, which never saw clothes,
+trails both by 3-4.5 points (0.70 / 0.77 / 0.79 test accuracy at 250 / 1,000 / 4,000
+images vs 0.73 / 0.80 / 0.83 from scratch), a gap larger than the seed intervals.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -35,8 +40,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from jaxcnn import RunConfig  # noqa: E402
+from jaxcnn.sweep import report  # noqa: E402
 
-SETTINGS = {"name": "transfer"}
+SETTINGS = {"name": "transfer", "seeds": 3}
 # train images -> epochs (fewer images: more epochs, so every run takes 200+ steps)
 EPOCHS = {250: 30, 1000: 12, 4000: 6}
 SMOKE_SIZES = (100, 300)
@@ -132,12 +138,40 @@ def _trainable(config: RunConfig, num_classes: int) -> int:
     return total
 
 
+def _accuracy(row: dict) -> str:
+    """Mean test accuracy, ± its 95 % half width over seeds when there is one."""
+    if row.get("test_accuracy") is None:
+        return "-"
+    mean, half = report.interval(row)
+    return f"{mean:.4f}" if math.isnan(half) else f"{mean:.4f} ± {half:.4f}"
+
+
+def _ties(rows: list[dict]) -> dict[int, str]:
+    """id(row) -> 'best', 'yes' (95 % interval overlaps the best's at its size), 'no'
+    or '?' (no interval), for the ok rows."""
+    out = {}
+    for size in {r["data.train_examples"] for r in rows}:
+        ok = [
+            r
+            for r in rows
+            if r["data.train_examples"] == size
+            and r["status"] == "ok"
+            and r.get("test_accuracy") is not None
+        ]
+        ok.sort(key=lambda r: -report.interval(r)[0])
+        for i, r in enumerate(ok):
+            tie = report.tied(report.interval(r), report.interval(ok[0]))
+            out[id(r)] = "best" if i == 0 else {True: "yes", False: "no"}.get(tie, "?")
+    return out
+
+
 def table(pre: dict, rows: list[dict], smoke: bool) -> str:
     """The comparison as a Markdown table (rows: sweep result rows)."""
     import json
 
     order = {v: i for i, v in enumerate(VARIANTS)}
     rows = sorted(rows, key=lambda r: (r["data.train_examples"], order[_variant_of(r)]))
+    ties = _ties(rows)
     target = "digits" if smoke else "fashion_mnist"
     lines = [
         f"# Transfer learning: {pre['dataset']} -> {target} ({pre['model']})",
@@ -145,9 +179,13 @@ def table(pre: dict, rows: list[dict], smoke: bool) -> str:
         f"Pre-training: {pre['dataset']}, {pre['train_examples']:,} training images, "
         f"{pre['epochs']} epochs: test accuracy {pre['test_accuracy']:.4f}.",
         "",
-        "| train images | epochs | variant | trainable params | test accuracy "
-        "| best val accuracy | train s | status |",
-        "|---:|---:|---|---:|---:|---:|---:|---|",
+        "Test accuracy: mean over n seeds ± the half width of its 95 % interval "
+        "(Student t). *tied with best*: the interval overlaps the interval of the best "
+        "variant at that size, so these seeds cannot tell the two apart.",
+        "",
+        "| train images | epochs | variant | trainable params | test accuracy | n "
+        "| tied with best | best val accuracy | train s | status |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---|",
     ]
     base_config = base(smoke)
     for r in rows:
@@ -157,12 +195,12 @@ def table(pre: dict, rows: list[dict], smoke: bool) -> str:
             for k, v in overrides.items()
         }
         trainable = _trainable(base_config.with_overrides(overrides), 10)
-        acc = r.get("test_accuracy")
         val = r.get("best_val_accuracy")
         secs = r.get("train_seconds")
         lines.append(
             f"| {r['data.train_examples']:,} | {r['train.epochs']} | {_variant_of(r)} | "
-            f"{trainable:,} | {acc if acc is None else f'{acc:.4f}'} | "
+            f"{trainable:,} | {_accuracy(r)} | {r.get('seeds', 1)} | "
+            f"{ties.get(id(r), '')} | "
             f"{val if val is None else f'{val:.4f}'} | "
             f"{secs if secs is None else f'{secs:.1f}'} | {r['status']} |"
         )

@@ -153,7 +153,7 @@ def fit_replicas(
             spec,
             dataset,
             history,
-            test=tuple(test[i]),
+            test=tuple(float(v) for v in test[i]),  # JSON: Optuna, results rows
             best_epoch=best["epoch"],
             compile_seconds=replicas.compile_seconds,
         )

@@ -486,6 +486,7 @@ def plot_tradeoff(
     *,
     xlabel: str,
     ylabel: str = "test accuracy",
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> pathlib.Path:
     """Accuracy against a cost (log x axis), one colour per label (e.g. dataset).
 
@@ -496,13 +497,18 @@ def plot_tradeoff(
       path: the PNG to write.
       xlabel: the cost's name.
       ylabel: the accuracy's name.
+      errors: label -> a half width per point (e.g. the 95 % interval over seeds),
+        drawn as vertical bars; None draws none.
     """
     fig = _figure(6, 4)
     ax = fig.subplots()
     for i, (label, pts) in enumerate(points.items()):
         color = f"C{i % 10}"
         xs, ys = [x for x, _ in pts], [y for _, y in pts]
-        ax.plot(xs, ys, "o", color=color, alpha=0.6, label=label)
+        yerr = None if errors is None else list(errors[label])
+        ax.errorbar(
+            xs, ys, yerr=yerr, fmt="o", color=color, alpha=0.6, capsize=3, label=label
+        )
         front = [pts[j] for j in fronts.get(label, ())]
         xs, ys = [x for x, _ in front], [y for _, y in front]
         ax.plot(xs, ys, "-", color=color, drawstyle="steps-post", linewidth=1.5)
@@ -510,14 +516,17 @@ def plot_tradeoff(
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} vs {xlabel} (stars/line: Pareto front)", fontsize=10)
+    bars = "" if errors is None else ", bars: 95 % interval"
+    ax.set_title(f"{ylabel} vs {xlabel} (stars/line: Pareto front{bars})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_heatmaps(
-    panels: Sequence[tuple[str, np.ndarray, Mapping[tuple[int, int], str]]],
+    panels: Sequence[
+        tuple[str, np.ndarray, np.ndarray | None, Mapping[tuple[int, int], str]]
+    ],
     path: str | os.PathLike,
     *,
     xticks: Sequence[Any],
@@ -525,22 +534,26 @@ def plot_heatmaps(
     xlabel: str,
     ylabel: str,
 ) -> pathlib.Path:
-    """Heatmaps side by side, each cell labelled with its value.
+    """Heatmaps side by side, each cell labelled with its value (± its half width).
 
     Args:
-      panels: (title, values [len(yticks), len(xticks)], marks) per panel; a NaN cell
-        is blank and shows its text from marks[(row, column)], if any.
+      panels: (title, values [len(yticks), len(xticks)], half widths of the same shape
+        or None, marks) per panel; a cell with a half width (not NaN) reads
+        "value ± half"; a NaN value is blank and shows marks[(row, column)], if any.
       path: the PNG to write.
       xticks, yticks: the column and row labels.
       xlabel, ylabel: the axis names.
     """
     fig = _figure(3.6 * len(panels), 3.2)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, values, marks) in zip(axes, panels, strict=True):
+    for ax, (title, values, halves, marks) in zip(axes, panels, strict=True):
         image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
         for (i, j), value in np.ndenumerate(values):
             blank = np.isnan(value)
+            half = np.nan if halves is None else halves[i, j]
             text = marks.get((i, j), "") if blank else f"{value:.3f}"
+            if not blank and not np.isnan(half):
+                text += f"\n±{half:.3f}"
             ax.text(
                 j,
                 i,
@@ -548,7 +561,8 @@ def plot_heatmaps(
                 ha="center",
                 va="center",
                 fontsize=7,
-                color="black" if blank else "white",
+                # dark text on the bright end of viridis, light text elsewhere
+                color="black" if blank or image.norm(value) > 0.6 else "white",
             )
         ax.set_xticks(range(len(xticks)), [str(t) for t in xticks])
         ax.set_yticks(range(len(yticks)), [str(t) for t in yticks])

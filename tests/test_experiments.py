@@ -3,10 +3,12 @@ sweep (smoke and full) is a valid run config whose model spec is checked statica
 
 import ast
 import pathlib
+import re
 
 import pytest
 
 from jaxcnn import cli, models, shapes, sweep
+from jaxcnn.errors import SpecError
 
 EXPERIMENTS = sorted(
     p
@@ -15,8 +17,15 @@ EXPERIMENTS = sorted(
 )
 
 
-def test_the_four_experiments_exist():
-    assert {p.stem for p in EXPERIMENTS} >= {"filters", "stride", "pooling", "grid"}
+def test_the_experiments_exist():
+    assert {p.stem for p in EXPERIMENTS} >= {
+        "filters",
+        "stride",
+        "pooling",
+        "grid",
+        "allconv",
+        "transfer",
+    }
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -77,3 +86,98 @@ def test_experiment_main_runs_the_sweep_then_the_report(tmp_path, capsys):
     assert "missing.py: no such file" in capsys.readouterr().err
     assert cli.experiment_main(str(module), ["--workers", "two"]) == 2
     assert "invalid int value" in capsys.readouterr().err
+
+
+def _module(name: str):
+    import importlib.util
+
+    path = EXPERIMENTS[0].parent / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "name, short, long",
+    [("grid", (2, 4000), (3, 12000)), ("allconv", (3, 12000), (6, 24000))],
+)
+def test_budgets_and_seeds(name, short, long, monkeypatch):
+    s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
+    assert s.seeds == 3
+    assert (s.base.train.epochs, s.base.data.train_examples) == short
+    monkeypatch.setenv("JAXCNN_BUDGET", "long")
+    s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
+    assert (s.base.train.epochs, s.base.data.train_examples) == long
+    smoke = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py", smoke=True)
+    assert smoke.base.train.epochs == 1  # smoke ignores the budget
+    monkeypatch.setenv("JAXCNN_BUDGET", "huge")
+    with pytest.raises(SpecError, match=r"JAXCNN_BUDGET='huge' is not a budget; use "):
+        sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
+
+
+def test_allconv_variants_have_the_parameters_its_docstring_states():
+    allconv = _module("allconv")
+    stated = {}  # the table rows: variant, downsampler, conv layers, params
+    for m in re.finditer(r"^ +([a-z-]+) .* (\d) +([\d,]+)$", allconv.__doc__, re.M):
+        stated[m[1]] = (int(m[2]), int(m[3].replace(",", "")))
+    assert set(stated) == set(allconv.VARIANTS)
+    for variant, (convs, params) in stated.items():
+        model = allconv.model_spec(variant, (28, 28, 1))
+        assert sum(layer.type == "conv" for layer in model.layers) == convs
+        assert shapes.infer(model).total_params == params
+        # every variant ends at 7x7 before the global pool: only the downsampler differs
+        assert shapes.infer(model).layers[-3].output_shape[:2] == (7, 7)
+    assert stated["pool-max"][1] == stated["strided"][1]  # equal parameter budgets
+    with pytest.raises(ValueError, match="unknown variant 'bogus'"):
+        allconv.model_spec("bogus", (28, 28, 1))
+
+
+def test_transfer_table_shows_intervals_and_ties():
+    transfer = _module("transfer")
+
+    def row(variant, acc, half):
+        return {
+            "trial": variant, "status": "ok", "data.train_examples": 100,
+            "train.epochs": 1, **transfer.variant(variant, "/runs/pre"),
+            "test_accuracy": acc, "test_accuracy_mean": acc,
+            "test_accuracy_ci95": half, "seeds": 3, "best_val_accuracy": acc,
+            "train_seconds": 1.0,
+        }  # fmt: skip
+
+    rows = [row("frozen", 0.70, 0.01), row("finetune", 0.80, 0.02),
+            row("scratch", 0.79, 0.015)]  # fmt: skip
+    pre = {"dataset": "digits", "model": "digits_cnn", "train_examples": 600,
+           "epochs": 1, "test_accuracy": 0.9}  # fmt: skip
+    lines = transfer.table(pre, rows, smoke=True).splitlines()
+    body = {line.split(" | ")[2]: line for line in lines if line.startswith("| 100 ")}
+    assert "| 0.7000 ± 0.0100 | 3 | no |" in body["frozen"]
+    assert "| 0.8000 ± 0.0200 | 3 | best |" in body["finetune"]
+    assert "| 0.7900 ± 0.0150 | 3 | yes |" in body["scratch"]
+    assert any("tied with best" in line and "95 %" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["allconv", "grid"])
+def test_seeded_experiment_smoke_runs_and_reports_intervals(name, tmp_path, capsys):
+    argv = ["--workdir", str(tmp_path), "--quiet", "--smoke"]
+    assert cli.experiment_main(str(EXPERIMENTS[0].parent / f"{name}.py"), argv) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "test acc (mean ± 95 %) | n | tied with #1" in md and "## Ties" in md
+    ranked = [line for line in md.splitlines() if line.startswith("| 1 | digits")]
+    assert len(ranked) == 1 and " ± " in ranked[0] and "| 3 |" in ranked[0]
+    assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_transfer_smoke_runs_with_seeds(tmp_path, capsys):
+    transfer = _module("transfer")
+    assert transfer.main(["--smoke", "--quiet", "--workdir", str(tmp_path)]) == 0
+    text = (tmp_path / "transfer.md").read_text()
+    assert text.count("| best |") == 2  # one best variant per training-set size
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| 100 ") or line.startswith("| 300 ")
+    ]
+    assert len(rows) == 6 and all(" ± " in r and "| 3 |" in r for r in rows)

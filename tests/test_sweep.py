@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
 
@@ -152,14 +153,82 @@ def test_heatmap_panels_and_effect_series():
         {"trial": "d", "status": "ok", "model.filters": 8, "model.stride": 2,
          "model.pool": "avg", "dataset": "digits", "test_accuracy": 0.5},
     ]  # fmt: skip
-    ((title, grid, marks),) = report.heatmap_panels(rows, "max", [8, 16], [1, 2])
+    ((title, grid, halves, marks),) = report.heatmap_panels(
+        rows, "max", [8, 16], [1, 2]
+    )
     assert title == "digits, pool=max" and marks == {(1, 1): "invalid"}
     assert grid[0].tolist() == [0.9, 0.7] and all(map(math.isnan, grid[1]))
+    assert math.isnan(halves[0, 0]) and halves[0, 1] == 0.05
     ok = [r for r in rows if r["status"] == "ok"]
     means, errs = report.effect_series(ok, "model.filters", [8, 16, 32])["digits"]
     assert means[:2] == [pytest.approx(0.7), 0.7] and math.isnan(means[2])
     assert errs[0] == pytest.approx(0.28284, abs=1e-5)  # std of 0.9 and 0.5
     assert errs[1:] == [0.05, 0.0]  # one trial: its 95 % interval over seeds
+
+
+def _seeded(trial, acc, half, dataset="mnist", seeds=3, **axes):
+    return {
+        "trial": trial, "status": "ok", "data.dataset": dataset, **axes,
+        "test_accuracy": acc, "test_accuracy_mean": acc,
+        "test_accuracy_ci95": half, "seeds": seeds,
+    }  # fmt: skip
+
+
+def test_tie_rule_on_hand_made_rows():
+    # Intervals: a [0.88, 0.92], b [0.86, 0.885], c [0.70, 0.80], d [0.87, 0.89]
+    rows = [
+        _seeded("c", 0.75, 0.05, **{"model.filters": 4}),
+        _seeded("a", 0.90, 0.02, **{"model.filters": 16}),
+        _seeded("b", 0.8725, 0.0125, **{"model.filters": 8}),
+        _seeded("d", 0.88, 0.01, dataset="fashion", **{"model.filters": 16}),
+        {"trial": "e", "status": "invalid", "model.filters": 99, "error": "x"},
+    ]
+    assert report.tied((0.5, 0.25), (0.0, 0.25))  # touching counts as tied
+    assert not report.tied((0.5, 0.125), (0.0, 0.25))
+    assert report.tied((0.9, math.nan), (0.9, 0.01)) is None  # one seed: unknown
+    ranked = sorted(rows[:3], key=lambda r: -r["test_accuracy"])
+    assert report.tie_marks(ranked) == [(None, True), (True, False), (False, None)]
+
+    lines = report.ranked_table(rows).splitlines()
+    assert "| test acc (mean ± 95 %) | n | tied with #1 | tied with next |" in lines[0]
+    # Ranked within each dataset by the mean; not-ok trials last, unranked.
+    assert [line.split(" | ")[:3] for line in lines[2:]] == [
+        ["| 1", "mnist", "16"],
+        ["| 2", "mnist", "8"],
+        ["| 3", "mnist", "4"],
+        ["| 1", "fashion", "16"],
+        ["| ", "-", "99"],
+    ]
+    assert "| 0.9000 ± 0.0200 | 3 |  | yes |" in lines[2]
+    assert "| 0.8725 ± 0.0125 | 3 | yes | no |" in lines[3]
+    assert "| 0.7500 ± 0.0500 | 3 | no |  |" in lines[4]
+    assert "| 0.8800 ± 0.0100 | 3 |  |  |" in lines[5]
+    (mnist, fashion) = report.ties_summary(rows)
+    assert mnist == ("- mnist: #1 filters=16 (0.9000 ± 0.0200, n=3); tied with it: #2")
+    assert fashion.endswith("tied with it: none")
+    # A trial with one seed in a seeded sweep: no interval, so '?'.
+    rows[2] = {**rows[2], "test_accuracy_ci95": None, "seeds": 1}
+    line = report.ranked_table(rows).splitlines()[3]
+    assert "| 0.8725 | 1 | ? | ? |" in line
+
+
+def test_effect_series_with_seeds_combines_the_intervals():
+    ok = [
+        _seeded("a", 0.9, 0.03, **{"model.pool": "max", "model.stride": 1}),
+        _seeded("b", 0.7, 0.04, **{"model.pool": "max", "model.stride": 2}),
+    ]
+    means, errs = report.effect_series(ok, "model.pool", ["max"])["mnist"]
+    assert means == [pytest.approx(0.8)] and errs == [pytest.approx(0.025)]
+
+
+def test_without_seeds_the_table_has_no_intervals():
+    rows = [
+        {"trial": "a", "status": "ok", "model.filters": 4, "test_accuracy": 0.5},
+        {"trial": "b", "status": "ok", "model.filters": 8, "test_accuracy": 0.7},
+    ]
+    text = report.ranked_table(rows)
+    assert "±" not in text and "tied" not in text and "| test acc |" in text
+    assert text.splitlines()[2].startswith("| 1 | - | 8 |")
 
 
 # --------------------------------------------------------------------------- imports
@@ -262,6 +331,38 @@ def test_smoke_sweep_on_digits_end_to_end(tmp_path):
         "report.md",
     ):
         assert (tmp_path / name).stat().st_size > 1000 or name == "report.md"
+
+
+def test_seeded_sweep_report_has_intervals_ties_and_figures(tmp_path):
+    from PIL import Image
+
+    base = BASE.with_overrides({"train.epochs": 2, "data.train_examples": 512})
+    points = [
+        {"model.filters": 8},
+        {"model.filters": 8, "train.patience": 50},  # the same training: tied
+        {"model.filters": 8, "optim.lr": 1e-6},  # barely trains: not tied
+    ]
+    s = sweep.Sweep(name="seeded", base=base, points=tuple(points), seeds=3)
+    rows = sweep.run_sweep(s, tmp_path, quiet=True)
+    assert [r["seeds"] for r in rows] == [3, 3, 3]
+    text = report.write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "tied with #1 (95 % intervals overlap)" in text
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert "| test acc (mean ± 95 %) | n | tied with #1 | tied with next |" in lines[0]
+    assert (
+        lines[1].startswith("| 1 |")
+        and "±" in lines[1]
+        and "| 3 |  | yes |" in lines[1]
+    )
+    assert "| 3 | yes | no |" in lines[2]
+    assert lines[3].startswith("| 3 |") and "| 3 | no |  |" in lines[3]
+    assert "## Ties" in md and "tied with it: #2" in md
+    for name in ("accuracy_vs_params", "accuracy_vs_flops", "effect_lr"):
+        with Image.open(tmp_path / f"{name}.png") as img:
+            pixels = np.asarray(img.convert("L"), np.float32)
+        assert pixels.shape[0] >= 200 and pixels.std() > 8  # not blank
+        assert f"![{name}]({name}.png)" in md
 
 
 def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
@@ -671,6 +772,19 @@ def test_three_concurrent_workers_run_every_trial_once(tmp_path):
             (workdir / "trials" / r["trial"] / "metrics.jsonl").read_text().splitlines()
         )
         assert len(lines) == epochs
+
+
+def test_a_sweep_with_vmapped_seeds_records_plain_numbers(tmp_path):
+    s = sweep.Sweep(
+        name="vmap",
+        base=BASE.override("train.epochs", 1),
+        points=({"model.filters": 4},),
+        seeds=2,
+        replicas="vmap",
+    )
+    (row,) = sweep.run_sweep(s, tmp_path, quiet=True)  # Optuna stores it as JSON
+    assert row["status"] == "ok" and row["seeds"] == 2, row.get("error")
+    assert type(row["test_accuracy_mean"]) is float and row["test_accuracy_ci95"] >= 0
 
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path):

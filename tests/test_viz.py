@@ -1,6 +1,7 @@
 """Figures: real PNGs with content, and the arrays behind them equal to manual computations."""
 
 import json
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -239,7 +240,10 @@ def test_sweep_figures(tmp_path):
     fronts = {"mnist": [0, 1], "digits": [0]}
     check_png(viz.plot_tradeoff(points, fronts, tmp_path / "t.png", xlabel="params"))
     grid = np.array([[0.9, np.nan], [0.8, 0.85]])
-    panels = [("mnist", grid, {(0, 1): "invalid"}), ("digits", grid * 0.9, {})]
+    panels = [
+        ("mnist", grid, None, {(0, 1): "invalid"}),
+        ("digits", grid * 0.9, None, {}),
+    ]
     path = viz.plot_heatmaps(
         panels,
         tmp_path / "h.png",
@@ -251,6 +255,43 @@ def test_sweep_figures(tmp_path):
     check_png(path)
     series = {"mnist": ([0.9, 0.95, np.nan], [0.01, 0.0, 0.0])}
     check_png(viz.plot_effect(["a", "b", "c"], series, tmp_path / "e.png", xlabel="x"))
+
+
+def test_sweep_figures_draw_intervals(tmp_path):
+    """With seeds: error bars on the trade-off, mean ± half width in the heatmap."""
+    points = {"mnist": [(1e3, 0.9), (1e4, 0.95)]}
+    errors = {"mnist": [0.02, 0.01]}
+    captured = {}
+    real_save = viz._save
+
+    def keep(fig, path):
+        captured[pathlib.Path(path).stem] = fig
+        return real_save(fig, path)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(viz, "_save", keep)
+        path = viz.plot_tradeoff(
+            points, {"mnist": [0, 1]}, tmp_path / "t.png", xlabel="p", errors=errors
+        )
+        check_png(path)
+        grid = np.array([[0.9, np.nan], [0.8, 0.85]])
+        halves = np.array([[0.012, np.nan], [np.nan, 0.004]])
+        panels = [("mnist", grid, halves, {(0, 1): "invalid"})]
+        check_png(
+            viz.plot_heatmaps(
+                panels, tmp_path / "h.png", xticks=[8, 16], yticks=[1, 2],
+                xlabel="filters", ylabel="stride",
+            )
+        )  # fmt: skip
+    (ax,) = captured["t"].axes
+    (container,) = [c for c in ax.containers if c.has_yerr]
+    segments = container.lines[2][0].get_segments()  # the vertical bars
+    assert [s[:, 1].tolist() for s in segments] == [
+        pytest.approx([0.88, 0.92]),
+        pytest.approx([0.94, 0.96]),
+    ]
+    texts = sorted(t.get_text() for t in captured["h"].axes[0].texts)
+    assert texts == ["0.800", "0.850\n±0.004", "0.900\n±0.012", "invalid"]
 
 
 def test_no_temp_files_left_behind(tmp_path):
