@@ -36,14 +36,14 @@ import step_bench  # noqa: E402
 
 def cpu_record() -> dict:
     """CPU model, family/model numbers and whether it has AVX512-BF16."""
-    info: dict = {"model": step_bench._cpu_model()}
+    info: dict = {"model_name": step_bench._cpu_model()}
     try:
         text = open("/proc/cpuinfo").read().split("\n\n")[0]
     except OSError:
         return info
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("cpu family", "model"):
+        if key.strip() in ("cpu family", "model"):  # Zen 4: family 25, Zen 5: 26
             info[key.strip().replace(" ", "_")] = value.strip()
         if key.strip() == "flags":
             info["avx512_bf16"] = "avx512_bf16" in value.split()
