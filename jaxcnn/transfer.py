@@ -133,9 +133,7 @@ def build_run_state(
     state, whose optimiser part depends on which parameters were frozen; this rebuilds
     exactly that structure, so it serves as the restore target.
     """
-    model = models.build_model(
-        spec, seed=config.train.seed, kernels=config.train.kernels
-    )
+    model = models.build_run_model(spec, config.train)
     mask = trainable_mask(model, spec, config.train.freeze)
     tx, _ = optim.make_optimizer(
         config.optim, steps_per_epoch=1, epochs=config.train.epochs, trainable=mask
