@@ -168,7 +168,7 @@ class Dense(nnx.Linear):
         acc = precision_lib.accumulation(x.dtype)
         y = jnp.dot(x, kernel, preferred_element_type=acc)
         if self.bias is not None:
-            y = y + self.bias[...]
+            y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
         return precision_lib.cast(activate(y, self.activation), out_dtype)
 
 
