@@ -6,13 +6,15 @@ A jaxcnn preset, Adam 1e-3 through `optim.make_optimizer`, a resident synthetic 
 NUM_BATCHES batches gathered on device by index, k train steps per call: the same
 `Steps.train` call `fit` makes for a resident dataset.
 
-VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>][,loop=<l>]`.
+VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>][,loop=<l>]
+[,precision=<float32|bfloat16>]`.
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
 malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
 `lsr=keep` leaves LLVM's loop strength reduction on (cputune turns it off on CPU).
 `loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
-(`unroll`); `auto` (the default) chooses as jaxcnn.train does.
+(`unroll`); `auto` (the default) chooses as jaxcnn.train does. `precision` is the
+run's `train.precision` (jaxcnn.precision).
 """
 
 from __future__ import annotations
@@ -59,7 +61,15 @@ LEVERS = {
 
 
 def parse_variant(text: str) -> dict:
-    out = dict(kernels="auto", k=1, lever=None, tune="on", loop="auto", lsr="off")
+    out = dict(
+        kernels="auto",
+        k=1,
+        lever=None,
+        tune="on",
+        loop="auto",
+        lsr="off",
+        precision="float32",
+    )
     for part in text.split(","):
         key, value = part.split("=")
         out[key] = int(value) if key == "k" else value
@@ -79,9 +89,13 @@ def make_steps(model_name: str, v: dict) -> tuple[train.Steps, object]:
     """The run's compiled steps for a preset, as `fit` builds them, and its spec."""
     spec = models.preset(model_name)
     config = RunConfig().with_overrides(
-        {"train.kernels": v["kernels"], "train.batch_size": bench_common.BATCH}
+        {
+            "train.kernels": v["kernels"],
+            "train.batch_size": bench_common.BATCH,
+            "train.precision": v["precision"],
+        }
     )
-    model = models.build_model(spec, seed=0, kernels=v["kernels"])
+    model = models.build_run_model(spec, config.train, seed=0)
     if v["lever"]:
         conv, pool, fuse, crop = LEVERS[v["lever"]]
         first_xla = {"conv_0": "xla"} if v["lever"] == "im2col_first_xla" else None
@@ -135,6 +149,7 @@ def make_runner(model_name: str, variant: str):
         "rolled": steps.rolled,
         "since_start_s": time.perf_counter() - T_START,
         "backend": jax.default_backend(),
+        "precision": v["precision"],
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
         "cache_compression": cache_compression(),
     }

@@ -1,6 +1,9 @@
 """Keras 3 worker on the TensorFlow backend: `train_on_batch`, Adam, one step per call.
 
-  python benchmarks/bench_keras.py MODEL VARIANT     # VARIANT: train_on_batch
+  python benchmarks/bench_keras.py MODEL VARIANT
+
+VARIANT: train_on_batch (float32) | mixed_bfloat16 (Keras' "mixed_bfloat16" dtype
+policy: bf16 compute, fp32 variables; the logits layer in float32, as Keras advises).
 
 Keras compiles the step into a tf.function (oneDNN kernels, no XLA: jit_compile=False,
 Keras' default on CPU).
@@ -30,7 +33,7 @@ def keras_mnist() -> keras.Model:
         L.Conv2D(32, 3, activation="relu"), L.MaxPooling2D(2),
         L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(2),
         L.Conv2D(64, 3, activation="relu"),
-        L.Flatten(), L.Dense(64, activation="relu"), L.Dense(10),
+        L.Flatten(), L.Dense(64, activation="relu"), L.Dense(10, dtype="float32"),
     ])  # fmt: skip
 
 
@@ -39,12 +42,14 @@ def vgg_cifar() -> keras.Model:
     for f in (64, 128, 256):
         mods += [L.Conv2D(f, 3, padding="same", activation="relu")]
         mods += [L.Conv2D(f, 3, padding="same", activation="relu"), L.MaxPooling2D(2)]
-    mods += [L.Flatten(), L.Dense(10)]
+    mods += [L.Flatten(), L.Dense(10, dtype="float32")]
     return keras.Sequential(mods)
 
 
 def make_runner(model_name: str, variant: str):
     keras.utils.set_random_seed(0)
+    if variant == "mixed_bfloat16":  # before the layers are made
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = {"keras_mnist": keras_mnist, "vgg_cifar": vgg_cifar}[model_name]()
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -73,6 +78,7 @@ def make_runner(model_name: str, variant: str):
         "steps_per_call": 1,
         "since_start_s": time.perf_counter() - T_START,
         "params": model.count_params(),
+        "precision": keras.mixed_precision.global_policy().name,
         "version": f"keras {keras.__version__}, tf {tf.__version__}",
     }
     return run_calls, b, first, info

@@ -1,10 +1,15 @@
 """PyTorch worker: eager mode, channels_last or NCHW, Adam, one step per call.
 
-python benchmarks/bench_torch.py MODEL VARIANT      # VARIANT: channels_last | nchw
+python benchmarks/bench_torch.py MODEL VARIANT
+
+VARIANT: channels_last | nchw | channels_last_bf16 (forward and loss under
+`torch.autocast("cpu", dtype=torch.bfloat16)`: bf16 convs and matmuls, fp32 weights
+and optimiser).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -40,7 +45,13 @@ def vgg_cifar() -> tuple[nn.Module, tuple[int, int, int]]:
 def make_runner(model_name: str, variant: str):
     torch.manual_seed(0)
     net, (c, h, w) = {"keras_mnist": keras_mnist, "vgg_cifar": vgg_cifar}[model_name]()
-    fmt = torch.channels_last if variant == "channels_last" else torch.contiguous_format
+    channels_last = variant.startswith("channels_last")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if variant.endswith("_bf16")
+        else contextlib.nullcontext
+    )
     net = net.to(memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
@@ -53,7 +64,8 @@ def make_runner(model_name: str, variant: str):
         for _ in range(calls):
             i = state["i"] % n
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xs[i]), ys[i])
+            with autocast():
+                loss = loss_fn(net(xs[i]), ys[i])
             loss.backward()
             opt.step()
             state["i"] += 1
@@ -68,6 +80,7 @@ def make_runner(model_name: str, variant: str):
         "threads": torch.get_num_threads(),
         "params": params,
         "version": torch.__version__,
+        "precision": "bfloat16 autocast" if variant.endswith("_bf16") else "float32",
     }
     return run_calls, b, first, info
 

@@ -4,13 +4,18 @@
   .venv-bench/bin/python benchmarks/step_bench.py --quick         # ~2 min sanity run
   .venv-bench/bin/python benchmarks/step_bench.py --levers        # what each kernel lever is worth
   .venv-bench/bin/python benchmarks/step_bench.py --cache         # persistent compilation cache
+  .venv-bench/bin/python benchmarks/step_bench.py --bf16          # fp32 vs bf16, every framework
 
 Every (framework variant, model) is its own subprocess (no thread-pool or library
 conflicts). All of a model's workers are started first; then timing windows alternate
 between them in rounds (the idle ones block on a pipe), so slow drifts of the machine
 hit every framework alike. Per window the share of the machine that *other* processes
 used is measured (/proc/stat busy time minus the worker's own CPU time) and windows above
-0.15 cores are flagged. Synthetic data, batch 128, fp32, Adam, softmax cross-entropy.
+0.15 cores are flagged. Synthetic data, batch 128, Adam, softmax cross-entropy; fp32
+unless the row says bf16 (jaxcnn `train.precision=bfloat16`, PyTorch bf16 autocast, Keras
+`mixed_bfloat16`). Since the machine's speed drifts within a run, each jaxcnn row is
+also compared with each peer round by round (the two windows of one round are
+neighbours in time): the median of those paired ratios is the comparison to quote.
 
 Writes benchmarks/results/<name>.json and <name>.md.
 """
@@ -42,10 +47,25 @@ FRAMEWORKS = {
     "jaxcnn_k2": ("bench_jax.py", "kernels=auto,k=2"),
     "jaxcnn_k4": ("bench_jax.py", "kernels=auto,k=4"),
     "jaxcnn_k8": ("bench_jax.py", "kernels=auto,k=8"),
+    "jaxcnn_bf16_k4": ("bench_jax.py", "kernels=auto,k=4,precision=bfloat16"),
+    "jaxcnn_bf16_k8": ("bench_jax.py", "kernels=auto,k=8,precision=bfloat16"),
     "torch_cl": ("bench_torch.py", "channels_last"),
     "torch_nchw": ("bench_torch.py", "nchw"),
+    "torch_cl_bf16": ("bench_torch.py", "channels_last_bf16"),
     "keras_tf": ("bench_keras.py", "train_on_batch"),
+    "keras_bf16": ("bench_keras.py", "mixed_bfloat16"),
 }
+# --bf16: the precision comparison, fp32 and bf16 of jaxcnn and of each peer
+BF16_SET = (
+    "jaxcnn_k4",
+    "jaxcnn_k8",
+    "jaxcnn_bf16_k4",
+    "jaxcnn_bf16_k8",
+    "torch_cl",
+    "torch_cl_bf16",
+    "keras_tf",
+    "keras_bf16",
+)
 LEVERS = {
     f"lever_{name}_k{k}": ("bench_jax.py", f"kernels=fast,k={k},lever={name}")
     for name, k in [
@@ -85,7 +105,7 @@ LEVERS |= {
     for k in (1, 4)
     for lsr in ("keep", "off")
 }
-PEERS = ("torch_cl", "keras_tf")
+PEERS = ("torch_cl", "keras_tf", "torch_cl_bf16", "keras_bf16")
 
 
 def train_flops_per_image(model: str) -> int:
@@ -193,8 +213,36 @@ def summarize(results: dict, flops: int, peak: dict) -> dict:
             "fraction_of_numpy_peak": med * flops / 1e9 / peak["numpy_gflops"],
             "fraction_of_jax_peak": med * flops / 1e9 / peak["jax_gflops"],
             "fraction_of_best_peak": med * flops / 1e9 / _best_peak(peak),
+            "fraction_of_bf16_peak": med * flops / 1e9 / peak["jax_bf16_gflops"]
+            if peak.get("jax_bf16_gflops")
+            else None,
         }
     return results
+
+
+def paired_ratios(results: dict) -> dict:
+    """jaxcnn / peer per round, for every jaxcnn row and peer measured in the run.
+
+    Round r holds one window of each worker, close together in time, so a drift of
+    the machine's speed cancels in the ratio; the median over rounds is reported.
+    """
+    timed = {n: r for n, r in results.items() if r.get("windows")}
+    pairs = {}
+    for ours in (n for n in timed if n.startswith("jaxcnn")):
+        for peer in (p for p in PEERS if p in timed):
+            ratios = [
+                a["images_per_s"] / b["images_per_s"]
+                for a, b in zip(
+                    timed[ours]["windows"], timed[peer]["windows"], strict=True
+                )
+            ]
+            pairs[f"{ours}/{peer}"] = {
+                "ratios": ratios,
+                "median": statistics.median(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+            }
+    return pairs
 
 
 def _best_peak(peak: dict) -> float:
@@ -203,15 +251,22 @@ def _best_peak(peak: dict) -> float:
 
 def markdown(report: dict) -> str:
     peak = report["matmul_peak"]
+    bf16_peak = (
+        f" JAX with bf16 operands and fp32 accumulation: {peak['jax_bf16_gflops']:.0f} "
+        "GFLOP/s ('of bf16 peak')."
+        if peak.get("jax_bf16_gflops")
+        else ""
+    )
     lines = [
         f"# Step benchmark: {report['name']}",
         "",
-        f"{report['date']}, {report['machine']}. Batch 128, fp32, Adam, synthetic data, "
+        f"{report['date']}, {report['machine']}. Batch 128, Adam, synthetic data "
+        "(fp32 unless the row says bf16), "
         f"{report['rounds']} rounds of one timing window per framework, "
         "frameworks alternating.",
         f"Matmul peak measured in this run: numpy {peak['numpy_gflops']:.0f} GFLOP/s, "
         f"JAX {peak['jax_gflops']:.0f} GFLOP/s (fp32, {peak['n']}x{peak['n']}); "
-        "'of matmul peak' uses the higher of the two.",
+        f"'of matmul peak' uses the higher of the two.{bf16_peak}",
         "Median/min/max over windows where other processes used <= "
         f"{CONTENDED} cores (all windows if none).",
         "",
@@ -223,8 +278,8 @@ def markdown(report: dict) -> str:
             "",
             "| framework | images/s median | min-max | vs best peer | first step s "
             "| process start to first step s | peak RSS MB | GFLOP/s | of matmul peak "
-            "| contended windows |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| of bf16 peak | contended windows |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         peers = [
             res["frameworks"][p]["summary"]["images_per_s_median"]
@@ -234,7 +289,7 @@ def markdown(report: dict) -> str:
         best_peer = max(peers) if peers else None
         for name, fw in res["frameworks"].items():
             if "summary" not in fw:
-                lines.append(f"| {name} | failed: {fw.get('error', '?')} |||||||||")
+                lines.append(f"| {name} | failed: {fw.get('error', '?')} ||||||||||")
                 continue
             s = fw["summary"]
             ratio = f"{s['images_per_s_median'] / best_peer:.2f}x" if best_peer else "-"
@@ -244,9 +299,15 @@ def markdown(report: dict) -> str:
                 f"{s['first_step_s']:.2f} | {s['since_start_s']:.2f} | "
                 f"{s['peak_rss_mb']:,.0f} | {s['gflops']:.1f} | "
                 f"{100 * s['gflops'] / _best_peak(peak):.0f}% | "
-                f"{s['contended_windows']}/{s['windows']} |"
+                + (
+                    f"{100 * s['fraction_of_bf16_peak']:.0f}% | "
+                    if s.get("fraction_of_bf16_peak")
+                    else "- | "
+                )
+                + f"{s['contended_windows']}/{s['windows']} |"
             )
         lines.append("")
+        lines += _paired_table(res.get("paired", {}))
     if "cache" in report:
         lines += [
             "## Persistent compilation cache (fresh process, first step)",
@@ -276,6 +337,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _paired_table(pairs: dict) -> list[str]:
+    """Markdown: jaxcnn rows x peer columns, median (min-max) of the per-round ratios."""
+    if not pairs:
+        return []
+    ours = list(dict.fromkeys(key.split("/")[0] for key in pairs))
+    peers = list(dict.fromkeys(key.split("/")[1] for key in pairs))
+    lines = [
+        "Paired ratios, jaxcnn / peer within each round: median (min-max) over rounds.",
+        "",
+        "| jaxcnn \\ peer | " + " | ".join(peers) + " |",
+        "|---|" + "---|" * len(peers),
+    ]
+    for name in ours:
+        cells = []
+        for peer in peers:
+            p = pairs.get(f"{name}/{peer}")
+            cells.append(
+                f"{p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f})" if p else "-"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def cache_runs(python: str, models, variant: str) -> list[dict]:
     rows = []
     for model in models:
@@ -299,6 +383,11 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="short sanity run")
     p.add_argument("--levers", action="store_true", help="JAX kernel levers only")
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="fp32 vs bf16: jaxcnn k4/k8 and the PyTorch / Keras peers, both precisions",
+    )
+    p.add_argument(
         "--cache", action="store_true", help="also measure the compile cache"
     )
     p.add_argument(
@@ -319,12 +408,14 @@ def main(argv=None) -> None:
     bench_py = REPO / ".venv-bench" / "bin" / "python"
     python = args.python or (str(bench_py) if bench_py.exists() else sys.executable)
     table = LEVERS if args.levers else FRAMEWORKS
-    names = [n for n in args.only.split(",") if n] or list(table)
+    names = [n for n in args.only.split(",") if n] or (
+        list(BF16_SET) if args.bf16 else list(table)
+    )
     rounds = args.rounds or (2 if args.quick else 5)
     models = args.models.split(",")
-    name = args.name or ("levers" if args.levers else "step_bench") + (
-        "_quick" if args.quick else ""
-    )
+    name = args.name or (
+        "levers" if args.levers else "step_bench_bf16" if args.bf16 else "step_bench"
+    ) + ("_quick" if args.quick else "")
     env = dict(os.environ, PYTHONPATH=str(HERE))
     env.pop("JAXCNN_BENCH_CACHE", None)
 
@@ -358,6 +449,7 @@ def main(argv=None) -> None:
             "train_mflops_per_image": flops / 1e6,
             "window_s": window,
             "frameworks": summarize(res, flops, peak),
+            "paired": paired_ratios(res),
         }
     if args.cache or args.cache_only:
         report["cache"] = [

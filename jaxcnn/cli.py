@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from jaxcnn import cputune
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import PRECISIONS
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -229,6 +230,12 @@ def _add_eval(sub, common) -> None:
     p.add_argument(
         "--checkpoint", default="best", help="best (default), latest, or a step"
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="compute in this precision (default: the run's train.precision)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
@@ -237,7 +244,9 @@ def _cmd_eval(args) -> int:
     from jaxcnn import train
 
     which = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
-    report = train.evaluate(args.workdir, args.split, which=which)
+    report = train.evaluate(
+        args.workdir, args.split, which=which, precision=args.precision
+    )
     if args.json:
         print(json.dumps(report))
         return 0

@@ -5,7 +5,8 @@ the real ones agree by construction (padding comes from `shapes.resolve_padding`
 Module attributes are named `<type>_<index>`, so parameter paths read `conv_0/kernel`,
 `dense_7/bias`, `residual_3/conv_1/kernel`, `residual_3/proj/kernel`.
 
-Images are NHWC float32: [batch, H, W, C].
+Images are NHWC float32: [batch, H, W, C]. Conv and dense layers compute in the
+precision their plan says (jaxcnn.precision); the logits are float32.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flax import nnx
 
 from jaxcnn import filters, shapes
 from jaxcnn import kernels as ops
+from jaxcnn import precision as precision_lib
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ActivationSpec,
@@ -69,13 +71,14 @@ def _own_plan(module: nnx.Module, x: jax.Array) -> ops.LayerPlan:
 def conv2d(layer: nnx.Conv, x: jax.Array, plan: ops.LayerPlan) -> jax.Array:
     """The single convolution call site: [batch, H, W, Cin] -> [batch, Ho, Wo, filters].
 
-    Runs kernels.conv2d as `plan` says (implementation, padding at this input shape)
-    with the layer's own kernel and bias.
+    Runs kernels.conv2d as `plan` says (implementation, padding at this input shape,
+    operand dtype) with the layer's own kernel and bias. The output (accumulation and
+    bias) is float32.
     """
     spec = plan.spec
     y = ops.conv2d(
-        x,
-        layer.kernel[...],
+        precision_lib.cast(x, plan.dtype),
+        precision_lib.cast(layer.kernel[...], plan.dtype),
         stride=spec.stride,
         padding=plan.padding,
         dilation=spec.dilation,
@@ -136,13 +139,15 @@ class Conv(nnx.Conv):
         """[batch, H, W, Cin] -> [batch, Ho, Wo, filters], as `plan` says.
 
         With a crop, only the input rows/cols the next pool reads are convolved; with
-        ReLU + pool fusion the ReLU is left to the pool.
+        ReLU + pool fusion the ReLU is left to the pool. The output is in the plan's
+        `out_dtype`.
         """
         plan = _own_plan(self, x) if plan is None else plan
         if plan.crop is not None:
             x = x[:, : plan.crop.in_keep[0], : plan.crop.in_keep[1], :]
         y = conv2d(self, x, plan)
-        return y if plan.fuse_relu_pool else activate(y, self.activation)
+        y = y if plan.fuse_relu_pool else activate(y, self.activation)
+        return precision_lib.cast(y, plan.out_dtype)
 
 
 class Dense(nnx.Linear):
@@ -152,8 +157,19 @@ class Dense(nnx.Linear):
         super().__init__(in_features, spec.units, use_bias=spec.use_bias, rngs=rngs)
         self.activation = spec.activation
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return activate(super().__call__(x), self.activation)
+    def __call__(self, x: jax.Array, plan: ops.LayerPlan | None = None) -> jax.Array:
+        """[batch, in] -> [batch, units]; operands and output dtypes as `plan` says
+        (None: as they come), accumulation, bias and activation in float32."""
+        dtype, out_dtype = (
+            (None, None) if plan is None else (plan.dtype, plan.out_dtype)
+        )
+        x = precision_lib.cast(x, dtype)
+        kernel = precision_lib.cast(self.kernel[...], dtype)
+        acc = precision_lib.accumulation(x.dtype)
+        y = jnp.dot(x, kernel, preferred_element_type=acc)
+        if self.bias is not None:
+            y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
+        return precision_lib.cast(activate(y, self.activation), out_dtype)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -296,12 +312,12 @@ class Sequential(nnx.Module):
             layer = getattr(self, name)
             if isinstance(layer, Residual):
                 x = layer(x, plan, rngs=rngs)
-            elif isinstance(layer, Conv | Pool):
+            elif isinstance(layer, Conv | Pool | Dense):
                 x = layer(x, plan)
             elif isinstance(layer, nnx.Dropout):
                 x = layer(x, rngs=rngs)
-            else:
-                x = layer(x)
+            else:  # hands on the dtype it got (flax norms return float32)
+                x = layer(x).astype(x.dtype)
             if name in keep:
                 kept[name] = x
         return x, kept
@@ -420,7 +436,8 @@ class CNN(Sequential):
         return plans
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """[batch, H, W, C] -> logits [batch, num_classes] (a backbone: its last output).
+        """[batch, H, W, C] -> float32 logits [batch, num_classes] (a backbone: its last
+        output, bfloat16 activations widened to float32).
 
         Args:
           x: a batch of images.
@@ -432,7 +449,7 @@ class CNN(Sequential):
             checked at trace time).
         """
         plans = self._plans(x, self.layer_names[-1:])
-        return self._run(x, plans, rngs)[0]
+        return precision_lib.widen(self._run(x, plans, rngs)[0])
 
     def features(
         self, x: jax.Array, names: Sequence[str], rngs: nnx.Rngs | None = None
@@ -444,7 +461,8 @@ class CNN(Sequential):
         moves batch-norm statistics).
 
         Returns:
-          {name: [batch, ...] output of that layer}.
+          {name: [batch, ...] output of that layer}, float32 (bfloat16 activations
+          widened).
 
         Raises:
           SpecError: a name that is no top-level layer of the model, or no names.
@@ -458,4 +476,4 @@ class CNN(Sequential):
         last = max(self.layer_names.index(n) for n in names)
         plans = self._plans(x, {*names, self.layer_names[-1]})[: last + 1]
         _, kept = self._run(x, plans, rngs, keep=names)
-        return {name: kept[name] for name in names}
+        return {name: precision_lib.widen(kept[name]) for name in names}

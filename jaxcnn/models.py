@@ -30,7 +30,9 @@ from jaxcnn.spec import (
     NormSpec,
     Padding,
     PoolSpec,
+    Precision,
     ResidualSpec,
+    TrainConfig,
 )
 
 if TYPE_CHECKING:
@@ -378,6 +380,8 @@ def build_model(
     rngs: nnx.Rngs | None = None,
     seed: int = 0,
     kernels: Kernels = "auto",
+    precision: Precision = "float32",
+    precision_layers: Mapping[str, Precision] | None = None,
     upto: str | None = None,
 ) -> nnx.Module:
     """Builds the Flax NNX model of `spec`.
@@ -400,6 +404,10 @@ def build_model(
       seed: without `rngs`, the model is a deterministic function of this int.
       kernels: the conv / pool implementations ("auto", "xla" or "fast", see
         jaxcnn.kernels.plan; `set_kernels` changes them later).
+      precision: "float32" or "bfloat16": the operand dtype of the convs and matmuls
+        (jaxcnn.precision); the parameters are float32 either way.
+      precision_layers: per-layer precision by conv / dense path, e.g.
+        {"conv_0": "float32"} keeps the first conv in float32.
       upto: build a backbone: the layers up to and including this top-level layer
         name (e.g. "flatten_5"), with the parameter paths and initial values of the
         whole network built from the same seed; the model returns that layer's
@@ -408,7 +416,8 @@ def build_model(
         spec with a flatten / dense head appended, which is never built).
 
     Raises:
-      SpecError: a bad spec, seed, rngs, kernels or `upto` name.
+      SpecError: a bad spec, seed, rngs, kernels, precision, `precision_layers` path
+        or `upto` name.
     """
     if not isinstance(spec, ModelSpec):
         spec = load_spec(spec)
@@ -418,10 +427,50 @@ def build_model(
     from jaxcnn import layers  # Flax loads here, not at import time
     from jaxcnn.kernels import plan
 
-    choice = plan.KernelChoice(kernels=kernels)
+    choice = plan.KernelChoice(
+        kernels=kernels,
+        precision=precision,
+        precision_layers=tuple(sorted((precision_layers or {}).items())),
+    )
+    _check_layer_paths(spec, choice)
     return layers.CNN(
         spec, summary, rngs=_model_rngs(rngs, seed), kernels=choice, upto=upto
     )
+
+
+def build_run_model(spec: ModelSpec, train: TrainConfig, seed: int | None = None):
+    """`build_model` with a run config's kernels, precision and fp32 layers.
+
+    Args:
+      spec: the run's model spec.
+      train: the run config's train section.
+      seed: the init seed; default `train.seed`.
+    """
+    return build_model(
+        spec,
+        seed=train.seed if seed is None else seed,
+        kernels=train.kernels,
+        precision=train.precision,
+        precision_layers=dict.fromkeys(train.fp32_layers, "float32"),
+    )
+
+
+def _check_layer_paths(spec: ModelSpec, choice, caller: str = "build_model") -> None:
+    """Raises a SpecError for a per-layer override naming no conv / dense of `spec`."""
+    from jaxcnn.kernels import plan
+
+    plans = list(plan.model_plan(spec, spec.input_shape, choice, "cpu").walk())
+    checks = (
+        ("conv", choice.conv_layers, [p.name for p in plans if p.conv]),
+        ("conv or dense", choice.precision_layers, [p.name for p in plans if p.dtype]),
+    )
+    for kind, overrides, valid in checks:
+        for name, _ in overrides:
+            if name not in valid:
+                raise SpecError(
+                    f"{caller}: no {kind} layer {name!r}; {kind} layers are "
+                    f"{', '.join(valid)}"
+                )
 
 
 def _model_rngs(rngs: nnx.Rngs | None, seed: int) -> nnx.Rngs:
@@ -519,12 +568,14 @@ def set_kernels(
     crop: bool | None = None,
     fuse_relu_pool: bool | None = None,
     conv_layers: Mapping[str, Literal["xla", "im2col", "winograd"]] | None = None,
+    precision: Precision | None = None,
+    precision_layers: Mapping[str, Precision] | None = None,
 ) -> None:
     """Sets the kernel choice of a built model (one frozen value, see KernelChoice).
 
     The whole choice is replaced: an override not given is cleared (the plan then
-    decides from `kernels`). The parameters are untouched; a jitted function of the
-    model recompiles.
+    decides from `kernels`, the precision from `precision`). The parameters are
+    untouched (float32 in every precision); a jitted function of the model recompiles.
 
     Args:
       model: a model from `build_model`.
@@ -534,9 +585,13 @@ def set_kernels(
       crop: force border cropping of conv -> pool pairs on or off.
       fuse_relu_pool: force ReLU + max-pool fusion on or off.
       conv_layers: per-layer conv overrides by module path, e.g. {"conv_0": "xla"}.
+      precision: "float32" or "bfloat16" (jaxcnn.precision); None keeps the model's.
+      precision_layers: per-layer precision by conv / dense path, e.g.
+        {"conv_0": "float32"}.
 
     Raises:
-      SpecError: a bad value, or a `conv_layers` path that is no conv of the model.
+      SpecError: a bad value, or a `conv_layers` path that is no conv of the model
+        (`precision_layers`: no conv or dense).
     """
     from jaxcnn.kernels import plan
 
@@ -552,14 +607,10 @@ def set_kernels(
         crop=crop,
         fuse_relu_pool=fuse_relu_pool,
         conv_layers=tuple(sorted((conv_layers or {}).items())),
+        precision=current.precision if precision is None else precision,
+        precision_layers=tuple(sorted((precision_layers or {}).items())),
     )
-    plans = plan.model_plan(model.spec, model.spec.input_shape, choice, "cpu")
-    convs = [p.name for p in plans.walk() if p.conv is not None]
-    for name, _ in choice.conv_layers:
-        if name not in convs:
-            raise SpecError(
-                f"set_kernels: no conv layer {name!r}; conv layers are {', '.join(convs)}"
-            )
+    _check_layer_paths(model.spec, choice, "set_kernels")
     model.kernel_choice = choice
 
 

@@ -41,7 +41,7 @@ class _Replicas:
         self.steps_per_epoch = dataset.train.num_examples // cfg.batch_size
         states = []
         for seed in seeds:
-            model = models.build_model(spec, seed=seed, kernels=cfg.kernels)
+            model = models.build_run_model(spec, cfg, seed)
             tx, self.schedule = optim.make_optimizer(
                 config.optim, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs
             )

@@ -68,6 +68,10 @@ Padding = Literal["valid", "same"] | tuple[int, int]
 # on CPU and XLA's on GPU/TPU, "fast" the hand-written ones everywhere
 Kernels = Literal["auto", "xla", "fast"]
 KERNELS = get_args(Kernels)
+# operand dtype of the convolutions and matmuls (jaxcnn.precision): parameters,
+# optimiser state, accumulation, loss and metrics stay float32 either way
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS = get_args(Precision)
 
 
 # --------------------------------------------------------------------------- coercion
@@ -870,6 +874,10 @@ class TrainConfig:
     checkpoint_steps: int = 0  # also checkpoint mid-epoch every N steps; 0 = off
     keep_checkpoints: int = 2  # latest N kept, plus the best by val accuracy
     kernels: Kernels = "auto"  # conv/pool implementation
+    precision: Precision = "float32"  # conv/matmul operands (jaxcnn.precision)
+    # conv/dense layer paths ("conv_0", "residual_3/proj") that compute in float32
+    # whatever `precision` says
+    fp32_layers: tuple[str, ...] = ()
     init_from: str | None = (
         None  # a finished run's workdir: start from its best weights
     )

@@ -30,7 +30,14 @@ from flax import nnx
 
 from jaxcnn import checkpoint, models, optim, rundir
 from jaxcnn.errors import CheckpointError, SpecError
-from jaxcnn.spec import ConvSpec, DenseSpec, ModelSpec, ResidualSpec, RunConfig
+from jaxcnn.spec import (
+    ConvSpec,
+    DenseSpec,
+    ModelSpec,
+    Precision,
+    ResidualSpec,
+    RunConfig,
+)
 
 PyTree = Any
 
@@ -133,9 +140,7 @@ def build_run_state(
     state, whose optimiser part depends on which parameters were frozen; this rebuilds
     exactly that structure, so it serves as the restore target.
     """
-    model = models.build_model(
-        spec, seed=config.train.seed, kernels=config.train.kernels
-    )
+    model = models.build_run_model(spec, config.train)
     mask = trainable_mask(model, spec, config.train.freeze)
     tx, _ = optim.make_optimizer(
         config.optim, steps_per_epoch=1, epochs=config.train.epochs, trainable=mask
@@ -156,10 +161,17 @@ class Restored:
     epoch: int
 
 
-def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
+def restore(
+    workdir: str | os.PathLike,
+    which: str | int = "best",
+    *,
+    precision: Precision | None = None,
+) -> Restored:
     """Rebuilds a run's model from `workdir` and loads a checkpoint ("best", "latest", step).
 
-    The model is returned in eval mode.
+    The model is returned in eval mode, computing in `precision` ("float32",
+    "bfloat16"; None: the run's `train.precision`). Checkpoints hold float32
+    parameters whatever the precision a run trained in.
 
     For "best" and "latest", an unusable checkpoint is skipped with a warning naming it
     and the step used instead (see `checkpoint.Checkpointer.restore`).
@@ -170,6 +182,9 @@ def restore(workdir: str | os.PathLike, which: str | int = "best") -> Restored:
     run_dir = rundir.RunDir(workdir)
     saved = run_dir.read()
     model, optimizer = build_run_state(saved.config, saved.spec)
+    if precision is not None:  # the run's float32 layers stay float32
+        kept = dict(model.kernel_choice.precision_layers)
+        models.set_kernels(model, precision=precision, precision_layers=kept)
     _, state = nnx.split((model, optimizer))
     if not run_dir.has_checkpoint():
         raise CheckpointError(f"no checkpoint in {run_dir.checkpoints}; train first")

@@ -144,29 +144,29 @@ def test_winograd_tile_takes_the_fewest_multiplies():
     assert kernels.winograd_tile((32, 32)) == 4
     assert kernels.winograd_tile((2, 2)) == 2  # one 4x4 tile instead of one 6x6
     assert kernels.winograd_tile((2, 6)) == 2
+    assert kernels.winograd_tile((32, 32), jnp.bfloat16) == 2  # F(4, 3) errs too much
 
 
-def test_winograd_applies_to_3x3_stride_1_float32_only():
+def test_winograd_applies_to_3x3_stride_1_float32_float64_bfloat16():
     assert kernels.winograd_applies(3, 1, 1)
     assert kernels.winograd_applies((3, 3), (1, 1), (1, 1), 1, jnp.float64)
+    assert kernels.winograd_applies(3, 1, 1, 1, jnp.bfloat16)
     assert not kernels.winograd_applies((3, 5), 1, 1)
     assert not kernels.winograd_applies(3, 2, 1)
     assert not kernels.winograd_applies(3, 1, 2)
     assert not kernels.winograd_applies(3, 1, 1, groups=2)
-    assert not kernels.winograd_applies(3, 1, 1, 1, jnp.bfloat16)
+    assert not kernels.winograd_applies(3, 1, 1, 1, jnp.float16)
 
 
-def test_winograd_leaves_bfloat16_to_im2col():
+def test_winograd_leaves_float16_to_im2col():
     rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.bfloat16)
-    w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.bfloat16)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.float16)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float16)
     pads = ((1, 1), (1, 1))
     got = kernels.conv2d(x, w, padding=pads, impl="winograd")
     want = kernels.conv2d(x, w, padding=pads, impl="im2col")
-    assert got.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(
-        np.asarray(got, np.float32), np.asarray(want, np.float32)
-    )
+    assert got.dtype == jnp.float32  # accumulated in float32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 @pytest.mark.parametrize("impl", ["im2col", "winograd"])

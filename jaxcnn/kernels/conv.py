@@ -48,6 +48,11 @@ CONV_IMPLS = ("xla", "im2col", "winograd")
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
+def _acc(dtype):
+    """The accumulation dtype of operands of `dtype`: float32 for bfloat16/float16."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _conv_xla(x, w, stride, padding, dilation, groups):
     return lax.conv_general_dilated(
         x,
@@ -57,6 +62,7 @@ def _conv_xla(x, w, stride, padding, dilation, groups):
         rhs_dilation=dilation,
         dimension_numbers=_DIMS,
         feature_group_count=groups,
+        preferred_element_type=_acc(x.dtype),
     )
 
 
@@ -78,18 +84,20 @@ def _conv_im2col(x, w, stride, padding, dilation):
 def _conv_im2col_fwd(x, w, stride, padding, dilation):
     kh, kw, cin, cout = w.shape
     p = _patches(x, (kh, kw), stride, padding, dilation)
-    y = jnp.dot(p, w.reshape(kh * kw * cin, cout), preferred_element_type=x.dtype)
+    y = jnp.dot(p, w.reshape(kh * kw * cin, cout), preferred_element_type=_acc(x.dtype))
     return y, (p, w, x.shape[1:3])
 
 
 def _conv_im2col_bwd(stride, padding, dilation, res, g):
     p, w, in_hw = res
     kh, kw, cin, cout = w.shape
-    k = kh * kw * cin
+    k, acc = kh * kw * cin, _acc(p.dtype)
+    g = g.astype(p.dtype)  # matmuls on the operands' dtype, accumulated in `acc`
     # dW = patches^T dY, one matmul over every output pixel of the batch.
-    dw = jnp.dot(p.reshape(-1, k).T, g.reshape(-1, cout)).reshape(w.shape)
+    dw = jnp.dot(p.reshape(-1, k).T, g.reshape(-1, cout), preferred_element_type=acc)
+    dw = dw.reshape(w.shape)
     # dX: dP = dY W^T, then each tap's slice of dP goes back where it was read from.
-    dp = jnp.dot(g, w.reshape(k, cout).T)
+    dp = jnp.dot(g, w.reshape(k, cout).T, preferred_element_type=acc)
     taps = [dp[..., t * cin : (t + 1) * cin] for t in range(kh * kw)]
     dx = windows.untap(taps, (kh, kw), stride, dilation, in_hw, padding)
     return dx.astype(p.dtype), dw.astype(w.dtype)
@@ -149,21 +157,28 @@ WINOGRAD_MIN_CHANNELS = 16
 
 
 def winograd_applies(kernel, stride, dilation, groups=1, dtype=jnp.float32) -> bool:
-    """Whether a conv can run as Winograd: 3x3, stride 1, undilated, ungrouped, f32/f64.
-
-    Lower precisions are left to im2col: the F(4, 3) transforms scale values by up to 25.
+    """Whether a conv can run as Winograd: 3x3, stride 1, undilated, ungrouped, and
+    float32, float64 or bfloat16 (bfloat16: the transforms run in float32, only the
+    batched matmuls take bfloat16 operands; float16 is left to im2col).
     """
     return (
         windows.pair(kernel) == (3, 3)
         and windows.pair(stride) == (1, 1)
         and windows.pair(dilation) == (1, 1)
         and groups == 1
-        and jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+        and jnp.dtype(dtype) in (jnp.float32, jnp.float64, jnp.bfloat16)
     )
 
 
-def winograd_tile(out_hw: Sequence[int]) -> int:
-    """The output tile m (2 or 4) with the fewest multiplies for an output of out_hw."""
+def winograd_tile(out_hw: Sequence[int], dtype=jnp.float32) -> int:
+    """The output tile m (2 or 4) with the fewest multiplies for an output of out_hw.
+
+    bfloat16 operands always take F(2, 3): rounded to bfloat16 after F(4, 3)'s
+    transforms, they err several times more than a bfloat16 im2col; after F(2, 3)'s,
+    about as much (benchmarks/results/precision_error.md).
+    """
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return 2
 
     def multiplies(m):
         return -(-out_hw[0] // m) * -(-out_hw[1] // m) * (m + 2) ** 2
@@ -256,9 +271,14 @@ def _conv_winograd(x, w, padding, m):
 
 
 def _conv_winograd_fwd(x, w, padding, m):
-    v, u = _winograd_inputs(x, w, padding, m)
+    # The transforms (which scale values by up to 25) run in the accumulation dtype,
+    # the batched matmuls on the operands' dtype.
+    acc = _acc(x.dtype)
+    v, u = _winograd_inputs(x.astype(acc), w.astype(acc), padding, m)
+    v, u = v.astype(x.dtype), u.astype(w.dtype)
+    mm = jnp.einsum("tpc,tcf->tpf", v, u, preferred_element_type=acc)
     geometry = _winograd_geometry(x.shape[1:3], padding, m)
-    y = _winograd_outputs(jnp.einsum("tpc,tcf->tpf", v, u), x.shape[0], geometry, m)
+    y = _winograd_outputs(mm, x.shape[0], geometry, m)
     # The transforms mix a tile's inputs and cancel only up to rounding: an output whose
     # receptive field is all zeros would come out as +-1e-7-ish noise, not the exact 0
     # that decides a ReLU (and max-pool ties) downstream.
@@ -285,16 +305,19 @@ def _conv_winograd_bwd(padding, m, res, gy):
     gq = jnp.pad(gy, ((0, 0), (0, m * th - ho), (0, m * tw - wo), (0, 0)))
     dy = gq.reshape(n, th, m, tw, m, f).transpose(4, 2, 0, 1, 3, 5)  # [col, row, ...]
     dm = _mix(_transpose(at), _mix(_transpose(at), dy, 0), 1)
-    dm = dm.reshape(a * a, n * th * tw, f)
-    du = jnp.einsum("tpc,tpf->tcf", v, dm).reshape(a, a, cin, f)  # [col, row, ...]
+    acc = _acc(v.dtype)
+    dm = dm.reshape(a * a, n * th * tw, f).astype(v.dtype)
+    du = jnp.einsum("tpc,tpf->tcf", v, dm, preferred_element_type=acc)
+    du = du.reshape(a, a, cin, f)  # [col, row, ...]
     gt = _transpose(g)
     dw = jnp.swapaxes(_mix(gt, _mix(gt, du, 1), 0), 0, 1)  # [row, col, Cin, Cout]
-    dv = jnp.einsum("tpf,tcf->tpc", dm, u).reshape(a, a, n, th, tw, cin)
+    dv = jnp.einsum("tpf,tcf->tpc", dm, u, preferred_element_type=acc)
+    dv = dv.reshape(a, a, n, th, tw, cin)
     btt = _transpose(bt)
     drows = _untiles(_mix(btt, dv, 0), 3, m)  # [a(row), N, th, Wq', C]
     dxq = _untiles(_mix(btt, drows, 0), 1, m)  # [N, Hq', Wq', C]
     (pt, _), (pl, _) = padding
-    return dxq[:, pt : pt + h, pl : pl + wd], dw
+    return dxq[:, pt : pt + h, pl : pl + wd].astype(v.dtype), dw.astype(u.dtype)
 
 
 def _transpose(mat):
@@ -345,7 +368,7 @@ def conv2d(
         w.shape[:2], stride, dilation, 1, x.dtype
     ):
         out_hw, _ = _winograd_geometry(x.shape[1:3], padding, 1)
-        return _conv_winograd(x, w, padding, winograd_tile(out_hw))
+        return _conv_winograd(x, w, padding, winograd_tile(out_hw, x.dtype))
     if impl in ("im2col", "winograd"):
         return _conv_im2col(x, w, stride, padding, dilation)
     raise ValueError(f"conv2d impl must be 'xla', 'im2col' or 'winograd', got {impl!r}")

@@ -9,6 +9,8 @@ backend, the ACTUAL input shape), per layer:
   the floor-mode pool never reads (`border_crop`; identical values and gradients);
 - fusion: a ReLU conv followed by a max pool hands its ReLU to the pool, which runs
   `relu_max_pool` (one hand-written backward pass);
+- precision: the operand dtype of each conv and dense layer's matmuls, and the dtype
+  of the activations it hands on (`jaxcnn.precision` has the policy);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).
@@ -36,12 +38,15 @@ from jaxcnn.kernels import pool as pool_lib
 from jaxcnn.kernels.windows import Pads, out_size
 from jaxcnn.spec import (
     KERNELS,
+    PRECISIONS,
     ConvSpec,
+    DenseSpec,
     FlattenSpec,
     Kernels,
     LayerSpec,
     ModelSpec,
     PoolSpec,
+    Precision,
     ResidualSpec,
 )
 
@@ -63,6 +68,11 @@ class KernelChoice:
       fuse_relu_pool: force ReLU + max-pool fusion on or off; None: off.
       conv_layers: per-layer conv overrides, ((path, impl), ...) such as
         (("conv_0", "xla"),); they win over `conv`.
+      precision: the operand dtype of every conv and dense layer, "float32" or
+        "bfloat16" (jaxcnn.precision).
+      precision_layers: per-layer precision overrides of conv and dense layers,
+        ((path, precision), ...) such as (("conv_0", "float32"),); they win over
+        `precision`.
     """
 
     kernels: Kernels = "auto"
@@ -71,6 +81,8 @@ class KernelChoice:
     crop: bool | None = None
     fuse_relu_pool: bool | None = None
     conv_layers: tuple[tuple[str, conv_lib.ConvImpl], ...] = ()
+    precision: Precision = "float32"
+    precision_layers: tuple[tuple[str, Precision], ...] = ()
 
     def __post_init__(self):
         def check(ok, message):
@@ -105,6 +117,23 @@ class KernelChoice:
                 and item[1] in conv_lib.CONV_IMPLS,
                 f"conv_layers entries must be (layer path, one of {impls}); got {item!r}",
             )
+        names = ", ".join(PRECISIONS)
+        check(
+            self.precision in PRECISIONS,
+            f"precision must be one of {names}; got {self.precision!r}",
+        )
+        layers = tuple(tuple(item) for item in self.precision_layers)
+        object.__setattr__(self, "precision_layers", layers)
+        for item in layers:
+            check(
+                len(item) == 2 and isinstance(item[0], str) and item[1] in PRECISIONS,
+                f"precision_layers entries must be (layer path, one of {names}); "
+                f"got {item!r}",
+            )
+
+    def layer_precision(self, name: str) -> Precision:
+        """The precision of the conv or dense layer at module path `name`."""
+        return dict(self.precision_layers).get(name, self.precision)
 
 
 def _backend(choice: KernelChoice, backend: str) -> str:
@@ -254,6 +283,10 @@ class LayerPlan:
       crop: a conv followed by a pool: its input rows/cols to keep (None: all).
       fuse_relu_pool: a conv: leave the ReLU to the next pool; a pool: apply it
         (`relu_max_pool`).
+      dtype: a conv or dense layer: the dtype of its matmul operands (accumulation
+        is float32).
+      out_dtype: a conv or dense layer: the dtype of its output (the logits:
+        float32).
       layers: a residual block's body.
       proj: a residual block's 1x1 skip projection (None: identity skip).
     """
@@ -266,6 +299,8 @@ class LayerPlan:
     pool: pool_lib.PoolImpl | None = None
     crop: BorderCrop | None = None
     fuse_relu_pool: bool = False
+    dtype: Precision | None = None
+    out_dtype: Precision | None = None
     layers: tuple[LayerPlan, ...] = ()
     proj: LayerPlan | None = None
 
@@ -322,7 +357,16 @@ def _conv_plan(spec: ConvSpec, name, shape, choice, backend) -> LayerPlan:
             dilation=spec.dilation,
             in_channels=shape[2],
         )
-    return LayerPlan(name, spec, tuple(shape), padding=padding, conv=impl)
+    dtype = choice.layer_precision(name)
+    return LayerPlan(
+        name,
+        spec,
+        tuple(shape),
+        padding=padding,
+        conv=impl,
+        dtype=dtype,
+        out_dtype=dtype,
+    )
 
 
 def _pool_plan(spec: PoolSpec, name, shape, choice, backend) -> LayerPlan:
@@ -387,6 +431,9 @@ def _plan_layer(spec, index, rows, choice, backend) -> LayerPlan:
             proj_name = f"{name}/proj" if name else "proj"
             proj = _conv_plan(info.projection, proj_name, shape, choice, backend)
         return LayerPlan(name, spec, tuple(shape), layers=body, proj=proj)
+    if isinstance(spec, DenseSpec):
+        dtype = choice.layer_precision(name)
+        return LayerPlan(name, spec, tuple(shape), dtype=dtype, out_dtype=dtype)
     return LayerPlan(name, spec, tuple(shape))
 
 
@@ -450,6 +497,8 @@ def model_plan(
     _check_parameter_shapes(built, actual)
     rows = {r.index: r for r in actual.layers}
     layers = _plan_sequence(spec.layers, "", rows, choice, backend)
+    if layers[-1].out_dtype is not None:  # logits leave in float32, whatever operands
+        layers = (*layers[:-1], dataclasses.replace(layers[-1], out_dtype="float32"))
     return ModelPlan(shape, backend, choice, layers, _rolls_steps(layers, backend))
 
 

@@ -197,7 +197,8 @@ def pool2d(
     JAX), so gradients stay finite.
 
     Args:
-      x: [N, H, W, C].
+      x: [N, H, W, C]. bfloat16 input: max pooling runs in bfloat16 (exact), the other
+        kinds in float32; the output has the input's dtype.
       kind: one of the kinds above.
       window: (kh, kw) or an int.
       stride: (sh, sw), an int, or None for the window.
@@ -217,6 +218,17 @@ def pool2d(
         if impl == "fast":
             return _max_pool_fast(x, window, stride, padding, False)
         return nnx.max_pool(x, window, stride, padding)
+    if x.dtype == jnp.bfloat16:  # sums, powers and logs in float32, handed back as x
+        wide = x.astype(jnp.float32)
+        return pool2d(
+            wide,
+            kind=kind,
+            window=window,
+            stride=stride,
+            padding=padding,
+            impl=impl,
+            p=p,
+        ).astype(x.dtype)
     args = (window, stride, padding, impl)
     if kind == "sum":
         return _window_sum(x, *args)

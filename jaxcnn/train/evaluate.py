@@ -13,14 +13,23 @@ import numpy as np
 
 from jaxcnn import data, metrics, transfer
 from jaxcnn.errors import DataError
+from jaxcnn.spec import Precision
 from jaxcnn.train import step
 
 
 def evaluate(
-    workdir: str | os.PathLike, split: str = "test", *, which: str | int = "best"
+    workdir: str | os.PathLike,
+    split: str = "test",
+    *,
+    which: str | int = "best",
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint on a split."""
-    run = transfer.restore(workdir, which)
+    """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint on a split.
+
+    `precision` ("float32", "bfloat16") evaluates in another precision than the run
+    trained in (None: the run's).
+    """
+    run = transfer.restore(workdir, which, precision=precision)
     data_config = run.config.data
     if split not in ("train", "val"):
         data_config = dataclasses.replace(data_config, test_split=split)

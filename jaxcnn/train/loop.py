@@ -196,7 +196,7 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
         memory.device_memory_bytes(),
         optimizer_slots=spec_lib.OPTIMIZER_SLOTS[run.config.optim.optimizer],
     )
-    model = models.build_model(run.spec, seed=cfg.seed, kernels=cfg.kernels)
+    model = models.build_run_model(run.spec, cfg)
     if cfg.init_from and not run.resume:
         for note in transfer.init_from_run(
             model, run.spec, cfg.init_from, new_head=cfg.new_head
