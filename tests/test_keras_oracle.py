@@ -19,6 +19,7 @@ a real MNIST batch at initialisation, where exact zeros before a ReLU matter.
 """
 
 import dataclasses
+import functools
 import gzip
 import os
 import pathlib
@@ -551,14 +552,20 @@ def _mnist_params(slow: bool):
             yield pytest.param(case, choice, marks=marks, id=name)
 
 
+@functools.cache
+def _initial_model(preset: str, kwargs: tuple):
+    """The preset's model as build_model initialises it, built once per module run
+    (_compare changes only its train/eval mode and runs clones)."""
+    return models.build_model(models.PRESETS[preset](**dict(kwargs)))
+
+
 def _check_mnist(batch, case: MnistCase, choice: str):
     """A preset at its real initialisation (zero biases: exact zeros before each ReLU
     on the blank background) on real digits, padded to the preset's input size."""
     images, labels = batch
-    spec = models.PRESETS[case.preset](**case.kwargs)
-    pad = (spec.input_shape[0] - images.shape[1]) // 2
+    model = _initial_model(case.preset, tuple(case.kwargs.items()))
+    pad = (model.spec.input_shape[0] - images.shape[1]) // 2
     images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    model = models.build_model(spec)
     expected, got = _compare(
         model, images, labels, training=case.training, kernels=(choice,)
     )
