@@ -67,6 +67,11 @@ GRAD_RTOL = 1e-4  # of the largest |entry| of the parameter's Keras gradient
 # plus this, for gradients whose exact value is 0 and whose float32 value is the rounding
 # of terms that cancel (a bias right before a batch norm in training mode)
 GRAD_ATOL = 1e-6
+# ResNet-20 in training mode is ill-conditioned in float32 (19 batch norms using batch
+# statistics): against float64, kernels "xla" and "auto" alike are off by 1.4e-3 of a
+# gradient's largest entry on random data and 6e-3 on MNIST at initialisation (where
+# Keras in float32 is off by 5.7%; jaxcnn and Keras in float64 agree to 1e-13).
+RESNET20_TRAIN_GRAD_RTOL = 1e-2
 STATS_TOL = dict(rtol=1e-5, atol=1e-6)
 KERNELS = ("auto", "xla")
 BATCH = 4
@@ -186,10 +191,11 @@ def _assert_matches(
         )
 
 
-def _check(model, images, labels, *, training):
+def _check(model, images, labels, *, training, grad_rtol=GRAD_RTOL):
     expected, got = _compare(model, images, labels, training=training)
     for choice, result in got.items():
-        _assert_matches(expected, result, f"{model.spec.name} kernels={choice}")
+        where = f"{model.spec.name} kernels={choice}"
+        _assert_matches(expected, result, where, grad_rtol=grad_rtol)
 
 
 def _random_batch(spec: ModelSpec, seed: int = 0):
@@ -251,7 +257,9 @@ def _check_preset(name, kwargs, training):
     if training:
         spec = dataclasses.replace(spec, layers=_without_dropout(spec.layers))
     images, labels = _random_batch(spec)
-    _check(_random_model(spec), images, labels, training=training)
+    resnet20 = name == "resnet_cifar" and "blocks_per_stage" not in kwargs
+    rtol = RESNET20_TRAIN_GRAD_RTOL if resnet20 and training else GRAD_RTOL
+    _check(_random_model(spec), images, labels, training=training, grad_rtol=rtol)
 
 
 @pytest.mark.parametrize("name, kwargs, training", _preset_cases(slow=False))
@@ -496,9 +504,6 @@ class MnistCase(typing.NamedTuple):
     grad_rtol: float = GRAD_RTOL
 
 
-# ResNet at initialisation in training mode on MNIST is ill-conditioned in float32: the
-# Keras twin in float32 is off by 5.7% of a gradient's largest entry; jaxcnn in float32
-# by 0.6% (jaxcnn and Keras in float64 agree to 1e-13).
 MNIST_CASES = [
     MnistCase(
         "keras_mnist",
@@ -534,7 +539,7 @@ MNIST_CASES = [
         {"input_shape": (28, 28, 1)},
         training=True,
         slow=True,
-        grad_rtol=1e-2,
+        grad_rtol=RESNET20_TRAIN_GRAD_RTOL,
     ),
 ]
 
