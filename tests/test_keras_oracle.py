@@ -69,10 +69,9 @@ GRAD_RTOL = 1e-4  # of the largest |entry| of the parameter's Keras gradient
 # whose exact value is 0 and whose float32 value is the rounding of terms that cancel
 # (a bias right before a batch norm in training mode)
 GRAD_MODEL_RTOL = 5e-5
-# ResNet-20 in training mode is ill-conditioned in float32 (19 batch norms using batch
-# statistics): against float64, kernels "xla" and "auto" alike are off by 1.4e-3 of a
-# gradient's largest entry on random data and 6e-3 on MNIST at initialisation (where
-# Keras in float32 is off by 5.7%; jaxcnn and Keras in float64 agree to 1e-13).
+# ResNet-20 at initialisation in training mode on MNIST is ill-conditioned in float32:
+# against float64, kernels "xla" and "auto" alike are off by 6e-3 of a gradient's
+# largest entry (Keras in float32: 5.7%; jaxcnn and Keras in float64 agree to 1e-13).
 RESNET20_TRAIN_GRAD_RTOL = 1e-2
 STATS_TOL = dict(rtol=1e-5, atol=1e-6)
 KERNELS = ("auto", "xla")
@@ -228,6 +227,13 @@ def _has(layers, cls) -> bool:
 
 
 # --------------------------------------------------------------------------- presets
+RESNET20_WINOGRAD = (
+    "kernels='auto' (Winograd) in ResNet-20 in training mode on a random batch of 8: "
+    "the gradient of residual_8/norm_1/bias is off by 1.5% of its largest entry "
+    "(kernels='xla': 4e-6)"
+)
+
+
 def _preset_cases(slow: bool):
     """(preset, kwargs, training) for every preset: eval mode, and training mode when
     the preset has batch norm or dropout. The default suite shrinks the two large ones
@@ -251,7 +257,12 @@ def _preset_cases(slow: bool):
             modes = [True]
         for training in modes:
             mode = "train" if training else "eval"
-            cases.append(pytest.param(name, kwargs, training, id=f"{name}-{mode}"))
+            marks = []
+            if slow and name == "resnet_cifar" and training:
+                marks.append(pytest.mark.xfail(strict=True, reason=RESNET20_WINOGRAD))
+            cases.append(
+                pytest.param(name, kwargs, training, marks=marks, id=f"{name}-{mode}")
+            )
     return cases
 
 
@@ -260,9 +271,7 @@ def _check_preset(name, kwargs, training):
     if training:
         spec = dataclasses.replace(spec, layers=_without_dropout(spec.layers))
     images, labels = _random_batch(spec)
-    resnet20 = name == "resnet_cifar" and "blocks_per_stage" not in kwargs
-    rtol = RESNET20_TRAIN_GRAD_RTOL if resnet20 and training else GRAD_RTOL
-    _check(_random_model(spec), images, labels, training=training, grad_rtol=rtol)
+    _check(_random_model(spec), images, labels, training=training)
 
 
 @pytest.mark.parametrize("name, kwargs, training", _preset_cases(slow=False))
