@@ -1,0 +1,625 @@
+"""jaxcnn models against their Keras twins: the same logits, gradients and statistics.
+
+For a model spec, tests/keras_oracle.py builds the network a Keras user would write (Keras
+3 on TensorFlow, an implementation independent of JAX and of jaxcnn's kernels), jaxcnn's
+weights are copied in by parameter path, and both compute the logits of one batch and
+the gradient of the mean softmax cross-entropy with respect to every parameter; in
+training mode also the updated batch-norm running statistics. jaxcnn runs in float32
+with its default kernels (`kernels="auto"`: on CPU the hand-written im2col / Winograd
+convs and fast max pooling) and with XLA's (`kernels="xla"`).
+
+The Keras twin computes in float64, so the tolerances measure jaxcnn's float32 rounding
+alone (TensorFlow's own float32 batch statistics are the less accurate of the two):
+logits rtol 1e-4, atol 1e-5; each parameter's gradient to within 1e-4 of the largest
+|entry| of its Keras gradient plus 5e-5 of the largest entry of any gradient of the
+model; running statistics rtol 1e-5, atol 1e-6.
+
+Cases: every preset (eval mode; training mode with dropout rate 0 where the preset has
+batch norm or dropout), hypothesis-generated specs, normalisation of offset inputs, and
+a real MNIST batch at initialisation, where exact zeros before a ReLU matter.
+"""
+
+import dataclasses
+import functools
+import gzip
+import os
+import pathlib
+import struct
+import typing
+
+os.environ["KERAS_BACKEND"] = "tensorflow"  # before keras is first imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import keras_oracle  # noqa: E402  (tests/keras_oracle.py)
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from jaxcnn import models, shapes  # noqa: E402
+from jaxcnn.errors import SpecError  # noqa: E402
+from jaxcnn.spec import (  # noqa: E402
+    ACTIVATIONS,
+    ActivationSpec,
+    ConvSpec,
+    DenseSpec,
+    DropoutSpec,
+    FlattenSpec,
+    GlobalPoolSpec,
+    ModelSpec,
+    NormSpec,
+    PoolSpec,
+    ResidualSpec,
+)
+
+if keras.backend.backend() != "tensorflow":  # keras was imported earlier with another
+    pytest.skip(
+        f"the Keras oracle needs the TensorFlow backend, keras runs on "
+        f"{keras.backend.backend()}",
+        allow_module_level=True,
+    )
+
+LOGITS_TOL = dict(rtol=1e-4, atol=1e-5)
+GRAD_RTOL = 1e-4  # of the largest |entry| of the parameter's Keras gradient
+# plus this much of the largest |entry| of any of the model's gradients: for gradients
+# whose exact value is 0 and whose float32 value is the rounding of terms that cancel
+# (a bias right before a batch norm in training mode)
+GRAD_MODEL_RTOL = 5e-5
+# ResNet-20 at initialisation in training mode on MNIST is ill-conditioned in float32:
+# against float64, kernels "xla" and "auto" alike are off by 6e-3 of a gradient's
+# largest entry (Keras in float32: 5.7%; jaxcnn and Keras in float64 agree to 1e-13).
+RESNET20_TRAIN_GRAD_RTOL = 1e-2
+STATS_TOL = dict(rtol=1e-5, atol=1e-6)
+KERNELS = ("auto", "xla")
+BATCH = 8
+
+# the raw MNIST files, found as tests/conftest.py finds them
+SHARED_DATA = pathlib.Path(
+    os.environ.get(
+        "JAXCNN_SHARED_DATA",
+        pathlib.Path(__file__).resolve().parents[2] / "shared" / "data",
+    )
+)
+
+
+# --------------------------------------------------------------------------- running
+@nnx.jit
+def _jaxcnn_step(model, images, labels):
+    """Logits and per-path gradients of the mean softmax cross-entropy."""
+
+    def loss_fn(model):
+        logits = model(images)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return loss.mean(), logits
+
+    (_, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    return logits, _flat(grads)
+
+
+def _flat(state) -> dict[str, jax.Array]:
+    return {"/".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(state)}
+
+
+def _values(model, kind) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in _flat(nnx.state(model, kind)).items()}
+
+
+def _random_model(spec: ModelSpec, seed: int = 0):
+    """jaxcnn's model of `spec` with weights drawn by NumPy (no JAX init to compile).
+
+    Kernels are LeCun-normal as Flax draws them; biases, norm scales and batch-norm
+    statistics are random too (Flax starts them at 0 or 1, which would hide a bias or
+    scale applied in the wrong place).
+    """
+    model = nnx.eval_shape(lambda: models.build_model(spec))
+    rng = np.random.default_rng(seed)
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        shape = variable.get_value().shape
+        if isinstance(variable, nnx.RngKey):
+            value = jax.random.key(seed)
+        elif isinstance(variable, nnx.RngCount):
+            value = jnp.zeros(shape, jnp.uint32)
+        elif path[-1] == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, fan_in**-0.5, shape).astype(np.float32)
+        elif path[-1] in ("bias", "mean"):
+            value = rng.normal(0.0, 0.1, shape).astype(np.float32)
+        elif path[-1] in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:
+            raise AssertionError(f"no random value for {path} ({type(variable)})")
+        variable.set_value(jnp.asarray(value))
+    return model
+
+
+@dataclasses.dataclass
+class Result:
+    logits: np.ndarray
+    grads: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
+
+
+def _compare(model, images, labels, *, training, kernels=KERNELS):
+    """Runs the Keras twin of `model` once and jaxcnn with each of `kernels`.
+
+    Returns:
+      (keras Result, {kernels: jaxcnn Result}).
+    """
+    spec = model.spec
+    model.train() if training else model.eval()
+    params = _values(model, nnx.Param)
+    assert set(params) == set(models.param_paths(model))
+    twin = keras_oracle.build(spec)
+    twin.load({**params, **_values(model, nnx.BatchStat)})
+    expected = Result(*twin.run(images, labels, training))
+    got = {}
+    for choice in kernels:
+        clone = nnx.clone(model)  # training updates batch statistics in place
+        models.set_kernels(clone, choice)
+        logits, grads = _jaxcnn_step(clone, jnp.asarray(images), jnp.asarray(labels))
+        got[choice] = Result(
+            np.asarray(logits),
+            {k: np.asarray(v) for k, v in grads.items()},
+            _values(clone, nnx.BatchStat),
+        )
+    return expected, got
+
+
+def _assert_matches(
+    expected: Result, got: Result, where: str, grad_rtol: float = GRAD_RTOL
+) -> None:
+    np.testing.assert_allclose(
+        got.logits, expected.logits, **LOGITS_TOL, err_msg=f"{where}: logits"
+    )
+    assert set(got.grads) == set(expected.grads), where
+    model_scale = max(float(np.abs(g).max()) for g in expected.grads.values())
+    for path, want in expected.grads.items():
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(
+            got.grads[path],
+            want,
+            rtol=0,
+            atol=grad_rtol * scale + GRAD_MODEL_RTOL * model_scale,
+            err_msg=f"{where}: gradient of {path} (largest |entry| {scale:.3g})",
+        )
+    assert set(got.stats) == set(expected.stats), where
+    for path, want in expected.stats.items():
+        np.testing.assert_allclose(
+            got.stats[path], want, **STATS_TOL, err_msg=f"{where}: {path}"
+        )
+
+
+def _check(model, images, labels, *, training, grad_rtol=GRAD_RTOL):
+    expected, got = _compare(model, images, labels, training=training)
+    for choice, result in got.items():
+        where = f"{model.spec.name} kernels={choice}"
+        _assert_matches(expected, result, where, grad_rtol=grad_rtol)
+
+
+def _random_batch(spec: ModelSpec, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(BATCH, *spec.input_shape)).astype(np.float32)
+    labels = rng.integers(0, spec.num_classes, BATCH).astype(np.int32)
+    return images, labels
+
+
+def _without_dropout(layers):
+    """The same layers with every dropout rate 0 (training mode is then deterministic)."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, DropoutSpec):
+            layer = dataclasses.replace(layer, rate=0.0)
+        elif isinstance(layer, ResidualSpec):
+            layer = dataclasses.replace(layer, layers=_without_dropout(layer.layers))
+        out.append(layer)
+    return tuple(out)
+
+
+def _has(layers, cls) -> bool:
+    return any(
+        isinstance(x, cls) or (isinstance(x, ResidualSpec) and _has(x.layers, cls))
+        for x in layers
+    )
+
+
+# --------------------------------------------------------------------------- presets
+RESNET20_WINOGRAD = (
+    "kernels='auto' (Winograd) in ResNet-20 in training mode on a random batch of 8: "
+    "the gradient of residual_8/norm_1/bias is off by 1.5% of its largest entry "
+    "(kernels='xla': 4e-6)"
+)
+
+
+def _preset_cases(slow: bool):
+    """(preset, kwargs, training) for every preset: eval mode, and training mode when
+    the preset has batch norm or dropout. The default suite shrinks the two large ones
+    and runs the small ResNet in training mode only (batch statistics; eval-mode batch
+    norm is in the generated specs).
+    """
+    small = {
+        "vgg_cifar": dict(input_shape=(8, 8, 3)),
+        "resnet_cifar": dict(input_shape=(8, 8, 3), blocks_per_stage=1),
+    }
+    cases = []
+    for name, preset in models.PRESETS.items():
+        if slow and name not in small:
+            continue
+        kwargs = {} if slow else small.get(name, {})
+        spec = preset(**kwargs)
+        modes = [False]
+        if _has(spec.layers, NormSpec) or _has(spec.layers, DropoutSpec):
+            modes.append(True)
+        if not slow and name == "resnet_cifar":
+            modes = [True]
+        for training in modes:
+            mode = "train" if training else "eval"
+            marks = []
+            if slow and name == "resnet_cifar" and training:
+                marks.append(pytest.mark.xfail(strict=True, reason=RESNET20_WINOGRAD))
+            cases.append(
+                pytest.param(name, kwargs, training, marks=marks, id=f"{name}-{mode}")
+            )
+    return cases
+
+
+def _check_preset(name, kwargs, training):
+    spec = models.PRESETS[name](**kwargs)
+    if training:
+        spec = dataclasses.replace(spec, layers=_without_dropout(spec.layers))
+    images, labels = _random_batch(spec)
+    _check(_random_model(spec), images, labels, training=training)
+
+
+@pytest.mark.parametrize("name, kwargs, training", _preset_cases(slow=False))
+def test_preset_matches_keras(name, kwargs, training):
+    _check_preset(name, kwargs, training)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs, training", _preset_cases(slow=True))
+def test_large_preset_matches_keras(name, kwargs, training):
+    _check_preset(name, kwargs, training)
+
+
+# --------------------------------------------------------------------------- norms
+FAST_VARIANCE = (
+    "jaxcnn.layers.make_norm keeps flax's default use_fast_variance=True: the variance "
+    "as E[x^2] - E[x]^2, which cancels catastrophically when |mean| >> std; on inputs "
+    "4 + U(0, 0.3) the logits are off by {off}, up to 12x the tolerance (with "
+    "use_fast_variance=False: within a third of it)"
+)
+
+
+def _fast_variance(norm, training, off):
+    reason = FAST_VARIANCE.format(off=off)
+    return pytest.param(
+        norm, training, marks=pytest.mark.xfail(strict=True, reason=reason)
+    )
+
+
+@pytest.mark.parametrize(
+    "norm, training",
+    [
+        _fast_variance("batch", True, "4.6e-4"),
+        _fast_variance("layer", False, "1.8e-4"),
+        _fast_variance("group", False, "4.1e-4"),
+    ],
+)
+def test_norm_of_offset_inputs_matches_keras(norm, training):
+    """Normalising values with a large mean and a small spread (a near-constant
+    channel, raw pixels) in float32 keeps only the digits the spread needs."""
+    layers = (NormSpec(norm=norm, groups=2), FlattenSpec(), DenseSpec(2))
+    spec = ModelSpec((3, 3, 8), 2, layers, name=f"{norm}_norm")
+    images, labels = _random_batch(spec)
+    _check(_random_model(spec), 4.0 + 0.3 * images, labels, training=training)
+
+
+# --------------------------------------------------------------------------- random specs
+# Keras has max and average pooling only, with "valid" or "same" padding, and no conv
+# with both stride > 1 and dilation > 1: the generated specs stay inside that.
+KERNEL_SIZES = [(3, 3), (3, 3), (1, 1), (2, 2), (2, 3), (3, 1)]
+STRIDES = [(1, 1), (1, 1), (2, 2), (1, 2)]
+DILATIONS = [(1, 1), (1, 1), (2, 2), (2, 1)]
+PADDINGS = ["valid", "same", "same", (1, 1), (0, 1), (2, 1)]
+FILTERS = [2, 3, 4, 6, 16]
+
+
+@st.composite
+def _conv(draw, channels: int, padding=None) -> ConvSpec:
+    filters = draw(st.sampled_from(FILTERS))
+    groups = [g for g in (1, 2, 3) if channels % g == 0 and filters % g == 0]
+    stride = draw(st.sampled_from(STRIDES))
+    return ConvSpec(
+        filters=filters,
+        kernel=draw(st.sampled_from(KERNEL_SIZES)),
+        stride=stride,
+        padding=draw(st.sampled_from(PADDINGS)) if padding is None else padding,
+        dilation=draw(st.sampled_from(DILATIONS)) if stride == (1, 1) else (1, 1),
+        groups=draw(st.sampled_from(groups)),
+        activation=draw(st.sampled_from(ACTIVATIONS)),
+        use_bias=draw(st.booleans()),
+    )
+
+
+@st.composite
+def _norm(draw, channels: int, flat: bool = False) -> NormSpec:
+    kinds = ["batch", "batch"] if flat else ["batch", "batch", "group"]
+    if channels >= 4:
+        # Layer norm of a few channels divides by the spread of a few numbers, which
+        # may be tiny: float32 rounding, amplified, rather than a test of the layer
+        # (test_norm_of_offset_inputs_matches_keras has the case where it matters).
+        kinds.append("layer")
+    kind = draw(st.sampled_from(kinds))
+    # at least 2 channels a group: one is instance norm, which on a ReLU channel of a
+    # few pixels has a near-zero spread (float32 rounding amplified, not a test)
+    divisors = [g for g in (1, 2, 3, 4) if channels % g == 0 and channels // g >= 2]
+    groups = draw(st.sampled_from(divisors or [1]))
+    momentum = draw(st.sampled_from([0.99, 0.9, 0.5]))
+    return NormSpec(norm=kind, groups=groups, momentum=momentum)
+
+
+@st.composite
+def _pool(draw) -> PoolSpec:
+    window = draw(st.sampled_from([(2, 2), (3, 3), (2, 3)]))
+    return PoolSpec(
+        pool=draw(st.sampled_from(["max", "avg"])),
+        window=window,
+        stride=draw(st.sampled_from([None, (1, 1), (2, 2), (1, 2)])),
+        padding=draw(st.sampled_from(["valid", "same"])),
+    )
+
+
+@st.composite
+def _residual(draw, channels: int) -> tuple[ResidualSpec, int]:
+    first = draw(_conv(channels, padding="same"))
+    if draw(st.booleans()):  # the block keeps the shape: an identity skip
+        first = dataclasses.replace(first, filters=channels, stride=(1, 1))
+    body = [first]
+    if draw(st.booleans()):
+        body.append(draw(_norm(first.filters)))
+    if draw(st.booleans()):
+        body.append(ConvSpec(filters=first.filters, kernel=3, padding="same"))
+    activation = draw(st.sampled_from(["relu", "identity", "gelu"]))
+    return ResidualSpec(layers=tuple(body), activation=activation), first.filters
+
+
+@st.composite
+def _specs(draw) -> ModelSpec:
+    """Small valid specs: a few conv / pool / norm / residual / activation / dropout
+    layers, flatten or global pooling, an optional hidden dense layer, the logits."""
+    channels = draw(st.sampled_from([1, 2, 3]))
+    input_shape = (draw(st.integers(5, 10)), draw(st.integers(5, 10)), channels)
+    layers = []
+    kinds = [
+        "conv",
+        "conv_pool",
+        "winograd",
+        "pool",
+        "norm",
+        "residual",
+        "activation",
+        "dropout",
+    ]
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(kinds))
+        if kind in ("conv", "conv_pool"):
+            layers.append(draw(_conv(channels)))
+            channels = layers[-1].filters
+            if kind == "conv_pool":  # kernels.plan may crop the conv's dead border
+                layers.append(draw(_pool()))
+        elif kind == "winograd":  # 16 channels into a 3x3 stride-1 conv
+            first, second = draw(_conv(channels)), draw(_conv(16))
+            layers.append(dataclasses.replace(first, filters=16, groups=1))
+            layers.append(
+                dataclasses.replace(
+                    second, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), groups=1
+                )
+            )
+            channels = second.filters
+        elif kind == "pool":
+            layers.append(draw(_pool()))
+        elif kind == "norm":
+            layers.append(draw(_norm(channels)))
+        elif kind == "residual":
+            block, channels = draw(_residual(channels))
+            layers.append(block)
+        elif kind == "activation":
+            layers.append(ActivationSpec(draw(st.sampled_from(ACTIVATIONS))))
+        else:
+            layers.append(DropoutSpec(rate=draw(st.sampled_from([0.0, 0.3]))))
+    head = draw(st.sampled_from(["flatten", "max", "avg"]))
+    layers.append(FlattenSpec() if head == "flatten" else GlobalPoolSpec(pool=head))
+    if draw(st.booleans()):
+        units = draw(st.sampled_from([4, 8]))
+        layers.append(DenseSpec(units, activation=draw(st.sampled_from(ACTIVATIONS))))
+        if draw(st.booleans()):
+            layers.append(draw(_norm(units, flat=True)))
+        if draw(st.booleans()):
+            layers.append(DropoutSpec(rate=0.5))
+    num_classes = draw(st.integers(2, 5))
+    layers.append(DenseSpec(num_classes, use_bias=draw(st.booleans())))
+    spec = ModelSpec(input_shape, num_classes, tuple(layers), name="generated")
+    try:
+        shapes.infer(spec)
+    except SpecError:
+        assume(False)
+    return spec
+
+
+def _check_generated(spec: ModelSpec, training: bool, seed: int) -> None:
+    if training:
+        spec = dataclasses.replace(spec, layers=_without_dropout(spec.layers))
+    images, labels = _random_batch(spec, seed)
+    _check(_random_model(spec, seed), images, labels, training=training)
+
+
+_HYPOTHESIS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# A batch norm in training mode over a few ReLU'd units (mean >> spread) meets the
+# one-pass variance of test_norm_of_offset_inputs_matches_keras: here dense(4, relu) ->
+# batch norm over a batch of 8, logits off by 1.8e-5 where 1.75e-5 is allowed. The
+# examples are fixed (derandomize), and all pass with use_fast_variance=False.
+GENERATED_FAST_VARIANCE = (
+    "make_norm's one-pass (fast) variance: batch norm in training mode after "
+    "dense(4, relu), logits off by 1.8e-5 (allowed 1.75e-5); passes with "
+    "use_fast_variance=False"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=GENERATED_FAST_VARIANCE)
+@settings(
+    max_examples=20,
+    derandomize=True,
+    phases=[Phase.generate],  # no shrinking: the xfail would pay for it every run
+    **_HYPOTHESIS,
+)
+@given(spec=_specs(), training=st.booleans(), seed=st.integers(0, 2**16))
+def test_generated_spec_matches_keras(spec, training, seed):
+    _check_generated(spec, training, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason=GENERATED_FAST_VARIANCE + "; not yet checked to pass with it (make strict)",
+)
+@settings(max_examples=200, derandomize=True, **_HYPOTHESIS)
+@given(spec=_specs(), training=st.booleans(), seed=st.integers(0, 2**16))
+def test_many_generated_specs_match_keras(spec, training, seed):
+    _check_generated(spec, training, seed)
+
+
+# --------------------------------------------------------------------------- real data
+def _read_mnist(n: int):
+    """The first `n` MNIST test images, [n, 28, 28, 1] in [0, 1], and their labels;
+    None when the raw files are not there."""
+    folder = SHARED_DATA / "mnist"
+    images_path = folder / "t10k-images-idx3-ubyte.gz"
+    labels_path = folder / "t10k-labels-idx1-ubyte.gz"
+    if not (images_path.is_file() and labels_path.is_file()):
+        return None
+    with gzip.open(images_path) as f:
+        magic, _, rows, cols = struct.unpack(">4i", f.read(16))
+        assert magic == 2051, f"{images_path} is no idx3 image file"
+        pixels = np.frombuffer(f.read(n * rows * cols), np.uint8)
+    with gzip.open(labels_path) as f:
+        magic, _ = struct.unpack(">2i", f.read(8))
+        assert magic == 2049, f"{labels_path} is no idx1 label file"
+        labels = np.frombuffer(f.read(n), np.uint8)
+    images = pixels.reshape(n, rows, cols, 1).astype(np.float32) / 255
+    return images, labels.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def mnist_batch():
+    batch = _read_mnist(32)
+    if batch is None:
+        pytest.skip(f"raw MNIST files not found in {SHARED_DATA / 'mnist'}")
+    return batch
+
+
+_WINOGRAD_ZEROS = (
+    "kernels='auto' runs {conv} as Winograd, which turns the exact-zero "
+    "pre-activations of the blank background into +-1e-6 noise and so flips ReLU "
+    "masks (im2col and XLA keep the zeros): the gradient of {path} is off by {off} "
+    "of its largest entry (kernels='xla' and conv='im2col': < 1e-5)"
+)
+
+
+class MnistCase(typing.NamedTuple):
+    preset: str
+    kwargs: dict
+    training: bool = False
+    slow: bool = False
+    auto_fails: str | None = None  # why kernels="auto" fails (an xfail reason)
+    grad_rtol: float = GRAD_RTOL
+
+
+MNIST_CASES = [
+    MnistCase(
+        "keras_mnist",
+        {},
+        auto_fails=_WINOGRAD_ZEROS.format(conv="conv_2", path="conv_2/bias", off="13%"),
+    ),
+    MnistCase("lenet5", {}),  # images padded to 32x32
+    MnistCase(
+        "digits_cnn",
+        {"input_shape": (28, 28, 1)},
+        auto_fails=_WINOGRAD_ZEROS.format(conv="conv_1", path="conv_1/bias", off="57%"),
+    ),
+    MnistCase(
+        "vgg_cifar",
+        {"input_shape": (28, 28, 1)},
+        slow=True,
+        auto_fails=_WINOGRAD_ZEROS.format(
+            conv="every conv but conv_0", path="conv_1/bias", off="42%"
+        ),
+    ),
+    MnistCase(
+        "resnet_cifar",
+        {"input_shape": (28, 28, 1)},
+        slow=True,
+        auto_fails=_WINOGRAD_ZEROS.format(
+            conv="the 3x3 stride-1 convs after the stem",
+            path="residual_5/norm_1/bias",
+            off="12%",
+        ),
+    ),
+    MnistCase(
+        "resnet_cifar",
+        {"input_shape": (28, 28, 1)},
+        training=True,
+        slow=True,
+        grad_rtol=RESNET20_TRAIN_GRAD_RTOL,
+    ),
+]
+
+
+def _mnist_params(slow: bool):
+    for case in MNIST_CASES:
+        if case.slow != slow:
+            continue
+        for choice in KERNELS:
+            marks = []
+            if choice == "auto" and case.auto_fails:
+                marks.append(pytest.mark.xfail(strict=True, reason=case.auto_fails))
+            mode = "train" if case.training else "eval"
+            name = f"{case.preset}-{mode}-{choice}"
+            yield pytest.param(case, choice, marks=marks, id=name)
+
+
+@functools.cache
+def _initial_model(preset: str, kwargs: tuple):
+    """The preset's model as build_model initialises it, built once per module run
+    (_compare changes only its train/eval mode and runs clones)."""
+    return models.build_model(models.PRESETS[preset](**dict(kwargs)))
+
+
+def _check_mnist(batch, case: MnistCase, choice: str):
+    """A preset at its real initialisation (zero biases: exact zeros before each ReLU
+    on the blank background) on real digits, padded to the preset's input size."""
+    images, labels = batch
+    model = _initial_model(case.preset, tuple(case.kwargs.items()))
+    pad = (model.spec.input_shape[0] - images.shape[1]) // 2
+    images = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    expected, got = _compare(
+        model, images, labels, training=case.training, kernels=(choice,)
+    )
+    where = f"{case.preset} kernels={choice}"
+    _assert_matches(expected, got[choice], where, grad_rtol=case.grad_rtol)
+
+
+@pytest.mark.parametrize("case, choice", _mnist_params(slow=False))
+def test_mnist_batch_matches_keras(mnist_batch, case, choice):
+    _check_mnist(mnist_batch, case, choice)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, choice", _mnist_params(slow=True))
+def test_mnist_batch_on_large_presets_matches_keras(mnist_batch, case, choice):
+    _check_mnist(mnist_batch, case, choice)
