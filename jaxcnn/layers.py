@@ -234,17 +234,16 @@ def make_norm(spec: NormSpec, channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
 
     Batch norm normalises over batch, H and W (running stats with `spec.momentum`);
     layer norm over the channels of each position; group norm over H, W and the
-    channels of each of `spec.groups` groups. All add `spec.epsilon` to the variance.
+    channels of each of `spec.groups` groups. All add `spec.epsilon` to the variance,
+    computed as the mean of squared deviations (two passes, as Keras and PyTorch): flax's
+    one-pass E[x^2] - E[x]^2 cancels in float32 when the mean is large against the spread.
     """
+    common = dict(epsilon=spec.epsilon, use_fast_variance=False, rngs=rngs)
     if spec.norm == "batch":
-        return nnx.BatchNorm(
-            channels, momentum=spec.momentum, epsilon=spec.epsilon, rngs=rngs
-        )
+        return nnx.BatchNorm(channels, momentum=spec.momentum, **common)
     if spec.norm == "layer":
-        return nnx.LayerNorm(channels, epsilon=spec.epsilon, rngs=rngs)
-    return nnx.GroupNorm(
-        channels, num_groups=spec.groups, epsilon=spec.epsilon, rngs=rngs
-    )
+        return nnx.LayerNorm(channels, **common)
+    return nnx.GroupNorm(channels, num_groups=spec.groups, **common)
 
 
 # --------------------------------------------------------------------------- blocks

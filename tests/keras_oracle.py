@@ -5,7 +5,7 @@ layer classes (functional API, so residual blocks are Add + a 1x1 projection), a
 records which Keras variable is which jaxcnn parameter (`conv_0/kernel`,
 `residual_3/proj/bias`, `norm_1/scale`) and batch-norm statistic (`norm_1/mean`).
 Nothing here imports jaxcnn's layers or kernels: the only conventions taken from jaxcnn
-are the ones its spec documents (and the normalisation epsilons below).
+are the ones its spec documents (normalisation epsilons included).
 
 The Keras backend must be chosen before keras is first imported: the test module sets
 KERAS_BACKEND=tensorflow and imports this module after.
@@ -34,12 +34,6 @@ from jaxcnn.spec import (
     PoolSpec,
     ResidualSpec,
 )
-
-# jaxcnn's layers.make_norm builds flax's nnx.BatchNorm / LayerNorm / GroupNorm with
-# their default epsilons; Keras defaults to 1e-3 for all three, so set them here.
-BATCH_NORM_EPSILON = 1e-5
-LAYER_NORM_EPSILON = 1e-6
-GROUP_NORM_EPSILON = 1e-6
 
 ACTIVATIONS = {
     "relu": keras.activations.relu,
@@ -170,14 +164,12 @@ def _pool(spec: PoolSpec, x):
 def _norm(spec: NormSpec, x, name: str, params, stats):
     if spec.norm == "batch":
         norm = keras.layers.BatchNormalization(
-            momentum=spec.momentum, epsilon=BATCH_NORM_EPSILON
+            momentum=spec.momentum, epsilon=spec.epsilon
         )
     elif spec.norm == "layer":
-        norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON)
+        norm = keras.layers.LayerNormalization(epsilon=spec.epsilon)
     else:
-        norm = keras.layers.GroupNormalization(
-            groups=spec.groups, epsilon=GROUP_NORM_EPSILON
-        )
+        norm = keras.layers.GroupNormalization(groups=spec.groups, epsilon=spec.epsilon)
     y = norm(x)
     params[f"{name}/scale"] = norm.gamma
     params[f"{name}/bias"] = norm.beta

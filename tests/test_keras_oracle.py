@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
-from hypothesis import HealthCheck, Phase, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from jaxcnn import models, shapes  # noqa: E402
@@ -228,9 +228,10 @@ def _has(layers, cls) -> bool:
 
 # --------------------------------------------------------------------------- presets
 RESNET20_WINOGRAD = (
-    "kernels='auto' (Winograd) in ResNet-20 in training mode on a random batch of 8: "
-    "the gradient of residual_8/norm_1/bias is off by 1.5% of its largest entry "
-    "(kernels='xla': 4e-6)"
+    "kernels='auto' in ResNet-20 in training mode on a random batch of 8: batch "
+    "statistics over 8 examples amplify the fast kernels' rounding (Winograd's is ~10x a "
+    "direct convolution's): the gradient of conv_0/kernel is off by 3e-3 of its largest "
+    "entry (kernels='xla': < 1e-5)"
 )
 
 
@@ -286,27 +287,14 @@ def test_large_preset_matches_keras(name, kwargs, training):
 
 
 # --------------------------------------------------------------------------- norms
-FAST_VARIANCE = (
-    "jaxcnn.layers.make_norm keeps flax's default use_fast_variance=True: the variance "
-    "as E[x^2] - E[x]^2, which cancels catastrophically when |mean| >> std; on inputs "
-    "4 + U(0, 0.3) the logits are off by {off}, up to 12x the tolerance (with "
-    "use_fast_variance=False: within a third of it)"
-)
-
-
-def _fast_variance(norm, training, off):
-    reason = FAST_VARIANCE.format(off=off)
-    return pytest.param(
-        norm, training, marks=pytest.mark.xfail(strict=True, reason=reason)
-    )
 
 
 @pytest.mark.parametrize(
     "norm, training",
     [
-        _fast_variance("batch", True, "4.6e-4"),
-        _fast_variance("layer", False, "1.8e-4"),
-        _fast_variance("group", False, "4.1e-4"),
+        ("batch", True),
+        ("layer", False),
+        ("group", False),
     ],
 )
 def test_norm_of_offset_inputs_matches_keras(norm, training):
@@ -460,34 +448,13 @@ def _check_generated(spec: ModelSpec, training: bool, seed: int) -> None:
 _HYPOTHESIS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-# A batch norm in training mode over a few ReLU'd units (mean >> spread) meets the
-# one-pass variance of test_norm_of_offset_inputs_matches_keras: here dense(4, relu) ->
-# batch norm over a batch of 8, logits off by 1.8e-5 where 1.75e-5 is allowed. The
-# examples are fixed (derandomize), and all pass with use_fast_variance=False.
-GENERATED_FAST_VARIANCE = (
-    "make_norm's one-pass (fast) variance: batch norm in training mode after "
-    "dense(4, relu), logits off by 1.8e-5 (allowed 1.75e-5); passes with "
-    "use_fast_variance=False"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=GENERATED_FAST_VARIANCE)
-@settings(
-    max_examples=20,
-    derandomize=True,
-    phases=[Phase.generate],  # no shrinking: the xfail would pay for it every run
-    **_HYPOTHESIS,
-)
+@settings(max_examples=20, derandomize=True, **_HYPOTHESIS)
 @given(spec=_specs(), training=st.booleans(), seed=st.integers(0, 2**16))
 def test_generated_spec_matches_keras(spec, training, seed):
     _check_generated(spec, training, seed)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason=GENERATED_FAST_VARIANCE + "; not yet checked to pass with it (make strict)",
-)
 @settings(max_examples=200, derandomize=True, **_HYPOTHESIS)
 @given(spec=_specs(), training=st.booleans(), seed=st.integers(0, 2**16))
 def test_many_generated_specs_match_keras(spec, training, seed):
@@ -523,11 +490,12 @@ def mnist_batch():
     return batch
 
 
-_WINOGRAD_ZEROS = (
-    "kernels='auto' runs {conv} as Winograd, which turns the exact-zero "
-    "pre-activations of the blank background into +-1e-6 noise and so flips ReLU "
-    "masks (im2col and XLA keep the zeros): the gradient of {path} is off by {off} "
-    "of its largest entry (kernels='xla' and conv='im2col': < 1e-5)"
+_WINOGRAD_NEAR_TIES = (
+    "kernels='auto' runs {conv} as Winograd, whose rounding (~10x a direct "
+    "convolution's) flips a few near-ties on a real MNIST batch (pre-activations within "
+    "rounding of 0, pooled values within rounding of each other; exact zeros stay "
+    "exact): the gradient of {path} is off by {off} of its largest entry, over the 1e-4 "
+    "tolerance (kernels='xla' and conv='im2col': < 1e-5)"
 )
 
 
@@ -541,33 +509,25 @@ class MnistCase(typing.NamedTuple):
 
 
 MNIST_CASES = [
-    MnistCase(
-        "keras_mnist",
-        {},
-        auto_fails=_WINOGRAD_ZEROS.format(conv="conv_2", path="conv_2/bias", off="13%"),
-    ),
+    MnistCase("keras_mnist", {}),
     MnistCase("lenet5", {}),  # images padded to 32x32
-    MnistCase(
-        "digits_cnn",
-        {"input_shape": (28, 28, 1)},
-        auto_fails=_WINOGRAD_ZEROS.format(conv="conv_1", path="conv_1/bias", off="57%"),
-    ),
+    MnistCase("digits_cnn", {"input_shape": (28, 28, 1)}),
     MnistCase(
         "vgg_cifar",
         {"input_shape": (28, 28, 1)},
         slow=True,
-        auto_fails=_WINOGRAD_ZEROS.format(
-            conv="every conv but conv_0", path="conv_1/bias", off="42%"
+        auto_fails=_WINOGRAD_NEAR_TIES.format(
+            conv="every conv but conv_0", path="conv_1/kernel", off="4.7e-4"
         ),
     ),
     MnistCase(
         "resnet_cifar",
         {"input_shape": (28, 28, 1)},
         slow=True,
-        auto_fails=_WINOGRAD_ZEROS.format(
+        auto_fails=_WINOGRAD_NEAR_TIES.format(
             conv="the 3x3 stride-1 convs after the stem",
-            path="residual_5/norm_1/bias",
-            off="12%",
+            path="residual_3/norm_4/bias",
+            off="7.5e-4",
         ),
     ),
     MnistCase(
