@@ -3,6 +3,9 @@
 import fcntl
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -51,3 +54,27 @@ def tfds_dir(shared_data) -> pathlib.Path:
                 name, data_dir=str(TFDS_CACHE), manual_dir=str(shared_data / name)
             )
     return TFDS_CACHE
+
+
+@pytest.fixture(scope="session")
+def as_nobody() -> list[str]:
+    """The prefix that runs a command as `nobody` when the tests run as root (root's
+    permission override would hide a read-only directory); [] otherwise. Skips when that
+    user cannot import this Python environment (e.g. a venv in a private folder)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot drop root's permissions")
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    repo = str(pathlib.Path(__file__).resolve().parents[1])
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import jax, numpy, jaxcnn"],
+        env={**os.environ, "PYTHONPATH": repo},
+        cwd="/",
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"user nobody cannot import this Python environment ({last})")
+    return prefix

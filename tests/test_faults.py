@@ -278,14 +278,8 @@ def test_garbage_config_json_is_a_clear_error(tmp_path):
     assert (tmp_path / "run" / "config.json").read_text() == "{not json"
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv as root"
-)
-def test_read_only_workdir_is_a_clear_error(tmp_path):
-    # As root, permissions do not bind: run the command as `nobody` then.
-    as_user = []
-    if os.geteuid() == 0:
-        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+def test_read_only_workdir_is_a_clear_error(as_nobody):
+    as_user = as_nobody
     home = pathlib.Path(tempfile.mkdtemp(prefix="jaxcnn-ro-"))
     try:
         workdir = home / "run"

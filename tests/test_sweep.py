@@ -649,14 +649,11 @@ def test_bad_storage_and_workdir_are_clear_errors(tmp_path, capsys):
     assert "--restart applies to `jaxcnn sweep CONFIG`" in err
 
 
-def test_a_read_only_sweep_dir_is_a_clear_error(finished_sweep):
+def test_a_read_only_sweep_dir_is_a_clear_error(finished_sweep, as_nobody):
     import shutil
     import tempfile
 
-    # As root, permissions do not bind: run the command as `nobody` then.
-    as_user = []
-    if os.geteuid() == 0:
-        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    as_user = as_nobody
     root = pathlib.Path(tempfile.mkdtemp(prefix="jaxcnn-ro-"))
     try:
         workdir = root / "sweep"
