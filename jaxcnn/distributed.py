@@ -291,6 +291,9 @@ def _connect(
         ) from e
 
 
+_LOST_CONTACT = ("Gloo", "Connection closed by peer", "Connection reset by peer")
+
+
 def exit_on_error(error: BaseException, *, debug: bool = False) -> None:
     """In a multi-process job, reports `error` and ends this process at once.
 
@@ -304,7 +307,11 @@ def exit_on_error(error: BaseException, *, debug: bool = False) -> None:
         return
     import traceback
 
-    lost = isinstance(error, jax.errors.JaxRuntimeError)  # a collective failed
+    # a collective failed: in a step (JaxRuntimeError) or in a host-side gather such as
+    # orbax's process sync (a ValueError carrying the transport's message)
+    lost = isinstance(error, jax.errors.JaxRuntimeError) or any(
+        word in str(error) for word in _LOST_CONTACT
+    )
     if debug or not (lost or isinstance(error, JaxcnnError)):
         traceback.print_exception(error)
     if isinstance(error, JaxcnnError):
