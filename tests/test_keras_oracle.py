@@ -11,8 +11,8 @@ convs and fast max pooling) and with XLA's (`kernels="xla"`).
 The Keras twin computes in float64, so the tolerances measure jaxcnn's float32 rounding
 alone (TensorFlow's own float32 batch statistics are the less accurate of the two):
 logits rtol 1e-4, atol 1e-5; each parameter's gradient to within 1e-4 of the largest
-|entry| of its Keras gradient plus 5e-5 of the largest entry of any gradient of the
-model; running statistics rtol 1e-5, atol 1e-6.
+|entry| of its Keras gradient plus 2e-4 of the largest entry of any gradient of the
+model (gradients that are exactly 0 in exact arithmetic); running statistics rtol 1e-5, atol 1e-6.
 
 Cases: every preset (eval mode; training mode with dropout rate 0 where the preset has
 batch norm or dropout), hypothesis-generated specs, normalisation of offset inputs, and
@@ -67,8 +67,9 @@ LOGITS_TOL = dict(rtol=1e-4, atol=1e-5)
 GRAD_RTOL = 1e-4  # of the largest |entry| of the parameter's Keras gradient
 # plus this much of the largest |entry| of any of the model's gradients: for gradients
 # whose exact value is 0 and whose float32 value is the rounding of terms that cancel
-# (a bias right before a batch norm in training mode)
-GRAD_MODEL_RTOL = 5e-5
+# (a bias right before a batch norm in training mode: measured up to 1.1e-4 of the
+# model's largest gradient among the 200 slow generated specs)
+GRAD_MODEL_RTOL = 2e-4
 # ResNet-20 at initialisation in training mode on MNIST is ill-conditioned in float32:
 # against float64, kernels "xla" and "auto" alike are off by 6e-3 of a gradient's
 # largest entry (Keras in float32: 5.7%; jaxcnn and Keras in float64 agree to 1e-13).
