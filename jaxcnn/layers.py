@@ -72,8 +72,8 @@ def conv2d(layer: nnx.Conv, x: jax.Array, plan: ops.LayerPlan) -> jax.Array:
     """The single convolution call site: [batch, H, W, Cin] -> [batch, Ho, Wo, filters].
 
     Runs kernels.conv2d as `plan` says (implementation, padding at this input shape,
-    operand dtype) with the layer's own kernel and bias. The output (accumulation and
-    bias) is float32.
+    operand and product dtypes) with the layer's own kernel and bias. The output (the
+    bias added) is float32.
     """
     spec = plan.spec
     y = ops.conv2d(
@@ -84,7 +84,9 @@ def conv2d(layer: nnx.Conv, x: jax.Array, plan: ops.LayerPlan) -> jax.Array:
         dilation=spec.dilation,
         groups=spec.groups,
         impl=plan.conv,
+        out_dtype=precision_lib.dtype(plan.product_dtype) if plan.product_dtype else None,
     )
+    y = precision_lib.widen(y)
     return y if layer.bias is None else y + layer.bias[...].reshape(1, 1, 1, -1)
 
 
@@ -158,15 +160,18 @@ class Dense(nnx.Linear):
         self.activation = spec.activation
 
     def __call__(self, x: jax.Array, plan: ops.LayerPlan | None = None) -> jax.Array:
-        """[batch, in] -> [batch, units]; operands and output dtypes as `plan` says
-        (None: as they come), accumulation, bias and activation in float32."""
-        dtype, out_dtype = (
-            (None, None) if plan is None else (plan.dtype, plan.out_dtype)
+        """[batch, in] -> [batch, units]; operand, product and output dtypes as `plan`
+        says (None: as they come), accumulation, bias and activation in float32."""
+        dtype, product, out_dtype = (
+            (None, None, None)
+            if plan is None
+            else (plan.dtype, plan.product_dtype, plan.out_dtype)
         )
         x = precision_lib.cast(x, dtype)
         kernel = precision_lib.cast(self.kernel[...], dtype)
         acc = precision_lib.accumulation(x.dtype)
-        y = jnp.dot(x, kernel, preferred_element_type=acc)
+        product = acc if product is None else precision_lib.dtype(product)
+        y = precision_lib.widen(jnp.dot(x, kernel, preferred_element_type=product))
         if self.bias is not None:
             y = y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
         return precision_lib.cast(activate(y, self.activation), out_dtype)

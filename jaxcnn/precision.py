@@ -6,14 +6,19 @@ overrides (`precision_layers`, `train.fp32_layers`). Under "bfloat16":
 
 - parameters, their gradients and the optimiser state stay float32; a conv or dense
   layer casts its kernel and its input to bfloat16, and its matmuls accumulate in
-  float32 (`preferred_element_type`), so bias, activation and the matmul output are
-  float32 until the layer hands its output on;
+  float32; bias and activation are float32 until the layer hands its output on;
+- the product's result (`kernels.plan.product_dtype`) is bfloat16 on GPU/TPU (the
+  hardware accumulates in float32 and rounds once), so reverse mode, which transposes
+  a product with a cotangent of its result's dtype, runs the backward convolutions
+  and matmuls on bfloat16 operands too; on CPU it is float32
+  (`preferred_element_type`: XLA:CPU's bfloat16-output products are slower), so there
+  the backward products take the float32 cotangent with the bfloat16 operand widened
+  (bfloat16 backward products would gain 2-5 % on this CPU:
+  benchmarks/results/precision_backward.md);
 - activations between layers are bfloat16 (a layer's output in its precision): half
   the memory traffic of float32, and max pooling of bfloat16 values is exact;
 - the logits leave the last layer in float32; loss, softmax, metrics and the batch
   statistics of normalisation layers are float32 (flax normalises in float32);
-- gradients flowing back are cast to bfloat16 before each hand-written kernel's
-  matmuls (im2col, Winograd), which accumulate in float32;
 - Winograd runs its tile transforms in float32 and only its batched matmuls in
   bfloat16, with F(2, 3) tiles (`kernels.winograd_tile`); pooling other than max runs
   in float32 (`kernels.pool2d`).

@@ -162,13 +162,14 @@ def _images(n=4):
     return jnp.asarray(np.random.default_rng(0).uniform(size=(n, 10, 10, 1)), "f4")
 
 
-def _dots(fn, *args) -> list[tuple[str, str]]:
-    """Operand dtypes of every dot_general in the jaxpr of fn(*args), nested included."""
+def _dots(fn, *args, ops=("dot_general",)) -> list[tuple[str, str]]:
+    """Operand dtypes of every dot_general (or other `ops`) in the jaxpr of fn(*args),
+    nested included."""
     found = []
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
+            if eqn.primitive.name in ops:
                 found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
             for value in eqn.params.values():
                 for sub in value if isinstance(value, tuple | list) else (value,):
@@ -196,6 +197,61 @@ def test_bfloat16_activations_between_layers_and_float32_logits():
     assert all(v.dtype == jnp.float32 for v in model.features(x, ["pool_1"]).values())
     dots = _dots(lambda x: model(x), x)
     assert dots and set(dots) == {("bfloat16", "bfloat16")}
+
+
+def _grad_products(model, x):
+    """Operand dtypes of every convolution and matmul of the model's gradient."""
+
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, x):
+        return jnp.sum(nnx.merge(graph, params, rest)(x) * jnp.arange(3.0)[None])
+
+    return _dots(
+        lambda x: jax.grad(loss)(params, x),
+        x,
+        ops=("dot_general", "conv_general_dilated"),
+    )
+
+
+def test_bfloat16_backward_products_take_bfloat16_operands_on_gpu(monkeypatch):
+    """On GPU/TPU a bfloat16 layer's product is bfloat16 (accumulated in float32 by
+    the hardware), so its transposes in the backward pass take bfloat16 operands;
+    the values agree with float32 within bfloat16 rounding."""
+    x = _images()
+    reference = models.build_model(_spec(), seed=1)
+    reference.eval()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    model = models.build_model(_spec(), seed=1, precision="bfloat16")
+    model.eval()
+    plans = [p for p in model.kernel_plan().walk() if p.dtype is not None]
+    assert plans and {(p.conv, p.product_dtype) for p in plans} <= {
+        ("xla", "bfloat16"),
+        (None, "bfloat16"),
+    }
+    products = _grad_products(model, x)
+    assert len(products) >= 10 and set(products) == {("bfloat16", "bfloat16")}
+    got, want = model(x), reference(x)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, atol=3e-2 * float(jnp.abs(want).max()))
+    grads = nnx.grad(lambda m: jnp.sum(m(x) * jnp.arange(3.0)[None]))
+    for g, r in zip(
+        jax.tree.leaves(grads(model)), jax.tree.leaves(grads(reference)), strict=True
+    ):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(g, r, atol=3e-2 * float(jnp.abs(r).max()) + 1e-6)
+
+
+def test_bfloat16_products_are_float32_on_cpu():
+    """On CPU the products hand out float32 (XLA:CPU's fast bfloat16 products), so
+    the forward products take bfloat16 operands and backward ones a float32 one."""
+    model = models.build_model(_spec(), precision="bfloat16")
+    model.eval()
+    plans = [p for p in model.kernel_plan(backend="cpu").walk() if p.dtype]
+    assert plans and {p.product_dtype for p in plans} == {"float32"}
+    products = _grad_products(model, _images())
+    assert ("bfloat16", "bfloat16") in products
+    assert any("float32" in operands for operands in products)
 
 
 def test_per_layer_precision_keeps_conv_0_and_the_head_in_float32():

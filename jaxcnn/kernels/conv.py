@@ -53,7 +53,7 @@ def _acc(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _conv_xla(x, w, stride, padding, dilation, groups):
+def _conv_xla(x, w, stride, padding, dilation, groups, out_dtype=None):
     return lax.conv_general_dilated(
         x,
         w,
@@ -62,7 +62,7 @@ def _conv_xla(x, w, stride, padding, dilation, groups):
         rhs_dilation=dilation,
         dimension_numbers=_DIMS,
         feature_group_count=groups,
-        preferred_element_type=_acc(x.dtype),
+        preferred_element_type=out_dtype or _acc(x.dtype),
     )
 
 
@@ -340,6 +340,7 @@ def conv2d(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
     impl: ConvImpl = "xla",
+    out_dtype=None,
 ) -> jax.Array:
     """2-D cross-correlation (no bias), NHWC x HWIO.
 
@@ -353,6 +354,10 @@ def conv2d(
       impl: "xla" (lax.conv_general_dilated), "im2col" (shifted slices + one matmul,
         matmul-only backward pass) or "winograd" (F(m, 3), see
         `winograd_applies`; a conv it does not apply to runs as "im2col").
+      out_dtype: the output dtype; None: the accumulation dtype (float32 for
+        bfloat16 operands). XLA's convolution hands out `out_dtype` directly (its
+        backward convolutions then take cotangents of that dtype); the hand-written
+        kernels accumulate in float32 and round to it.
 
     Returns:
       [N, Ho, Wo, Cout], Ho = floor((H + pt + pb - dh*(kh-1) - 1) / sh) + 1.
@@ -363,12 +368,16 @@ def conv2d(
         windows.pads(padding),
     )
     if impl == "xla" or groups != 1:
-        return _conv_xla(x, w, stride, padding, dilation, groups)
+        return _conv_xla(x, w, stride, padding, dilation, groups, out_dtype)
     if impl == "winograd" and winograd_applies(
         w.shape[:2], stride, dilation, 1, x.dtype
     ):
         out_hw, _ = _winograd_geometry(x.shape[1:3], padding, 1)
-        return _conv_winograd(x, w, padding, winograd_tile(out_hw, x.dtype))
-    if impl in ("im2col", "winograd"):
-        return _conv_im2col(x, w, stride, padding, dilation)
-    raise ValueError(f"conv2d impl must be 'xla', 'im2col' or 'winograd', got {impl!r}")
+        y = _conv_winograd(x, w, padding, winograd_tile(out_hw, x.dtype))
+    elif impl in ("im2col", "winograd"):
+        y = _conv_im2col(x, w, stride, padding, dilation)
+    else:
+            raise ValueError(
+            f"conv2d impl must be 'xla', 'im2col' or 'winograd', got {impl!r}"
+        )
+    return y if out_dtype is None else y.astype(out_dtype)

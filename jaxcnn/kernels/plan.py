@@ -9,8 +9,9 @@ backend, the ACTUAL input shape), per layer:
   the floor-mode pool never reads (`border_crop`; identical values and gradients);
 - fusion: a ReLU conv followed by a max pool hands its ReLU to the pool, which runs
   `relu_max_pool` (one hand-written backward pass);
-- precision: the operand dtype of each conv and dense layer's matmuls, and the dtype
-  of the activations it hands on (`jaxcnn.precision` has the policy);
+- precision: the operand dtype of each conv and dense layer's matmuls, the dtype of
+  their products (`product_dtype`) and of the activations it hands on
+  (`jaxcnn.precision` has the policy);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).
@@ -285,6 +286,9 @@ class LayerPlan:
         (`relu_max_pool`).
       dtype: a conv or dense layer: the dtype of its matmul operands (accumulation
         is float32).
+      product_dtype: a conv or dense layer: the dtype of its convolution / matmul
+        result before bias and activation (`product_dtype`): float32 on CPU, the
+        operand dtype on GPU/TPU.
       out_dtype: a conv or dense layer: the dtype of its output (the logits:
         float32).
       layers: a residual block's body.
@@ -300,6 +304,7 @@ class LayerPlan:
     crop: BorderCrop | None = None
     fuse_relu_pool: bool = False
     dtype: Precision | None = None
+    product_dtype: Precision | None = None
     out_dtype: Precision | None = None
     layers: tuple[LayerPlan, ...] = ()
     proj: LayerPlan | None = None
@@ -336,6 +341,23 @@ class ModelPlan:
         raise KeyError(name)
 
 
+def product_dtype(precision: Precision, backend: str) -> Precision:
+    """The dtype of a conv or dense layer's product of `precision` operands.
+
+    The products accumulate in float32 either way; this is the dtype they hand out.
+    JAX's reverse mode transposes a product with a cotangent in the dtype of its
+    result, so a float32 result makes the backward products take float32 operands
+    (the bfloat16 ones widened). On GPU/TPU the result is bfloat16 for bfloat16
+    operands (cuDNN, cuBLAS and the MXU accumulate in float32 and round once), so
+    the backward convolutions and matmuls take bfloat16 operands too, as under
+    Keras's mixed_bfloat16 policy, PyTorch's autocast and flax's dtype=bfloat16. On
+    CPU it is float32: XLA:CPU's bfloat16-output products are slower than its
+    float32-output ones, and its bfloat16 backward products do not beat float32
+    ones (benchmarks/results/precision_backward.md).
+    """
+    return "float32" if backend == "cpu" else precision
+
+
 def _conv_plan(spec: ConvSpec, name, shape, choice, backend) -> LayerPlan:
     padding = shapes.resolve_padding(
         spec.padding, shape[:2], spec.kernel, spec.stride, spec.dilation
@@ -365,6 +387,7 @@ def _conv_plan(spec: ConvSpec, name, shape, choice, backend) -> LayerPlan:
         padding=padding,
         conv=impl,
         dtype=dtype,
+        product_dtype=product_dtype(dtype, _backend(choice, backend)),
         out_dtype=dtype,
     )
 
@@ -433,7 +456,14 @@ def _plan_layer(spec, index, rows, choice, backend) -> LayerPlan:
         return LayerPlan(name, spec, tuple(shape), layers=body, proj=proj)
     if isinstance(spec, DenseSpec):
         dtype = choice.layer_precision(name)
-        return LayerPlan(name, spec, tuple(shape), dtype=dtype, out_dtype=dtype)
+        return LayerPlan(
+            name,
+            spec,
+            tuple(shape),
+            dtype=dtype,
+            product_dtype=product_dtype(dtype, _backend(choice, backend)),
+            out_dtype=dtype,
+        )
     return LayerPlan(name, spec, tuple(shape))
 
 
