@@ -84,7 +84,9 @@ def conv2d(layer: nnx.Conv, x: jax.Array, plan: ops.LayerPlan) -> jax.Array:
         dilation=spec.dilation,
         groups=spec.groups,
         impl=plan.conv,
-        out_dtype=precision_lib.dtype(plan.product_dtype) if plan.product_dtype else None,
+        out_dtype=precision_lib.dtype(plan.product_dtype)
+        if plan.product_dtype
+        else None,
     )
     y = precision_lib.widen(y)
     return y if layer.bias is None else y + layer.bias[...].reshape(1, 1, 1, -1)

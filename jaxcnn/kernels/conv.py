@@ -377,7 +377,7 @@ def conv2d(
     elif impl in ("im2col", "winograd"):
         y = _conv_im2col(x, w, stride, padding, dilation)
     else:
-            raise ValueError(
+        raise ValueError(
             f"conv2d impl must be 'xla', 'im2col' or 'winograd', got {impl!r}"
         )
     return y if out_dtype is None else y.astype(out_dtype)
