@@ -152,6 +152,7 @@ def make_runner(model_name: str, variant: str):
         "precision": v["precision"],
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
         "cache_compression": cache_compression(),
+        **steps.memory(),
     }
     return run_calls, k * bench_common.BATCH, first, info
 

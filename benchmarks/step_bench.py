@@ -209,6 +209,10 @@ def summarize(results: dict, flops: int, peak: dict) -> dict:
             "first_step_s": res["setup"]["first_step_s"],
             "since_start_s": res["setup"]["since_start_s"],
             "peak_rss_mb": res.get("peak_rss_mb"),
+            # jaxcnn rows: XLA's memory and cost analysis of the compiled train call
+            # (the loop body of a rolled call is one step)
+            "xla_temp_mb": _mb(res["setup"].get("temp_bytes")),
+            "xla_bytes_per_step_mb": _mb(res["setup"].get("bytes_accessed")),
             "gflops": med * flops / 1e9,
             "fraction_of_numpy_peak": med * flops / 1e9 / peak["numpy_gflops"],
             "fraction_of_jax_peak": med * flops / 1e9 / peak["jax_gflops"],
@@ -218,6 +222,10 @@ def summarize(results: dict, flops: int, peak: dict) -> dict:
             else None,
         }
     return results
+
+
+def _mb(value: int | None) -> float | None:
+    return None if value is None else value / 1e6
 
 
 def paired_ratios(results: dict) -> dict:
@@ -277,9 +285,10 @@ def markdown(report: dict) -> str:
             f"{res['window_s']} s windows)",
             "",
             "| framework | images/s median | min-max | vs best peer | first step s "
-            "| process start to first step s | peak RSS MB | GFLOP/s | of matmul peak "
+            "| process start to first step s | peak RSS MB | XLA temp MB "
+            "| XLA bytes per step MB | GFLOP/s | of matmul peak "
             "| of bf16 peak | contended windows |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         peers = [
             res["frameworks"][p]["summary"]["images_per_s_median"]
@@ -289,7 +298,7 @@ def markdown(report: dict) -> str:
         best_peer = max(peers) if peers else None
         for name, fw in res["frameworks"].items():
             if "summary" not in fw:
-                lines.append(f"| {name} | failed: {fw.get('error', '?')} ||||||||||")
+                lines.append(f"| {name} | failed: {fw.get('error', '?')} ||||||||||||")
                 continue
             s = fw["summary"]
             ratio = f"{s['images_per_s_median'] / best_peer:.2f}x" if best_peer else "-"
@@ -297,7 +306,12 @@ def markdown(report: dict) -> str:
                 f"| {name} | {s['images_per_s_median']:,.0f} | "
                 f"{s['images_per_s_min']:,.0f}-{s['images_per_s_max']:,.0f} | {ratio} | "
                 f"{s['first_step_s']:.2f} | {s['since_start_s']:.2f} | "
-                f"{s['peak_rss_mb']:,.0f} | {s['gflops']:.1f} | "
+                f"{s['peak_rss_mb']:,.0f} | "
+                + " | ".join(
+                    "-" if s.get(k) is None else f"{s[k]:,.0f}"
+                    for k in ("xla_temp_mb", "xla_bytes_per_step_mb")
+                )
+                + f" | {s['gflops']:.1f} | "
                 f"{100 * s['gflops'] / _best_peak(peak):.0f}% | "
                 + (
                     f"{100 * s['fraction_of_bf16_peak']:.0f}% | "

@@ -337,6 +337,32 @@ def test_steps_per_call_count_and_padding(kernels):
         assert steps.padded(rows) is rows
 
 
+def test_steps_memory_reports_the_compiled_train_call():
+    from jaxcnn import models, optim
+
+    def memory(batch):
+        config = _digits()
+        model = models.build_model(train.resolve_spec(config, 10))
+        tx, _ = optim.make_optimizer(config.optim, steps_per_epoch=10, epochs=1)
+        steps = train.Steps(model, nnx.Optimizer(model, tx, wrt=nnx.Param), config, 1)
+        assert steps.memory() == {}  # nothing compiled yet
+        images = np.zeros((1, batch, 8, 8, 1), np.float32)
+        steps.train(images, np.zeros((1, batch), np.int32), None, 0)
+        return steps.memory()
+
+    small, large = memory(8), memory(256)
+    assert set(small) == {
+        "temp_bytes",
+        "argument_bytes",
+        "output_bytes",
+        "bytes_accessed",
+    }
+    # the batch's activations are temporaries and arguments: they grow with it
+    assert 0 < small["temp_bytes"] < large["temp_bytes"]
+    assert small["argument_bytes"] + 248 * 8 * 8 * 4 <= large["argument_bytes"]
+    assert 0 < small["bytes_accessed"] < large["bytes_accessed"]
+
+
 def test_workdir_with_different_config_is_refused(tmp_path):
     train.fit(_digits(**{"train.epochs": 1}), tmp_path / "a", quiet=True)
     with pytest.raises(Exception, match="different config.*optim.lr"):

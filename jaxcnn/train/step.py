@@ -210,6 +210,28 @@ class Steps:
     def num_compiled(self) -> int:
         return len(self._compiled)
 
+    def memory(self) -> dict[str, int]:
+        """XLA's memory analysis of the compiled train call with the most temporaries:
+        bytes of its temporaries, arguments and outputs, and the bytes its cost
+        analysis expects it to access ({} before the first train call, or where the
+        backend reports none)."""
+        calls = [c for key, c in self._compiled.items() if key[0] == "train"]
+        reports = []
+        for call in calls:
+            stats, cost = call.memory_analysis(), call.cost_analysis()
+            if stats is None:
+                continue
+            cost = cost[0] if isinstance(cost, list | tuple) else cost or {}
+            reports.append(
+                {
+                    "temp_bytes": int(stats.temp_size_in_bytes),
+                    "argument_bytes": int(stats.argument_size_in_bytes),
+                    "output_bytes": int(stats.output_size_in_bytes),
+                    "bytes_accessed": int(cost.get("bytes accessed", 0)),
+                }
+            )
+        return max(reports, key=lambda r: r["temp_bytes"], default={})
+
     def count(self, remaining: int, first: bool = False) -> int:
         """How many steps the next call runs, `remaining` steps before the epoch ends.
 
