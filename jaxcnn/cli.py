@@ -307,9 +307,15 @@ def _add_sweep(sub, common) -> None:
         "resume a sweep (CONFIG: .toml/.json sweep file, experiments/*.py, or a sweep dir). "
         "jaxcnn sweep worker CONFIG --storage URL: one worker (start N of them, on any "
         "machines sharing the storage and workdir). jaxcnn sweep report DIR: ranked table "
-        "and figures.",
+        "and figures. jaxcnn sweep compare DIR_A DIR_B [--out FILE]: does A's ranking "
+        "hold in B (the same grid at another budget or with other seeds)?",
     )
-    p.add_argument("target", nargs="+", metavar="CONFIG | worker CONFIG | report DIR")
+    p.add_argument(
+        "target",
+        nargs="+",
+        metavar="CONFIG | worker CONFIG | report DIR | compare DIR_A DIR_B",
+    )
+    p.add_argument("--out", help="compare: also write the comparison to this file")
     p.add_argument(
         "--workdir",
         help="sweep directory (default: CONFIG when it is a sweep directory, else "
@@ -340,6 +346,13 @@ def _cmd_sweep(args) -> int:
     from jaxcnn import sweep
 
     action, rest = args.target[0], args.target[1:]
+    if action == "compare":
+        if len(rest) != 2:
+            raise JaxcnnError("usage: jaxcnn sweep compare DIR_A DIR_B [--out FILE]")
+        from jaxcnn.sweep import compare
+
+        print(compare.compare(rest[0], rest[1], args.out))
+        return 0
     if action in ("report", "worker"):
         if args.restart:
             raise JaxcnnError(

@@ -55,6 +55,7 @@ RANKS = {
     "jaxcnn.sweep.worker": 11.5,
     "jaxcnn.sweep.run": 11.6,
     "jaxcnn.sweep.report": 11.7,
+    "jaxcnn.sweep.compare": 11.75,
     "jaxcnn.sweep": 11.8,
     "jaxcnn.cli": 12,
     "jaxcnn": 13,

@@ -52,7 +52,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A result cell: "-" for none, a spec file by its name, numbers compact."""
     if value is None or value == "":
         return "-"
     if isinstance(value, str) and value.endswith((".toml", ".json")):
@@ -110,7 +111,7 @@ def _ranked(rows: Sequence[dict[str, Any]], by_dataset: bool) -> list[list[dict]
     """The ok trials best first (by mean test accuracy), in one list or one per
     dataset."""
     ok = [r for r in rows if r["status"] == "ok" and r.get(METRIC) is not None]
-    groups = _by_dataset(ok).values() if by_dataset else [ok]
+    groups = by_dataset(ok).values() if by_dataset else [ok]
     return [sorted(g, key=lambda r: -interval(r)[0]) for g in groups]
 
 
@@ -149,7 +150,7 @@ def ties_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         best = ranked[0]
         mean, half = interval(best)
         setting = ", ".join(
-            f"{a.rpartition('.')[2]}={_fmt(best[a])}"
+            f"{a.rpartition('.')[2]}={fmt(best[a])}"
             for a in axes
             if best.get(a) is not None
         )
@@ -157,7 +158,7 @@ def ties_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
         with_best = [str(i + 1) for i, (m, _) in enumerate(marks) if m]
         shown = f"{mean:.4f}" + ("" if math.isnan(half) else f" ± {half:.4f}")
         lines.append(
-            f"- {_fmt(_dataset(best))}: #1 {setting or best['trial']} "
+            f"- {fmt(_dataset(best))}: #1 {setting or best['trial']} "
             f"({shown}, n={best.get('seeds', 1)}); tied with it: "
             + (", ".join(f"#{r}" for r in with_best) if with_best else "none")
         )
@@ -192,23 +193,23 @@ def _cells(
     marks: tuple[str, str] | None,
 ) -> list[str]:
     """One table row; `marks` (the tie cells) only in a seeded table."""
-    cells = ["" if rank is None else str(rank), _fmt(_dataset(row))]
-    cells += [_fmt(row.get(a)) for a in axes]
+    cells = ["" if rank is None else str(rank), fmt(_dataset(row))]
+    cells += [fmt(row.get(a)) for a in axes]
     cells += [
         row["status"],
-        _fmt(row.get("params")),
-        _fmt(row["flops"] / 1e6) if row.get("flops") else "-",
+        fmt(row.get("params")),
+        fmt(row["flops"] / 1e6) if row.get("flops") else "-",
     ]
     if marks is None:
-        cells.append(_fmt(row.get(METRIC)))
+        cells.append(fmt(row.get(METRIC)))
     elif rank is None:
-        cells += [_fmt(row.get(METRIC)), _fmt(row.get("seeds")), "", ""]
+        cells += [fmt(row.get(METRIC)), fmt(row.get("seeds")), "", ""]
     else:
         mean, half = interval(row)
         shown = f"{mean:.4f}" if math.isnan(half) else f"{mean:.4f} ± {half:.4f}"
         cells += [shown, str(row.get("seeds", 1)), *marks]
     cells += [
-        _fmt(row.get(name))
+        fmt(row.get(name))
         for name in (
             "best_val_accuracy",
             "train_seconds",
@@ -245,7 +246,8 @@ def _dataset(row: dict[str, Any]) -> str | None:
     return row.get("data.dataset") or row.get("dataset")
 
 
-def _by_dataset(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def by_dataset(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows grouped by dataset ("-" when a row names none), in first-seen order."""
     groups: dict[str, list] = {}
     for row in rows:
         groups.setdefault(str(_dataset(row) or "-"), []).append(row)
@@ -258,7 +260,7 @@ def _tradeoffs(ok: Sequence[dict[str, Any]], out: pathlib.Path) -> list[pathlib.
     marked; with seeds, 95 % interval bars."""
     from jaxcnn import viz
 
-    groups = _by_dataset(ok)
+    groups = by_dataset(ok)
     errors = None
     if seeded(ok):
         errors = {
@@ -291,7 +293,7 @@ def heatmap_panels(
     trial is not ok, the 95 % half widths over seeds (NaN without seeds), {(i, j):
     status} of the cells not ok) for the trials with pooling `pool`."""
     panels = []
-    for dataset, group in _by_dataset(rows).items():
+    for dataset, group in by_dataset(rows).items():
         grid = np.full((len(strides), len(filters)), np.nan)
         halves = np.full_like(grid, np.nan)
         marks = {}
@@ -343,7 +345,7 @@ def effect_series(
     trial); NaN means where no trial holds the value.
     """
     series = {}
-    for dataset, group in _by_dataset(ok).items():
+    for dataset, group in by_dataset(ok).items():
         means, errs = [], []
         for v in values:
             spans = [interval(r) for r in group if r.get(axis) == v]
@@ -377,12 +379,12 @@ def _effects(ok: Sequence[dict[str, Any]], out: pathlib.Path) -> list[pathlib.Pa
         try:
             values.sort()
         except TypeError:
-            values.sort(key=_fmt)
+            values.sort(key=fmt)
         if len(values) < 2:
             continue
         path = out / f"effect_{axis.rpartition('.')[2]}.png"
         series = effect_series(ok, axis, values)
-        labels = [v if isinstance(v, int | float) else _fmt(v) for v in values]
+        labels = [v if isinstance(v, int | float) else fmt(v) for v in values]
         kwargs = {} if ylabel is None else {"ylabel": ylabel}
         written.append(viz.plot_effect(labels, series, path, xlabel=axis, **kwargs))
     return written
