@@ -243,6 +243,7 @@ SWEEP_ORDER = [
     "worker",
     "run",
     "report",
+    "compare",
 ]
 
 

@@ -9,6 +9,7 @@ Modules, each importing only those above it in this list:
   worker.py    the worker that pops trials and trains them
   run.py       run_sweep (N local workers) and work (one worker)
   report.py    the ranked table, report.md and the figures (drawn by viz.py)
+  compare.py   two sweeps of one grid: does the first's ranking hold in the second?
 """
 
 from jaxcnn.sweep.config import Axis, Sweep, expand_grid, load_sweep

@@ -50,9 +50,10 @@ def matched(
     """{dataset: [(row in A, row in B)]} for the points ok in both sweeps."""
     axes = [a for a in report.axes_of(rows_a) if a in report.axes_of(rows_b)]
     out: dict[str, list] = {}
-    for dataset, group in report.by_dataset(_ok(rows_a)).items():
+    for dataset, group in report.group_by_dataset(_ok(rows_a)).items():
         by_key = {
-            _key(r, axes): r for r in report.by_dataset(_ok(rows_b)).get(dataset, [])
+            _key(r, axes): r
+            for r in report.group_by_dataset(_ok(rows_b)).get(dataset, [])
         }
         pairs = [(r, by_key[_key(r, axes)]) for r in group if _key(r, axes) in by_key]
         if pairs:

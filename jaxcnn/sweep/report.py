@@ -111,7 +111,7 @@ def _ranked(rows: Sequence[dict[str, Any]], by_dataset: bool) -> list[list[dict]
     """The ok trials best first (by mean test accuracy), in one list or one per
     dataset."""
     ok = [r for r in rows if r["status"] == "ok" and r.get(METRIC) is not None]
-    groups = by_dataset(ok).values() if by_dataset else [ok]
+    groups = group_by_dataset(ok).values() if by_dataset else [ok]
     return [sorted(g, key=lambda r: -interval(r)[0]) for g in groups]
 
 
@@ -246,7 +246,7 @@ def _dataset(row: dict[str, Any]) -> str | None:
     return row.get("data.dataset") or row.get("dataset")
 
 
-def by_dataset(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def group_by_dataset(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The rows grouped by dataset ("-" when a row names none), in first-seen order."""
     groups: dict[str, list] = {}
     for row in rows:
@@ -260,7 +260,7 @@ def _tradeoffs(ok: Sequence[dict[str, Any]], out: pathlib.Path) -> list[pathlib.
     marked; with seeds, 95 % interval bars."""
     from jaxcnn import viz
 
-    groups = by_dataset(ok)
+    groups = group_by_dataset(ok)
     errors = None
     if seeded(ok):
         errors = {
@@ -293,7 +293,7 @@ def heatmap_panels(
     trial is not ok, the 95 % half widths over seeds (NaN without seeds), {(i, j):
     status} of the cells not ok) for the trials with pooling `pool`."""
     panels = []
-    for dataset, group in by_dataset(rows).items():
+    for dataset, group in group_by_dataset(rows).items():
         grid = np.full((len(strides), len(filters)), np.nan)
         halves = np.full_like(grid, np.nan)
         marks = {}
@@ -345,7 +345,7 @@ def effect_series(
     trial); NaN means where no trial holds the value.
     """
     series = {}
-    for dataset, group in by_dataset(ok).items():
+    for dataset, group in group_by_dataset(ok).items():
         means, errs = [], []
         for v in values:
             spans = [interval(r) for r in group if r.get(axis) == v]
