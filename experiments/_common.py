@@ -42,6 +42,7 @@ BUDGET_ENV = "JAXCNN_BUDGET"
 BUDGETS = {
     "short": {"epochs": 2, "train_examples": 4000},
     "long": {"epochs": 3, "train_examples": 12000},
+    "full": {"epochs": 3, "train_examples": None},  # the whole train split (54,000)
 }
 
 

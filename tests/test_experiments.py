@@ -109,6 +109,10 @@ def test_budgets_and_seeds(name, short, long, monkeypatch):
     monkeypatch.setenv("JAXCNN_BUDGET", "long")
     s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
     assert (s.base.train.epochs, s.base.data.train_examples) == long
+    if name == "grid":  # a third budget: the whole train split
+        monkeypatch.setenv("JAXCNN_BUDGET", "full")
+        s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
+        assert (s.base.train.epochs, s.base.data.train_examples) == (3, None)
     smoke = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py", smoke=True)
     assert smoke.base.train.epochs == 1  # smoke ignores the budget
     monkeypatch.setenv("JAXCNN_BUDGET", "huge")
