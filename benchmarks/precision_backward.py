@@ -38,6 +38,8 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import machine_info  # noqa: E402
+
 from jaxcnn import models  # noqa: E402
 from jaxcnn.kernels import conv as conv_lib  # noqa: E402
 from jaxcnn.kernels import plan as plan_lib  # noqa: E402
@@ -135,21 +137,6 @@ def measure_layer(plan32, plan16) -> dict:
     }
 
 
-def machine() -> str:
-    """CPU model, family, whether it has AVX512-BF16, cores and the load average."""
-    info = {}
-    for line in open("/proc/cpuinfo"):
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    bf16 = "avx512_bf16" in info.get("flags", "").split()
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (
-        f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
-        f"AVX512-BF16 {'yes' if bf16 else 'no'}), {os.cpu_count()} cores, "
-        f"load average at the end {load}"
-    )
-
-
 def main() -> None:
     rows = []
     for model in MODELS:
@@ -161,7 +148,8 @@ def main() -> None:
             rows.append(row)
     out = {
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": f"{machine_info.cpu()}, load average at the end "
+        + ", ".join(f"{v:.1f}" for v in os.getloadavg()),
         "rows": rows,
     }
     results = HERE / "results"

@@ -30,6 +30,8 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import machine_info  # noqa: E402
+
 from jaxcnn import data, metrics  # noqa: E402
 
 EPOCHS = {"mnist": 5, "fashion_mnist": 8}
@@ -113,23 +115,11 @@ def main() -> None:
                 workdir = pathlib.Path(args.workdir) / f"{dataset}-{precision}-s{seed}"
                 rows.append(run(workdir, dataset, precision, seed))
                 print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=HERE,
-    ).stdout.strip()
+    commit = machine_info.git_commit()
     report = {
         "date": datetime.date.today().isoformat(),
         "commit": commit,
-        "cpu": next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")
-            ),
-            "?",
-        ),  # fmt: skip
+        "cpu": machine_info.cpu(),
         "rows": rows,
     }
     out = HERE / "results"
