@@ -47,7 +47,7 @@ import _common  # noqa: E402
 
 from jaxcnn import RunConfig, spec  # noqa: E402
 
-SETTINGS = {"name": "allconv", "seeds": 3}
+SETTINGS = {"name": "allconv", "seeds": 6}
 # JAXCNN_BUDGET -> epochs and training images (the first N of the train split)
 BUDGETS = {
     "short": {"epochs": 3, "train_examples": 12000},

@@ -7,7 +7,7 @@ python experiments/transfer.py --smoke                          seconds (digits 
    10,000 MNIST training images for 3 epochs (WORKDIR/pretrain, one seed).
 2. A sweep (WORKDIR/trials/...) trains keras_mnist on Fashion-MNIST with 250, 1,000 and
    4,000 training images (30, 12 and 6 epochs: 210-750 Adam steps of batch 32) in three
-   ways, each with 3 seeds (train.seed 0, 1, 2: the new head's initialisation, the
+   ways, each with 6 seeds (train.seed 0-5: the new head's initialisation, the
    scratch arm's whole initialisation and the data order; the pre-trained base is the
    same for every seed):
    - frozen:    start from the MNIST run's best checkpoint, convolutional base frozen
@@ -42,7 +42,7 @@ import _common  # noqa: E402
 from jaxcnn import RunConfig  # noqa: E402
 from jaxcnn.sweep import report  # noqa: E402
 
-SETTINGS = {"name": "transfer", "seeds": 3}
+SETTINGS = {"name": "transfer", "seeds": 6}
 # train images -> epochs (fewer images: more epochs, so every run takes 200+ steps)
 EPOCHS = {250: 30, 1000: 12, 4000: 6}
 SMOKE_SIZES = (100, 300)

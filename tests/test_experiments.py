@@ -104,7 +104,7 @@ def _module(name: str):
 )
 def test_budgets_and_seeds(name, short, long, monkeypatch):
     s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
-    assert s.seeds == 3
+    assert s.seeds == {"grid": 3, "allconv": 6}[name]
     assert (s.base.train.epochs, s.base.data.train_examples) == short
     monkeypatch.setenv("JAXCNN_BUDGET", "long")
     s = sweep.load_sweep(EXPERIMENTS[0].parent / f"{name}.py")
@@ -184,4 +184,4 @@ def test_transfer_smoke_runs_with_seeds(tmp_path, capsys):
         for line in text.splitlines()
         if line.startswith("| 100 ") or line.startswith("| 300 ")
     ]
-    assert len(rows) == 6 and all(" ± " in r and "| 3 |" in r for r in rows)
+    assert len(rows) == 6 and all(" ± " in r and "| 6 |" in r for r in rows)
