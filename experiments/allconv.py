@@ -21,16 +21,16 @@ pool-max / pool-avg / strided have the same depth and exactly the same parameter
 (stride and pooling add none); allconv ("All-CNN") pays +69 % parameters for its
 learned downsampler, and convpool is the paper's control with those same extra
 parameters but max pooling, separating "more parameters" from "learned downsampling".
-MNIST and Fashion-MNIST, 3 seeds per point (the report ranks by the mean and marks the
-variants whose 95 % intervals overlap the best's), Adam 1e-3, batch 64; budgets
+MNIST and Fashion-MNIST, 6 seeds per point (the report ranks by the mean and marks the
+variants whose 95 % intervals overlap the best's; 3 seeds left every comparison that
+one budget resolved unresolved at the other), Adam 1e-3, batch 64; budgets
 (JAXCNN_BUDGET, BUDGETS below): short (default) = 3 epochs on the first 12,000 training
 images, long = 6 epochs on the first 24,000. These global-pooling networks learn
 slowly: pool-max reaches ~61 % on MNIST after 2 epochs on 4,000 images but ~89 % after
 3 on 12,000 (one seed), so the grid's short budget would rank noise.
-~10-20 min on 2 CPU cores at the short budget, ~30-60 min at the long one (30 fits;
-extrapolated by training FLOPs from a timed pool-max run, 3 seeds x 1 epoch on 4,000
-MNIST images: ~9 s per seed with compile and testing; the upper ends allow for other
-jobs sharing the cores).
+~20-35 min on 2 CPU cores at the short budget, ~50 min at the long one (60 fits;
+measured with 3 seeds on a Zen 5: short 17.5 min with other jobs sharing the cores,
+long 24 min with little else running).
 Expect (from the paper, on CIFAR; to be checked here): strided convolution costs a
 little accuracy against max pooling at equal parameters, the learned All-CNN
 downsampler matches or beats max pooling, and convpool shows how much of that is the
