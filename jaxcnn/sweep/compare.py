@@ -9,6 +9,8 @@ by dataset and swept values; per dataset the comparison reports
   report's `tied` test) and what B says of it: the same order, separated again
   (*confirmed*), tied (*not confirmed*), or the opposite order, separated
   (*reversed*); and the same from B's side;
+- per swept axis and pair of its values, over the points that differ only in that
+  axis: how often each sweep finds one value better (intervals disjoint) or a tie;
 - the points tied with the best in each sweep;
 - a table of every matched point: mean ± half width and rank in A and in B.
 
