@@ -28,14 +28,16 @@ one budget resolved unresolved at the other), Adam 1e-3, batch 64; budgets
 images, long = 6 epochs on the first 24,000. These global-pooling networks learn
 slowly: pool-max reaches ~61 % on MNIST after 2 epochs on 4,000 images but ~89 % after
 3 on 12,000 (one seed), so the grid's short budget would rank noise.
-~20-35 min on 2 CPU cores at the short budget, ~50 min at the long one (60 fits;
-measured with 3 seeds on a Zen 5: short 17.5 min with other jobs sharing the cores,
-long 24 min with little else running).
-Expect (from the paper, on CIFAR; to be checked here): strided convolution costs a
-little accuracy against max pooling at equal parameters, the learned All-CNN
-downsampler matches or beats max pooling, and convpool shows how much of that is the
-extra parameters. On MNIST the variants are likely tied (intervals overlap);
-Fashion-MNIST separates them better. Trust only rankings that hold at both budgets.
+~12-20 min on 2 CPU cores at the short budget, ~45-50 min at the long one (60 fits;
+measured on a Zen 5 in two halves of 3 seeds: short 17.5 + 5.9 min, long 24 + 26.5 min,
+the slower halves shared with other jobs).
+Expect (measured, experiments/results/allconv/README.md): the same order at both budgets
+on both datasets; the six-layer variants (allconv, convpool) beat the four-layer ones;
+allconv and convpool (equal parameters) are tied, so the All-CNN gain is the extra layer,
+not the learned downsampling; at equal parameters max pooling vs strided convolution is
+tied except on Fashion-MNIST at the short budget (max ahead by 1.5 points); max beats avg
+on Fashion-MNIST. The paper (on CIFAR) found strided costing a little and All-CNN
+matching or beating max pooling.
 """
 
 import pathlib
