@@ -141,10 +141,16 @@ def _conv(spec: ConvSpec, x, name: str, params):
         activation=ACTIVATIONS[spec.activation],
         use_bias=spec.use_bias,
     )
-    y = conv(x)
-    params[f"{name}/kernel"] = conv.kernel
-    if spec.use_bias:
-        params[f"{name}/bias"] = conv.bias
+    return _register(conv, x, name, params)
+
+
+def _register(layer, x, name: str, params: dict):
+    """Calls a Keras conv or dense layer on x and records its weights under jaxcnn's
+    parameter paths (name/kernel, name/bias when it has one)."""
+    y = layer(x)
+    params[f"{name}/kernel"] = layer.kernel
+    if layer.use_bias:
+        params[f"{name}/bias"] = layer.bias
     return y
 
 
@@ -187,9 +193,7 @@ def _residual(spec: ResidualSpec, x, name: str, params, stats):
         # The stride that takes the input size to the body's output size.
         strides = tuple(math.ceil(x.shape[a] / y.shape[a]) for a in (1, 2))
         proj = keras.layers.Conv2D(y.shape[-1], 1, strides=strides, padding="valid")
-        skip = proj(x)
-        params[f"{name}/proj/kernel"] = proj.kernel
-        params[f"{name}/proj/bias"] = proj.bias
+        skip = _register(proj, x, f"{name}/proj", params)
     added = keras.layers.Add()([y, skip])
     return keras.layers.Activation(ACTIVATIONS[spec.activation])(added)
 
@@ -214,11 +218,7 @@ def _layer(spec: LayerSpec, x, name: str, params, stats):
             activation=ACTIVATIONS[spec.activation],
             use_bias=spec.use_bias,
         )
-        y = dense(x)
-        params[f"{name}/kernel"] = dense.kernel
-        if spec.use_bias:
-            params[f"{name}/bias"] = dense.bias
-        return y
+        return _register(dense, x, name, params)
     if isinstance(spec, NormSpec):
         return _norm(spec, x, name, params, stats)
     if isinstance(spec, DropoutSpec):
