@@ -46,17 +46,23 @@ def _label(row: dict[str, Any], axes: Sequence[str]) -> str:
     )
 
 
+def shared_axes(
+    rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]]
+) -> list[str]:
+    """The swept config paths both sweeps have, in A's order."""
+    in_b = set(report.axes_of(rows_b))
+    return [a for a in report.axes_of(rows_a) if a in in_b]
+
+
 def matched(
     rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]]
 ) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
     """{dataset: [(row in A, row in B)]} for the points ok in both sweeps."""
-    axes = [a for a in report.axes_of(rows_a) if a in report.axes_of(rows_b)]
+    axes = shared_axes(rows_a, rows_b)
+    groups_b = report.group_by_dataset(_ok(rows_b))
     out: dict[str, list] = {}
     for dataset, group in report.group_by_dataset(_ok(rows_a)).items():
-        by_key = {
-            _key(r, axes): r
-            for r in report.group_by_dataset(_ok(rows_b)).get(dataset, [])
-        }
+        by_key = {_key(r, axes): r for r in groups_b.get(dataset, [])}
         pairs = [(r, by_key[_key(r, axes)]) for r in group if _key(r, axes) in by_key]
         if pairs:
             out[dataset] = pairs
@@ -188,7 +194,7 @@ def compare_rows(
     names: tuple[str, str] = ("A", "B"),
 ) -> str:
     """The Markdown comparison of two sweeps' result rows (see the module docstring)."""
-    axes = [a for a in report.axes_of(rows_a) if a in report.axes_of(rows_b)]
+    axes = shared_axes(rows_a, rows_b)
     groups = matched(rows_a, rows_b)
     if not groups:
         return f"No grid point is ok in both {names[0]} and {names[1]}: nothing to compare."
@@ -208,16 +214,13 @@ def compare_rows(
             "the other | opposite order, separated |",
             "|---|---:|---:|---:|---:|",
         ]
-        for first, second, sa, sb in (
-            (a, b, spans_a, spans_b),
-            (b, a, spans_b, spans_a),
-        ):
-            v = pair_verdicts(sa, sb)
+        verdicts = (pair_verdicts(spans_a, spans_b), pair_verdicts(spans_b, spans_a))
+        for (first, second), v in zip(((a, b), (b, a)), verdicts, strict=True):
             lines.append(
                 f"| {first} (checked in {second}) | {v['separated']} | {v['confirmed']} "
                 f"| {v['not confirmed']} | {v['reversed']} |"
             )
-        reversed_pairs = pair_verdicts(spans_a, spans_b)["reversed_pairs"]
+        reversed_pairs = verdicts[0]["reversed_pairs"]
         if reversed_pairs:
             lines += ["", f"Reversed (better in {a} -> better in {b}):"]
             lines += [f"- {labels[i]} > {labels[j]}" for i, j in reversed_pairs]
