@@ -10,7 +10,7 @@ VARIANT is `kernels=<auto|xla|fast>,k=<steps per call>[,lever=<name>][,tune=<t>]
 [,precision=<float32|bfloat16>]`.
 Levers force each kernel choice of a model built with kernels="fast" (see LEVERS), to
 measure what each one is worth. `tune` is JAXCNN_CPU_TUNING for the worker (on, off,
-malloc, flags: the process settings of jaxcnn.cputune, applied by `import jaxcnn`).
+malloc, flags: the process settings of jaxcnn.cputune, which this worker applies).
 `lsr=keep` leaves LLVM's loop strength reduction on (cputune turns it off on CPU).
 `loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
 (`unroll`); `auto` (the default) chooses as jaxcnn.train does. `precision` is the
@@ -28,7 +28,7 @@ LSR_KEEP = "--xla_backend_extra_options=-disable-lsr=false"
 
 if __name__ == "__main__":
     for _part in sys.argv[2].split(","):
-        if _part.startswith("tune="):  # before `import jaxcnn` below applies it
+        if _part.startswith("tune="):  # before cputune.apply() below reads it
             os.environ["JAXCNN_CPU_TUNING"] = _part.split("=", 1)[1]
         if _part == "lsr=keep":  # LLVM's default, which cputune's flag would change
             os.environ["XLA_FLAGS"] = " ".join(
@@ -41,9 +41,11 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import jaxcnn  # noqa: E402
-from jaxcnn import models, optim, train  # noqa: E402
+from jaxcnn import cputune, models, optim, train  # noqa: E402
 from jaxcnn.spec import RunConfig  # noqa: E402
 from jaxcnn.train import sharding  # noqa: E402
+
+cputune.apply()  # the jaxcnn command's process settings, before JAX runs
 
 # lever -> (conv impl, pool impl, fuse relu into max-pool, crop dead border)
 LEVERS = {

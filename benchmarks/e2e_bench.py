@@ -56,10 +56,12 @@ def run_jax(data, max_epochs: int, k: int):
     import numpy as np
     from flax import nnx
 
+    from jaxcnn import cputune, models, optim, train
     from jaxcnn import data as jdata
-    from jaxcnn import models, optim, train
     from jaxcnn.spec import RunConfig
     from jaxcnn.train import sharding
+
+    cputune.apply()  # the jaxcnn command's process settings
 
     xtr, ytr, xte, yte = data
     config = RunConfig().with_overrides({"train.batch_size": BATCH})

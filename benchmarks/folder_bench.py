@@ -72,8 +72,10 @@ def build_folder(root: pathlib.Path, count: int) -> float:
 
 def child(case: str, args) -> dict:
     """One training run in this process; returns its measurements."""
-    from jaxcnn import data, train
+    from jaxcnn import cputune, data, train
     from jaxcnn.spec import RunConfig
+
+    cputune.apply()  # the jaxcnn command's process settings
 
     cache = pathlib.Path(args.cache_dir)
     fields = {

@@ -35,9 +35,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxcnn import models, optim, train  # noqa: E402
+from jaxcnn import cputune, models, optim, train  # noqa: E402
 from jaxcnn.kernels import conv, pool  # noqa: E402
 from jaxcnn.spec import RunConfig  # noqa: E402
+
+cputune.apply()  # the jaxcnn command's process settings, before JAX runs
 
 PATCHED = {conv: ("_conv_im2col", "_conv_winograd"), pool: ("_max_pool_fast",)}
 

@@ -60,8 +60,9 @@ def _own_cpu() -> float:
 def worker(args: dict) -> None:
     """One process: compile, warm up, then time windows; process 0 prints JSON."""
     sys.path.insert(0, str(REPO))
-    from jaxcnn import distributed
+    from jaxcnn import cputune, distributed
 
+    cputune.apply()  # the jaxcnn command's process settings, before JAX starts
     distributed.initialize(
         args.get("coordinator"),
         args.get("num_processes"),

@@ -40,9 +40,11 @@ sys.path.insert(0, str(HERE.parent))
 
 import machine_info  # noqa: E402
 
-from jaxcnn import models  # noqa: E402
+from jaxcnn import cputune, models  # noqa: E402
 from jaxcnn.kernels import conv as conv_lib  # noqa: E402
 from jaxcnn.kernels import plan as plan_lib  # noqa: E402
+
+cputune.apply()  # the jaxcnn command's process settings, before JAX runs
 
 BATCH = 128
 ROUNDS = 5

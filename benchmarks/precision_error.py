@@ -29,7 +29,10 @@ import numpy as np  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from jaxcnn import cputune  # noqa: E402
 from jaxcnn.kernels import conv as conv_lib  # noqa: E402
+
+cputune.apply()  # the jaxcnn command's process settings, before JAX runs
 
 PAD = ((1, 1), (1, 1))
 # (batch, H, W, Cin, Cout): keras_mnist's conv_2, a VGG-CIFAR middle layer

@@ -216,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
+    from jaxcnn import cputune, train
     from jaxcnn import sweep as sweep_lib
-    from jaxcnn import train
 
+    cputune.apply()  # this script owns its process: the jaxcnn command's settings
     _common.prepare(["digits"] if args.smoke else ["mnist", "fashion_mnist"])
     workdir = pathlib.Path(
         args.workdir or f"runs/sweeps/transfer{'-smoke' if args.smoke else ''}"

@@ -1,11 +1,13 @@
 """jaxcnn: declarative convolutional networks in JAX / Flax NNX.
 
 The names below are the public API; heavy modules (JAX, TFDS) load on first use.
+Importing jaxcnn changes nothing in the process: the XLA:CPU settings the `jaxcnn`
+command applies (jaxcnn/cputune.py) are one call, `jaxcnn.cputune.apply()`, for a
+program that owns its process and calls it before anything runs on JAX.
 """
 
 import importlib
 
-from jaxcnn import cputune
 from jaxcnn.errors import (
     CheckpointError,
     DataError,
@@ -25,10 +27,6 @@ from jaxcnn.spec import (
 )
 
 __version__ = "0.1.0"
-
-# malloc and XLA:CPU settings, before XLA starts (jaxcnn/cputune.py; JAXCNN_CPU_TUNING=off
-# opts out; an invalid value is reported by the CLI, or by cputune.apply())
-cputune.apply(strict=False)
 
 _LAZY = {
     "infer": "jaxcnn.shapes",

@@ -1,4 +1,9 @@
-"""Process-wide settings that make XLA:CPU train faster, applied by ``import jaxcnn``.
+"""Process-wide settings that make XLA:CPU train faster, for programs owning the process.
+
+The `jaxcnn` command, the experiment scripts, the benchmarks and the test suite call
+`apply`; ``import jaxcnn`` does not (a library changes nothing in its user's process). A
+program that uses jaxcnn as a library opts in with one call, before anything has run on
+JAX: ``jaxcnn.cputune.apply()``.
 
 Two settings (what each is worth: benchmarks/results/levers_cputune.md):
 
@@ -22,8 +27,7 @@ Two settings (what each is worth: benchmarks/results/levers_cputune.md):
   when its first backend starts, so this only takes effect when jaxcnn is imported
   before anything has run on JAX. GPU and TPU backends ignore ``xla_cpu_*`` flags.
 
-Both must happen before XLA starts, which is why ``import jaxcnn`` calls `apply`.
-``JAXCNN_CPU_TUNING`` chooses: ``on`` (default), ``off``, ``malloc`` or ``flags``.
+Both must happen before XLA starts. ``JAXCNN_CPU_TUNING`` chooses: ``on`` (default), ``off``, ``malloc`` or ``flags``.
 Elsewhere than glibc (macOS, musl) the malloc part does nothing.
 """
 
@@ -54,41 +58,27 @@ _TRIM_THRESHOLD = 2**31 - 1
 _state: dict[str, bool] = {}
 
 
-def apply(strict: bool = True) -> dict[str, bool]:
-    """Applies the settings ``JAXCNN_CPU_TUNING`` asks for (idempotent).
-
-    Args:
-      strict: raise on an invalid ``JAXCNN_CPU_TUNING``; with False (what ``import
-        jaxcnn`` uses) nothing is applied and `problem` reports it, so that the CLI can
-        exit 2 with the message instead of failing the import.
+def apply() -> dict[str, bool]:
+    """Applies the settings ``JAXCNN_CPU_TUNING`` asks for (idempotent); call it before
+    anything runs on JAX.
 
     Returns:
       {"malloc": bool, "flags": bool}: which settings are in effect.
 
     Raises:
-      JaxcnnError: ``JAXCNN_CPU_TUNING`` is not one of `CHOICES` (strict only).
+      JaxcnnError: ``JAXCNN_CPU_TUNING`` is not one of `CHOICES` (nothing is applied).
     """
     if not _state:
         raw = os.environ.get(ENV, "on")
         choice = raw.strip().lower() or "on"
         if choice not in CHOICES:
-            _state.update(
-                malloc=False,
-                flags=False,
-                problem=f"environment variable {ENV}={raw!r} is not valid; "
-                f"use one of {', '.join(CHOICES)}",
+            raise JaxcnnError(
+                f"environment variable {ENV}={raw!r} is not valid; "
+                f"use one of {', '.join(CHOICES)}"
             )
-        else:
-            _state["malloc"] = choice in ("on", "malloc") and keep_freed_memory()
-            _state["flags"] = choice in ("on", "flags") and _add_xla_flags()
-    if strict and problem():
-        raise JaxcnnError(problem())
+        _state["malloc"] = choice in ("on", "malloc") and keep_freed_memory()
+        _state["flags"] = choice in ("on", "flags") and _add_xla_flags()
     return active()
-
-
-def problem() -> str | None:
-    """Why `apply` applied nothing (an invalid ``JAXCNN_CPU_TUNING``), else None."""
-    return _state.get("problem")
 
 
 def active() -> dict[str, bool]:

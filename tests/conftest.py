@@ -10,6 +10,11 @@ import sys
 import jax
 import pytest
 
+from jaxcnn import cputune
+
+# The suite owns its process: the settings the jaxcnn command runs with (before JAX
+# starts), and strict numpy rank promotion.
+cputune.apply()
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -24,16 +24,22 @@ glibc_only = pytest.mark.skipif(
 # Allocates, touches and frees 96 MiB on a worker thread (XLA allocates its scratch from
 # its own threads), twice, and counts the page faults of the second round.
 PROBE = """
-import ctypes, json, os, resource, threading
+import ctypes, json, os, resource, sys, threading
 import jaxcnn
-from jaxcnn import cputune
+from jaxcnn import cputune, errors
+
+out = {}
+if os.environ.get("PROBE_APPLY", "1") == "1":  # as the jaxcnn command does
+    try:
+        cputune.apply()
+    except errors.JaxcnnError as e:
+        out["error"] = str(e)
 
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 SIZE = 96 << 20
-out = {}
 
 def cycle():
     p = libc.malloc(SIZE)
@@ -80,7 +86,18 @@ def _probe(**env) -> dict:
 
 
 @glibc_only
-def test_import_keeps_freed_memory_mapped():
+def test_import_alone_changes_nothing_in_the_process():
+    """A library import leaves glibc's malloc and XLA_FLAGS as they were, and JAX
+    still runs."""
+    result = _probe(JAXCNN_CPU_TUNING=None, XLA_FLAGS=None, PROBE_APPLY="0")
+    assert result["malloc"] is False and result["flags"] is False
+    assert result["faults"] > PAGES // 2, result
+    assert result["xla_flags"] is None
+    assert result["computed"] == 14.0
+
+
+@glibc_only
+def test_apply_keeps_freed_memory_mapped():
     result = _probe(JAXCNN_CPU_TUNING=None, XLA_FLAGS=None)
     assert result["malloc"] is True
     # the second 96 MiB round reuses pages that are already mapped
@@ -118,7 +135,11 @@ def test_llvm_option_only_where_no_accelerator_runs():
     # generation too, so only the xla_cpu_* flags are added (nothing runs on it here)
     env = dict(JAXCNN_CPU_TUNING="flags", XLA_FLAGS=None)
     out = subprocess.run(
-        [sys.executable, "-c", "import os, jaxcnn; print(os.environ['XLA_FLAGS'])"],
+        [
+            sys.executable,
+            "-c",
+            "import os, jaxcnn.cputune as t; t.apply(); print(os.environ['XLA_FLAGS'])",
+        ],
         env={
             k: v
             for k, v in {**os.environ, **env, "JAX_PLATFORMS": "cuda,cpu"}.items()
@@ -175,6 +196,7 @@ def test_invalid_choice_applies_nothing_and_is_a_usage_error(monkeypatch, capsys
     result = _probe(JAXCNN_CPU_TUNING="fast", XLA_FLAGS=None)
     assert result["malloc"] is False and result["flags"] is False
     assert result["xla_flags"] is None
+    assert "JAXCNN_CPU_TUNING='fast'" in result["error"]
     # the CLI turns it into exit 2 with the variable, the value and the choices
     monkeypatch.setattr(cputune, "_state", {})
     monkeypatch.setenv("JAXCNN_CPU_TUNING", "fast")
