@@ -60,6 +60,30 @@ def activate(x: jax.Array, name: str) -> jax.Array:
     return ACTIVATIONS[name](x)
 
 
+def _explicitly_sharded(x: jax.Array) -> bool:
+    """Whether `x` is sharded over a mesh axis of type Explicit (jax.make_mesh's
+    axis_types), whose sharding every reshape must then state."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None) or ()
+    mesh = getattr(sharding, "mesh", None)
+    explicit = {
+        name
+        for name, kind in zip(
+            getattr(mesh, "axis_names", ()),
+            getattr(mesh, "axis_types", ()),
+            strict=True,
+        )
+        if kind == jax.sharding.AxisType.Explicit
+    }
+    used = {
+        n
+        for entry in spec
+        if entry
+        for n in (entry if isinstance(entry, tuple) else (entry,))
+    }
+    return bool(explicit & used)
+
+
 # --------------------------------------------------------------------------- conv
 def _own_plan(module: nnx.Module, x: jax.Array) -> ops.LayerPlan:
     """The plan of a layer called on its own: default kernels, no neighbours."""
@@ -225,7 +249,7 @@ class Flatten(nnx.Module):
     """[batch, ...] -> [batch, features] (row-major, H then W then C)."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # also for a batch of 0
 
 
 class Activation(nnx.Module):
@@ -424,15 +448,20 @@ class CNN(Sequential):
         not crop or fuse its ReLU into the pool after it: those two layers get the
         plans they have without pairing.
         """
-        plan = ops.input_plan(
-            self.spec, x.shape, self.kernel_choice, jax.default_backend()
-        )
+        choice = self.kernel_choice
+        if _explicitly_sharded(x):
+            # the hand-written kernels' tile reshapes cannot say how an explicitly
+            # sharded batch splits; XLA's kernels carry the sharding through
+            choice = ops.KernelChoice(
+                "xla",
+                precision=choice.precision,
+                precision_layers=choice.precision_layers,
+            )
+        plan = ops.input_plan(self.spec, x.shape, choice, jax.default_backend())
         plans = list(plan.layers[: len(self.layer_names)])
         for i, layer in enumerate(plans):
             if layer.name in ends and (layer.crop is not None or layer.fuse_relu_pool):
-                choice = dataclasses.replace(
-                    self.kernel_choice, crop=False, fuse_relu_pool=False
-                )
+                choice = dataclasses.replace(choice, crop=False, fuse_relu_pool=False)
                 loose = ops.model_plan(
                     self.spec, plan.input_shape, choice, plan.backend
                 ).layers
@@ -454,8 +483,37 @@ class CNN(Sequential):
           SpecError: `x` is not a batch of images the model can take (static shapes,
             checked at trace time).
         """
+        self._check_batch(x)
         plans = self._plans(x, self.layer_names[-1:])
         return precision_lib.widen(self._run(x, plans, rngs)[0])
+
+    def _check_batch(self, x: jax.Array) -> None:
+        """Refuses what the layers would compute silently wrong (static checks).
+
+        Raises:
+          SpecError: integer images (unscaled pixels), float64 images, or an empty
+            batch while a batch norm is in training mode (its statistics would be NaN).
+        """
+        dtype = jax.dtypes.canonicalize_dtype(x.dtype)  # float64 only under x64
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise SpecError(
+                f"model input must be float images in [0, 1]; got {dtype} values of "
+                f"shape {tuple(x.shape)}: scale them first, e.g. x / 255 for uint8 pixels"
+            )
+        if dtype.itemsize > 4:
+            raise SpecError(
+                f"model input is {dtype}, but jaxcnn computes in float32 (or bfloat16, "
+                "train.precision) with float32 parameters: cast it, x.astype(jnp.float32)"
+            )
+        if x.shape[0] == 0 and any(
+            isinstance(m, nnx.BatchNorm) and not m.use_running_average
+            for _, m in nnx.iter_modules(self)
+        ):
+            raise SpecError(
+                "a batch of 0 images in training mode: batch norm has no statistics "
+                "to compute (its running averages would become NaN); call "
+                "model.eval() first, or skip empty batches"
+            )
 
     def features(
         self, x: jax.Array, names: Sequence[str], rngs: nnx.Rngs | None = None
@@ -479,6 +537,7 @@ class CNN(Sequential):
             raise SpecError(
                 f"features: {what}; the model's layers are {', '.join(self.layer_names)}"
             )
+        self._check_batch(x)
         last = max(self.layer_names.index(n) for n in names)
         plans = self._plans(x, {*names, self.layer_names[-1]})[: last + 1]
         _, kept = self._run(x, plans, rngs, keep=names)

@@ -171,20 +171,27 @@ def test_train_rolls_its_steps_unless_an_xla_convolution_runs_on_cpu():
 # --------------------------------------------------------------------------- input sizes
 @st.composite
 def resizable_specs(draw):
-    """conv -> pool pairs (odd sizes, strides, padding), then global pooling: specs that
-    take many input sizes. Returns (spec, another valid input shape)."""
+    """conv -> pool pairs (odd sizes, strides, padding, dilation, groups), then global
+    pooling: specs that take many input sizes. Returns (spec, another valid input shape)."""
     channels = draw(st.sampled_from([1, 3]))
     layer_specs = []
+    in_channels = channels
     for _ in range(draw(st.integers(1, 2))):
+        filters = draw(st.integers(2, 6))
+        groups = [g for g in (1, 2, 3) if in_channels % g == 0 and filters % g == 0]
+        stride = draw(st.sampled_from([1, 1, 2]))
         layer_specs.append(
             ConvSpec(
-                filters=draw(st.integers(2, 6)),
+                filters=filters,
                 kernel=draw(st.sampled_from([1, 2, 3])),
-                stride=draw(st.sampled_from([1, 1, 2])),
+                stride=stride,
                 padding=draw(st.sampled_from(["valid", "same", (1, 1)])),
+                dilation=draw(st.sampled_from([1, 1, 2])) if stride == 1 else 1,
+                groups=draw(st.sampled_from(groups)),
                 activation=draw(st.sampled_from(["relu", "relu", "tanh"])),
             )
         )
+        in_channels = filters
         window = draw(st.integers(2, 3))
         layer_specs.append(
             PoolSpec(
@@ -207,7 +214,7 @@ def resizable_specs(draw):
 
 
 @settings(
-    max_examples=8,
+    max_examples=12,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
@@ -231,5 +238,54 @@ def test_a_model_rejects_inputs_its_spec_cannot_take():
         model(jnp.zeros((28, 28, 1)))
     with pytest.raises(SpecError, match="3 channels, but the model was built for 1"):
         model(jnp.zeros((2, 28, 28, 3)))
+    with pytest.raises(SpecError, match=r"no channel axis: add one, x\[\.\.\., None\]"):
+        model(jnp.zeros((2, 28, 28)))
+    with pytest.raises(
+        SpecError, match=r"float images in \[0, 1\]; got uint8 .* x / 255"
+    ):
+        model(jnp.zeros((2, 28, 28, 1), jnp.uint8))
+    with jax.enable_x64(True):
+        with pytest.raises(SpecError, match=r"float64.*x.astype\(jnp.float32\)"):
+            model(jnp.zeros((2, 28, 28, 1), jnp.float64))
+        assert model(jnp.zeros((2, 28, 28, 1), jnp.float32)).dtype == jnp.float32
     with pytest.raises(SpecError, match=r"layer 6 \(dense\): flatten gives 1024"):
         _logits_and_grads(model, jnp.zeros((2, 32, 32, 1)))  # under jit too
+
+
+@pytest.mark.parametrize("kernels", ["auto", "xla"])
+def test_a_batch_of_no_images(kernels):
+    """Eval mode: [0, classes] logits (features too); training mode with batch norm:
+    refused, as its running statistics would become NaN."""
+    spec = models.preset("resnet_cifar", input_shape=(8, 8, 3), blocks_per_stage=1)
+    model = models.build_model(spec, seed=0, kernels=kernels)
+    model.eval()
+    empty = jnp.zeros((0, 8, 8, 3))
+    assert model(empty).shape == (0, 10)
+    assert model.features(empty, ["global_pool_6"])["global_pool_6"].shape == (0, 64)
+    model.train()
+    with pytest.raises(SpecError, match="a batch of 0 images in training mode"):
+        model(empty)
+    plain = models.build_model(models.preset("keras_mnist"), seed=0, kernels=kernels)
+    assert plain(jnp.zeros((0, 28, 28, 1))).shape == (0, 10)  # no batch norm: fine
+
+
+def test_explicitly_sharded_inputs_run_with_every_kernel_setting():
+    """An input sharded over a mesh axis of type Explicit (jax.make_mesh) gives the
+    unsharded logits with kernels "auto" and "xla" and keeps its batch sharding (the
+    fast kernels' reshapes cannot state their output sharding, so such inputs run
+    XLA's kernels). Gradients are not covered: JAX's own convolution transpose asks
+    for an output sharding under Explicit axes, with either setting."""
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    spec = models.preset("keras_mnist")
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28, 1)), jnp.float32)
+    want = models.build_model(spec, seed=0, kernels="xla")(x)
+    mesh = jax.make_mesh((1,), ("batch",), axis_types=(AxisType.Explicit,))
+    for setting in ("auto", "xla"):
+        model = models.build_model(spec, seed=0, kernels=setting)
+        with jax.set_mesh(mesh):
+            sharded = jax.device_put(x, NamedSharding(mesh, P("batch")))
+            got = jax.jit(lambda x, model=model: model(x))(sharded)
+            assert got.sharding.spec[0] == "batch"
+        _assert_close(got, want)

@@ -259,9 +259,10 @@ def _winograd_outputs(mm, n, geometry, m):
     _, _, at = _WINOGRAD[m]
     a = m + 2
     (ho, wo), (th, tw) = geometry
-    mm = mm.reshape(a, a, n, th, tw, -1)  # [col, row, ...]
+    f = mm.shape[-1]
+    mm = mm.reshape(a, a, n, th, tw, f)  # [col, row, ...]
     y = _mix(at, _mix(at, mm, 1), 0)  # [m(col), m(row), N, th, tw, F]
-    y = y.transpose(2, 3, 1, 4, 0, 5).reshape(n, th * m, tw * m, -1)
+    y = y.transpose(2, 3, 1, 4, 0, 5).reshape(n, th * m, tw * m, f)
     return y[:, :ho, :wo]
 
 

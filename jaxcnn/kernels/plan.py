@@ -553,6 +553,8 @@ def _input_message(spec: ModelSpec, shape: Shape) -> str:
     message = f"model input must be [batch, H, W, {c}] float images; got shape {shape}"
     if len(shape) == 3 and shape[2] == c:
         return message + " (unbatched: add a batch axis, x[None])"
+    if len(shape) == 3 and c == 1 and tuple(shape[1:]) == spec.input_shape[:2]:
+        return message + " (no channel axis: add one, x[..., None])"
     if len(shape) in (3, 4) and shape[-1] != c:
         return (
             f"{message}: {shape[-1]} channels, but the model was built for {c} "
