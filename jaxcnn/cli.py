@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from jaxcnn import cputune
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.errors import JaxcnnError, SpecError
 from jaxcnn.spec import PRECISIONS
 
 
@@ -169,15 +169,12 @@ def _add_process_flags(p) -> None:
 def train_config_from_args(args: argparse.Namespace):
     """The run config a `jaxcnn train` command line describes.
 
-    Precedence: defaults < the recipe (--recipe, --set train.recipe or the file's
-    train.recipe) < the config file < flags < --set.
+    Precedence (spec.resolve): defaults < the recipe (--recipe, --set train.recipe or
+    the file's train.recipe) < the config file < flags < --set.
     """
     from jaxcnn import spec
 
-    table = {}
-    if args.config:
-        spec.load_run_config(args.config)  # errors in the file name the file
-        table = spec.read_table(args.config)
+    table = spec.read_table(args.config) if args.config else {}
     flags = {
         "model.name": args.model,
         "train.recipe": args.recipe,
@@ -195,7 +192,12 @@ def train_config_from_args(args: argparse.Namespace):
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides.update(spec.parse_override(item) for item in args.set)
-    return spec.RunConfig.from_layers(table, overrides)
+    try:
+        return spec.resolve(table, overrides)
+    except SpecError:
+        if args.config:
+            spec.load_run_config(args.config)  # an error of the file alone names it
+        raise
 
 
 def _cmd_train(args) -> int:

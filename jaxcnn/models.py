@@ -33,6 +33,7 @@ from jaxcnn.spec import (
     Precision,
     ResidualSpec,
     TrainConfig,
+    coerce,
 )
 
 if TYPE_CHECKING:
@@ -262,13 +263,9 @@ def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> Mode
             raise SpecError(
                 f"model {name!r}: unknown argument {key!r}; valid arguments are {', '.join(valid)}"
             )
-        try:
-            kwargs[key] = spec_lib._coerce(value, hints[key])
-        except spec_lib._Mismatch:
-            raise SpecError(
-                f"model {name!r}: argument {key!r} must be "
-                f"{spec_lib._type_name(hints[key])}, got {spec_lib._show(value)}"
-            ) from None
+        kwargs[key] = coerce.convert(
+            value, hints[key], f"model {name!r}: argument {key!r}"
+        )
     try:
         return fn(**kwargs)
     except SpecError as e:
@@ -298,22 +295,13 @@ def _with_overrides(spec: ModelSpec, input_shape, num_classes) -> ModelSpec:
     """
     changes: dict[str, Any] = {}
     if input_shape is not None:
-        changes["input_shape"] = _coerce_arg(input_shape, Shape3, "input_shape")
+        changes["input_shape"] = coerce.convert(input_shape, Shape3, "input_shape")
     if num_classes is not None:
-        changes["num_classes"] = n = _coerce_arg(num_classes, int, "num_classes")
+        changes["num_classes"] = n = coerce.convert(num_classes, int, "num_classes")
         last = spec.layers[-1]
         if isinstance(last, DenseSpec) and last.units == spec.num_classes and n >= 1:
             changes["layers"] = (*spec.layers[:-1], dataclasses.replace(last, units=n))
     return dataclasses.replace(spec, **changes) if changes else spec
-
-
-def _coerce_arg(value: Any, tp: Any, name: str) -> Any:
-    try:
-        return spec_lib._coerce(value, tp)
-    except spec_lib._Mismatch:
-        raise SpecError(
-            f"{name} must be {spec_lib._type_name(tp)}, got {spec_lib._show(value)}"
-        ) from None
 
 
 def load_spec(

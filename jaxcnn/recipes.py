@@ -5,8 +5,8 @@ A recipe is frozen data: run-config paths and values (`optim.lr`, `train.batch_s
 reports, and where jaxcnn cannot follow the source exactly. `train.recipe = NAME` (or
 `jaxcnn train --recipe NAME`) applies one; `jaxcnn summary PRESET` lists them.
 
-Precedence: defaults < recipe < config file < command-line flags and --set. The run
-config (jaxcnn.spec) applies the recipe, so config files, --set, sweeps and config.json
+Precedence: defaults < recipe < config file < command-line flags and --set.
+`jaxcnn.spec.resolve` applies the recipe, so config files, --set, sweeps and config.json
 all see the same values; this module sits below it and imports nothing of jaxcnn but
 its errors.
 

@@ -14,7 +14,12 @@ PACKAGE = pathlib.Path(jaxcnn.__file__).parent
 RANKS = {
     "jaxcnn.errors": 0,
     "jaxcnn.recipes": 0.5,
-    "jaxcnn.spec": 1,
+    "jaxcnn.spec.coerce": 1.0,
+    "jaxcnn.spec.layers": 1.01,
+    "jaxcnn.spec.model": 1.02,
+    "jaxcnn.spec.sections": 1.03,
+    "jaxcnn.spec.run": 1.04,
+    "jaxcnn.spec": 1.05,
     "jaxcnn.cputune": 1,
     "jaxcnn.filters": 1,
     "jaxcnn.shapes": 2,

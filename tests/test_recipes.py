@@ -101,6 +101,14 @@ def test_a_recipe_named_on_the_command_line_follows_the_model_given_there(tmp_pa
     )
     assert (config.model.name, config.train.recipe) == ("keras_mnist", "book")
     assert config.train.batch_size == 64
+    # the file may name the recipe of the model the command line names
+    path.write_text('[train]\nrecipe = "book"\nepochs = 2\n')
+    config = _train_config("--config", str(path), "--model", "keras_mnist")
+    assert (config.train.recipe, config.train.epochs, config.train.batch_size) == (
+        "book",
+        2,
+        64,
+    )
 
 
 def test_config_json_round_trip_keeps_the_recipe_and_the_values():

@@ -1,19 +1,29 @@
-"""spec.py: round trips through dict / JSON / TOML, and every parse / validation error."""
+"""jaxcnn.spec: round trips through dict / JSON / TOML, every parse / validation error,
+the choice tuples and the precedence rule (defaults < recipe < file < flags)."""
 
 import json
+import pathlib
+import tempfile
+import typing
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from jaxcnn import models
+from jaxcnn import cli, models, recipes, spec
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ConvSpec,
     DenseSpec,
+    GlobalPoolSpec,
     ModelConfig,
     ModelSpec,
+    NormSpec,
+    OptimConfig,
     PoolSpec,
     ResidualSpec,
     RunConfig,
+    TrainConfig,
     layer_from_dict,
     load_run_config,
     load_spec_file,
@@ -366,3 +376,189 @@ def test_override_errors():
 def test_pool_stride_defaults_to_window():
     assert PoolSpec(window=3).stride == (3, 3)
     assert PoolSpec(window=3, stride=1).stride == (1, 1)
+
+
+# --------------------------------------------------------------------------- enums
+@pytest.mark.parametrize(
+    "cls, field, kinds",
+    [
+        (PoolSpec, "pool", spec.POOL_KINDS),
+        (GlobalPoolSpec, "pool", spec.GLOBAL_POOL_KINDS),
+        (NormSpec, "norm", spec.NORM_KINDS),
+        (ConvSpec, "activation", spec.ACTIVATIONS),
+        (ConvSpec, "init", spec.CONV_INITS),
+        (OptimConfig, "optimizer", spec.OPTIMIZERS),
+        (OptimConfig, "schedule", spec.SCHEDULES),
+        (TrainConfig, "kernels", spec.KERNELS),
+        (TrainConfig, "precision", spec.PRECISIONS),
+    ],
+)
+def test_each_choice_tuple_is_its_fields_literal_type(cls, field, kinds):
+    literal = typing.get_type_hints(cls)[field]
+    assert typing.get_args(literal) == kinds
+    # the error for a bad choice lists exactly these kinds
+    with pytest.raises(SpecError) as e:
+        cls(**({"filters": 1} if cls is ConvSpec else {}), **{field: "nope"})
+    assert " | ".join(json.dumps(k) for k in kinds) in str(e.value)
+
+
+def test_every_optimizer_has_its_state_slots():
+    assert set(spec.OPTIMIZER_SLOTS) == set(spec.OPTIMIZERS)
+
+
+# --------------------------------------------------------------------------- precedence
+# Fields the property test sets, with values that differ from the defaults and from the
+# keras_mnist "book" recipe where they can.
+LAYER_VALUES = {
+    "optim.lr": st.sampled_from([0.5, 0.01, 3e-4]),
+    "optim.optimizer": st.sampled_from(["sgd", "adam", "nesterov"]),
+    "train.epochs": st.integers(1, 9),
+    "train.batch_size": st.sampled_from([8, 16, 128]),
+    "train.seed": st.integers(0, 5),
+    "data.standardize": st.booleans(),
+    "data.dataset": st.sampled_from(["fashion_mnist", "digits"]),
+}
+
+
+def _nested(paths):
+    table = {}
+    for path, value in paths.items():
+        section, _, field = path.partition(".")
+        table.setdefault(section, {})[field] = value
+    return table
+
+
+@st.composite
+def _layers(draw):
+    """A config file (paths), flags (paths) and the recipe the layers name."""
+    file = draw(st.dictionaries(st.sampled_from(list(LAYER_VALUES)), st.none()))
+    flags = draw(st.dictionaries(st.sampled_from(list(LAYER_VALUES)), st.none()))
+    file = {path: draw(LAYER_VALUES[path]) for path in file}
+    flags = {path: draw(LAYER_VALUES[path]) for path in flags}
+    # the model: in the file, in the flags, or both (the flags' one wins)
+    model_in = draw(st.sampled_from(["file", "flags", "both"]))
+    if model_in in ("file", "both"):
+        file["model.name"] = "lenet5" if model_in == "both" else "keras_mnist"
+    if model_in in ("flags", "both"):
+        flags["model.name"] = "keras_mnist"
+    recipe_in = draw(st.sampled_from(["none", "file", "flags", "both"]))
+    if recipe_in in ("file", "both"):
+        file["train.recipe"] = "book"
+    if recipe_in in ("flags", "both"):
+        flags["train.recipe"] = "book"
+    return file, flags, recipe_in != "none"
+
+
+def _expected(file, flags, recipe):
+    """Each field from the highest layer that sets it: defaults < recipe < file < flags."""
+    defaults = RunConfig().to_dict()
+    values = {f"{s}.{f}": v for s, table in defaults.items() for f, v in table.items()}
+    if recipe:
+        values.update(recipes.lookup("keras_mnist", "book").settings)
+    values.update(file)
+    values.update(flags)
+    return values
+
+
+def _check_layers(config, expected):
+    table = config.to_dict()
+    for path, value in expected.items():
+        section, _, field = path.partition(".")
+        assert table[section][field] == value, path
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(_layers())
+def test_resolve_takes_each_field_from_the_highest_layer(layers):
+    file, flags, recipe = layers
+    config = spec.resolve(_nested(file), flags)
+    _check_layers(config, _expected(file, flags, recipe))
+    # a file alone is from_dict; flags naming no recipe are overrides on its config
+    file_alone = "train.recipe" not in file or file.get("model.name") == "keras_mnist"
+    if "train.recipe" not in flags and file_alone:
+        assert RunConfig.from_dict(_nested(file)).with_overrides(flags) == config
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(_layers())
+def test_the_command_line_follows_the_same_rule(layers):
+    file, flags, recipe = layers
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp, "run.toml")
+        path.write_text(
+            "".join(
+                f"[{section}]\n{_to_toml(table)}"
+                for section, table in _nested(file).items()
+            )
+        )
+        argv = ["train", "--config", str(path)]
+        for key, value in flags.items():
+            argv += ["--set", f"{key}={_toml_value(value)}"]
+        args = cli.build_parser().parse_args(argv)
+        config = cli.train_config_from_args(args)
+    assert config == spec.resolve(_nested(file), flags)
+    _check_layers(config, _expected(file, flags, recipe))
+
+
+def test_a_base_config_stands_where_the_defaults_stand():
+    base = spec.resolve({"model": "keras_mnist", "optim": {"lr": 0.5}})
+    # a recipe named over a base lies over its values and under the other flags
+    config = spec.resolve(flags={"train.recipe": "book", "train.epochs": 2}, base=base)
+    assert (config.optim.lr, config.train.epochs, config.train.batch_size) == (
+        1e-3,
+        2,
+        64,
+    )
+    # a recipe only the base names is not applied again over the flags
+    again = spec.resolve(flags={"train.batch_size": 8}, base=config)
+    assert (again.train.recipe, again.train.batch_size, again.train.epochs) == (
+        "book",
+        8,
+        2,
+    )
+    # clearing the recipe keeps its values; a file over a base overrides it field by field
+    cleared = spec.resolve({"train": {"recipe": None}}, base=config)
+    assert cleared.train.recipe is None and cleared.optim.optimizer == "rmsprop"
+    assert spec.resolve({"optim": {"lr": 0.2}}, base=config).optim.lr == 0.2
+    # model knobs that are no ModelConfig field go to model.args, later flags win
+    family = spec.resolve(
+        {"model": {"name": "simple_cnn", "args": {"filters": 8, "depth": 2}}},
+        {"model.filters": 16, "model.args.stride": 2},
+    )
+    assert family.model.args == {"filters": 16, "depth": 2, "stride": 2}
+
+
+def test_a_sweep_file_and_its_smoke_settings_follow_the_rule(tmp_path):
+    from jaxcnn import sweep  # Optuna: only this test needs it
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        'model = "keras_mnist"\n[train]\nrecipe = "book"\nepochs = 3\n'
+        "[sweep.smoke]\n'train.epochs' = 1\n'optim.lr' = 0.5\n"
+        "[sweep.grid]\n'train.seed' = [0, 1]\n"
+    )
+    table = {"model": "keras_mnist", "train": {"recipe": "book", "epochs": 3}}
+    assert sweep.load_sweep(path).base == spec.resolve(table)
+    smoke = sweep.load_sweep(path, smoke=True).base
+    assert smoke == spec.resolve(table, {"train.epochs": 1, "optim.lr": 0.5})
+    assert (smoke.train.epochs, smoke.optim.lr, smoke.train.batch_size) == (1, 0.5, 64)
+
+
+@pytest.mark.parametrize(
+    "file, flags, message",
+    [
+        ({}, {"lr": 0.1}, "cannot set 'lr': paths look like section.field"),
+        ({"optim": 3}, {"optim.lr": 0.1}, "run config: [optim] must be a table, got 3"),
+        ([1], {}, "a run config must be a table with [model]"),
+        ({"optim": {"lr": 0.1}}, {"optim.lr": "fast"}, "[optim]: field 'lr' must be"),
+        (
+            {"model": "lenet5"},
+            {"train.recipe": "book"},
+            "model 'lenet5' has no published recipes",
+        ),
+    ],
+)
+def test_resolve_errors_name_the_layer_field(file, flags, message):
+    with pytest.raises(SpecError) as e:
+        spec.resolve(file, flags)
+    assert message in str(e.value)

@@ -341,6 +341,14 @@ def test_train_command_with_a_bad_config_exits_2(tmp_path):
     assert "[train]: field 'epochs' must be an int, got [1]" in err
 
 
+def test_an_error_of_the_file_names_it_whatever_the_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[optim]\nlr = -1\n")
+    code, out, err = _cli("train", "--config", str(path), "--epochs", "2", "--quiet")
+    assert code == 2 and "Traceback" not in err
+    assert f"{path}: [optim]: optim.lr must be > 0, got -1" in err
+
+
 # --------------------------------------------------------------------------- datasets
 @pytest.mark.parametrize(
     "name",

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from jaxcnn.errors import SpecError
-from jaxcnn.spec import RunConfig, read_table
+from jaxcnn.spec import RunConfig, read_table, resolve
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha")
@@ -401,10 +401,8 @@ def _from_table(table: Mapping[str, Any], smoke: bool, default_name: str) -> Swe
         raise SpecError(
             f"[sweep]: unknown key {sorted(unknown)[0]!r}; valid keys are {', '.join(_SWEEP_KEYS)}"
         )
-    base = RunConfig.from_dict(table)
     smoke_overrides = settings.pop("smoke", {})
-    if smoke:
-        base = base.with_overrides(smoke_overrides)
+    base = resolve(table, smoke_overrides if smoke else {})
     points = list(settings.pop("points", []))
     if "grid" in settings:
         points += expand_grid(settings.pop("grid"))
