@@ -349,6 +349,9 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "alexnet": alexnet,
 }
 FAMILIES: dict[str, Callable[..., ModelSpec]] = {"simple_cnn": simple_cnn}
+# The presets of published ImageNet networks (224x224x3 input, 1000 classes), whose
+# weights jaxcnn.interop imports.
+IMAGENET_PRESETS: tuple[str, ...] = ("vgg16", "vgg16_bn", "alexnet")
 
 
 def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> ModelSpec:
