@@ -316,8 +316,8 @@ def convert(
     if problems:
         raise CheckpointError(
             f"{file} does not match architecture {arch!r} in {source}'s names and "
-            f"layout: " + "; ".join(problems) + f". It must be a {source} {arch} with "
-            f"the published configuration ({_listing(sorted(expected), 3)}, ...)"
+            f"layout: " + "; ".join(problems) + f". Import a {source} {arch} at its "
+            f"published configuration (`jaxcnn summary {arch}` shows it)"
         )
     out = {}
     for e in entries:
