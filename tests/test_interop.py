@@ -503,3 +503,57 @@ def test_imagenet_class_names_are_torchvisions():
 
     meta = pytest.importorskip("torchvision.models._meta")
     assert imagenet.class_names() == tuple(meta._IMAGENET_CATEGORIES)
+
+
+@pytest.mark.parametrize("size", [(300, 400), (500, 380), (180, 260)])
+def test_predict_resize_and_crop_is_torchvisions(size):
+    """An imported torchvision run's preprocessing against torchvision's own transform
+    (Resize(256) + CenterCrop(224) on a PIL image): equal up to PIL's rounding to 8 bits."""
+    pytest.importorskip("torchvision")
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from jaxcnn import data
+    from jaxcnn.interop import imagenet
+
+    noise = RNG.integers(0, 256, (30, 40, 3), np.uint8)
+    image = Image.fromarray(noise).resize((size[1], size[0]), Image.BICUBIC)
+    transform = v2.Compose([v2.Resize(256), v2.CenterCrop(224), v2.PILToTensor()])
+    want = transform(image).numpy().transpose(1, 2, 0) / 255
+    record = imagenet.PREPROCESSING["torchvision"]
+    got = data.prepare(np.asarray(image), (224, 224, 3), record)
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got - want).max() < 2 / 255
+    normalised = data.normalize(got, record)
+    np.testing.assert_allclose(
+        normalised[..., 0], (got[..., 0] - 0.485) / 0.229, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_keras_preprocessing_is_caffe_style():
+    """keras.applications.vgg16.preprocess_input: RGB -> BGR, minus the BGR means."""
+    from keras.applications import vgg16
+
+    from jaxcnn import data
+    from jaxcnn.interop import imagenet
+
+    pixels = RNG.integers(0, 256, (2, 5, 4, 3)).astype(np.float32)
+    want = vgg16.preprocess_input(pixels.copy())
+    got = data.normalize(pixels / 255, imagenet.PREPROCESSING["keras"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name, total, macs",
+    [
+        ("vgg16", "138,357,544", "15,470,264,320"),
+        ("vgg16_bn", "138,374,440", "15,470,264,320"),
+        ("alexnet", "61,100,840", "714,188,480"),
+    ],
+)
+def test_summary_shows_the_imagenet_presets(name, total, macs, capsys):
+    """Published MACs: VGG-16 15.47 G, AlexNet (torchvision's) 0.71 G per 224x224 image."""
+    assert cli.main(["summary", name]) == 0
+    out = capsys.readouterr().out
+    assert f"Total params: {total}" in out
+    assert f"Forward MACs per example: {macs}" in out
