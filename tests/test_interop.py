@@ -298,8 +298,10 @@ def test_cli_import_errors_exit_2(tmp_path, capsys):
     torch.save(state, tmp_path / "ten.pth")
     cases = [
         (
-            ["ten.pth", "--arch", "alexnet"],
-            "'classifier.6.weight' has shape (10, 4096)",
+            ["ten.pth", "--arch", "alexnet"],  # the README's example
+            "ten.pth does not match architecture 'alexnet' in torchvision's names and "
+            "layout: tensor 'classifier.6.weight' has shape (10, 4096) in the file but "
+            "alexnet needs (1000, 4096) (jaxcnn's dense_13/kernel (4096, 1000))",
         ),
         (["ten.pth", "--arch", "lenet5"], "no torchvision layout for architecture"),
         (["ten.pth", "--arch", "nope"], "unknown architecture 'nope'"),
