@@ -299,6 +299,79 @@ def _cmd_predict(args) -> int:
     return 2 if failed else 0
 
 
+# --------------------------------------------------------------------------- import
+def _add_import(sub, common) -> None:
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="import another framework's weights of a preset as a run directory",
+        description="jaxcnn import FILE --arch NAME [--from SOURCE] --workdir DIR: reads "
+        "a torchvision/PyTorch state dict (.pth), a timm .safetensors file or a Keras "
+        "weights file (.weights.h5 / .h5) of preset NAME and writes a run directory that "
+        "eval, predict, viz and train --init-from use. jaxcnn import --arch NAME "
+        "--pretrained SOURCE --workdir DIR downloads the published file first (checked "
+        "against its published hash, cached in $JAXCNN_WEIGHTS_CACHE or "
+        "~/.cache/jaxcnn/weights).",
+    )
+    p.add_argument("file", nargs="?", metavar="FILE", help="the weight file")
+    p.add_argument("--arch", required=True, help="the preset, e.g. vgg16")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=("torchvision", "timm", "keras"),
+        help="the framework that wrote FILE (default: from its suffix)",
+    )
+    p.add_argument(
+        "--pretrained",
+        choices=("torchvision", "timm", "keras"),
+        metavar="SOURCE",
+        help="download SOURCE's published ImageNet weights instead of reading FILE",
+    )
+    p.add_argument("--workdir", required=True, help="the run directory to write")
+    p.add_argument("--cache-dir", help="where downloads are kept")
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "xla", "fast"),
+        default="auto",
+        help="the run's conv / pool kernels (default auto)",
+    )
+    p.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args) -> int:
+    from jaxcnn import interop
+
+    if (args.file is None) == (args.pretrained is None):
+        raise JaxcnnError(
+            "jaxcnn import takes either a weight FILE or --pretrained SOURCE (one of them)"
+        )
+    if args.pretrained is not None:
+        if args.source is not None and args.source != args.pretrained:
+            raise JaxcnnError(
+                f"--from {args.source} contradicts --pretrained {args.pretrained}"
+            )
+        done = interop.import_pretrained(
+            args.arch,
+            args.pretrained,
+            args.workdir,
+            cache=args.cache_dir,
+            kernels=args.kernels,
+        )
+    else:
+        done = interop.import_weights(
+            args.file,
+            args.arch,
+            args.workdir,
+            source=args.source,
+            kernels=args.kernels,
+        )
+    print(
+        f"imported {done.arrays} weight arrays ({done.values:,} values) of "
+        f"{args.arch} from {done.source_file} ({done.source}) into {done.workdir}"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- sweep
 def _add_sweep(sub, common) -> None:
     p = sub.add_parser(
@@ -609,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     p.set_defaults(func=cmd_summary)
-    for add in (_add_train, _add_eval, _add_predict):
+    for add in (_add_train, _add_eval, _add_predict, _add_import):
         add(sub, common)
     _add_sweep(sub, common)
     _add_viz(sub, common)

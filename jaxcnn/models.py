@@ -176,6 +176,102 @@ def digits_cnn(input_shape: Shape3 = (8, 8, 1), num_classes: int = 10) -> ModelS
     )
 
 
+# --------------------------------------------------------------------------- ImageNet
+# The published ImageNet networks at torchvision's configurations. Their published
+# weights import exactly (jaxcnn.interop): parameter counts equal the source's, and at
+# the published 224x224 input torchvision's adaptive average pooling (to 7x7 for VGG,
+# 6x6 for AlexNet) receives a map of that size already, so it is the identity and the
+# spec leaves it out. The networks take the source's normalised input (ImageNet mean and
+# std, channels RGB); `IMAGENET_PREPROCESSING` says how an image becomes one.
+IMAGENET_SHAPE: Shape3 = (224, 224, 3)
+
+
+def _vgg16(batch_norm: bool, num_classes: int) -> list[LayerSpec]:
+    layers: list[LayerSpec] = []
+    for filters, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(convs):
+            if batch_norm:  # conv -> batch norm -> relu, as torchvision's vgg16_bn
+                layers += [
+                    ConvSpec(filters=filters, kernel=3, padding=1),
+                    NormSpec(norm="batch", momentum=0.9, epsilon=1e-5),
+                    ActivationSpec("relu"),
+                ]
+            else:
+                layers.append(
+                    ConvSpec(filters=filters, kernel=3, padding=1, activation="relu")
+                )
+        layers.append(PoolSpec(pool="max", window=2))
+    layers += [
+        FlattenSpec(),
+        DenseSpec(units=4096, activation="relu"),
+        DropoutSpec(rate=0.5),
+        DenseSpec(units=4096, activation="relu"),
+        DropoutSpec(rate=0.5),
+        DenseSpec(units=num_classes),
+    ]
+    return layers
+
+
+def vgg16(input_shape: Shape3 = IMAGENET_SHAPE, num_classes: int = 1000) -> ModelSpec:
+    """Simonyan & Zisserman (2015) VGG-16 (configuration D): 138,357,544 params at 224x224x3.
+
+    13 conv 3x3 (padding 1, ReLU) in five blocks of 64, 128, 256, 512, 512 filters, each
+    block ending in a 2x2 max pool (224 -> 7), then dense 4096, dropout, dense 4096,
+    dropout, dense num_classes: torchvision's `vgg16` and Keras's `VGG16` (which has no
+    dropout layers; inference is the same).
+    """
+    return ModelSpec(
+        input_shape,
+        num_classes,
+        tuple(_vgg16(False, num_classes)),
+        name="vgg16",
+    )
+
+
+def vgg16_bn(
+    input_shape: Shape3 = IMAGENET_SHAPE, num_classes: int = 1000
+) -> ModelSpec:
+    """VGG-16 with batch norm after every conv (torchvision's `vgg16_bn`): 138,365,992
+    params at 224x224x3 (the convs keep their biases, as torchvision's do)."""
+    return ModelSpec(
+        input_shape,
+        num_classes,
+        tuple(_vgg16(True, num_classes)),
+        name="vgg16_bn",
+    )
+
+
+def alexnet(input_shape: Shape3 = IMAGENET_SHAPE, num_classes: int = 1000) -> ModelSpec:
+    """Krizhevsky et al. (2012) AlexNet, one-tower, as torchvision's `alexnet` (after
+    "One weird trick", Krizhevsky 2014): 61,100,840 params at 224x224x3.
+
+    conv 64@11x11 stride 4 padding 2 -> max pool 3 stride 2 -> conv 192@5x5 padding 2
+    -> max pool -> conv 384, 256, 256 @3x3 padding 1 -> max pool (224 -> 6x6x256) ->
+    dropout, dense 4096, dropout, dense 4096, dense num_classes; ReLU throughout.
+    """
+    return ModelSpec(
+        input_shape,
+        num_classes,
+        (
+            ConvSpec(filters=64, kernel=11, stride=4, padding=2, activation="relu"),
+            PoolSpec(pool="max", window=3, stride=2),
+            ConvSpec(filters=192, kernel=5, padding=2, activation="relu"),
+            PoolSpec(pool="max", window=3, stride=2),
+            ConvSpec(filters=384, kernel=3, padding=1, activation="relu"),
+            ConvSpec(filters=256, kernel=3, padding=1, activation="relu"),
+            ConvSpec(filters=256, kernel=3, padding=1, activation="relu"),
+            PoolSpec(pool="max", window=3, stride=2),
+            FlattenSpec(),
+            DropoutSpec(rate=0.5),
+            DenseSpec(units=4096, activation="relu"),
+            DropoutSpec(rate=0.5),
+            DenseSpec(units=4096, activation="relu"),
+            DenseSpec(units=num_classes),
+        ),
+        name="alexnet",
+    )
+
+
 # --------------------------------------------------------------------------- family
 def simple_cnn(
     filters: int = 32,
@@ -249,8 +345,14 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "vgg_cifar": vgg_cifar,
     "resnet_cifar": resnet_cifar,
     "digits_cnn": digits_cnn,
+    "vgg16": vgg16,
+    "vgg16_bn": vgg16_bn,
+    "alexnet": alexnet,
 }
 FAMILIES: dict[str, Callable[..., ModelSpec]] = {"simple_cnn": simple_cnn}
+# The presets of published ImageNet networks (224x224x3 input, 1000 classes), whose
+# weights jaxcnn.interop imports.
+IMAGENET_PRESETS: tuple[str, ...] = ("vgg16", "vgg16_bn", "alexnet")
 
 
 def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> ModelSpec:

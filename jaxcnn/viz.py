@@ -607,11 +607,9 @@ def plot_effect(
 
 # --------------------------------------------------------------------------- commands
 def _standardize(image: np.ndarray, dataset: Mapping[str, Any]) -> np.ndarray:
-    if dataset.get("mean") is None:
-        return image
-    mean = np.asarray(dataset["mean"], np.float32)
-    std = np.asarray(dataset["std"], np.float32)
-    return (image - mean) / std
+    from jaxcnn import data
+
+    return data.normalize(image, dataset)
 
 
 def feature_maps_for_run(

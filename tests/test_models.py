@@ -30,7 +30,14 @@ def _forward(model, x):
     return model(x)
 
 
-@pytest.mark.parametrize("name", list(models.PRESETS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        # the ImageNet networks at 224x224 take minutes eagerly on 2 cores
+        pytest.param(n, marks=pytest.mark.slow) if n in models.IMAGENET_PRESETS else n
+        for n in models.PRESETS
+    ],
+)
 def test_every_preset_builds_and_runs_forward(name):
     spec = models.preset(name)
     summary = shapes.infer(spec)
@@ -53,10 +60,28 @@ def test_every_preset_builds_and_runs_forward(name):
         ("lenet5", 61_706),
         ("vgg_cifar", 1_186_378),
         ("digits_cnn", 43_050),
+        # torchvision's counts (weights.meta["num_params"]; Keras's VGG16 too)
+        ("vgg16", 138_357_544),
+        ("vgg16_bn", 138_365_992),
+        ("alexnet", 61_100_840),
     ],
 )
 def test_preset_parameter_counts(name, params):
     assert shapes.infer(models.preset(name)).total_params == params
+
+
+@pytest.mark.parametrize(
+    "name, flattened",
+    [("vgg16", (7, 7, 512)), ("vgg16_bn", (7, 7, 512)), ("alexnet", (6, 6, 256))],
+)
+def test_imagenet_presets_flatten_the_map_torchvision_pools_to(name, flattened):
+    """At 224x224 the last map already has the size torchvision's AdaptiveAvgPool2d
+    pools to (7x7, 6x6), so leaving that pool out is exact."""
+    spec = models.preset(name)
+    summary = shapes.infer(spec)
+    flatten = next(i for i, layer in enumerate(spec.layers) if layer.type == "flatten")
+    assert summary.row(str(flatten)).input_shape == flattened
+    assert summary.output_shape == (1000,)
 
 
 def test_presets_accept_shape_and_class_overrides():

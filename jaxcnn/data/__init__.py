@@ -24,7 +24,13 @@ from jaxcnn.data.arrays import (
 )
 from jaxcnn.data.catalog import DIGITS, StreamSplit
 from jaxcnn.data.folders import FolderStream
-from jaxcnn.data.images import IMAGE_SUFFIXES, convert_images, read_image
+from jaxcnn.data.images import (
+    IMAGE_SUFFIXES,
+    convert_images,
+    normalize,
+    prepare,
+    read_image,
+)
 from jaxcnn.spec import DataConfig
 
 __all__ = [
@@ -42,6 +48,8 @@ __all__ = [
     "dataset_info",
     "epoch_permutation",
     "load_dataset",
+    "normalize",
+    "prepare",
     "prepare_dataset",
     "read_image",
 ]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -226,3 +227,67 @@ def convert_tf(images, target: tuple[int, int, int]):
     if images.shape[-1] == 1 and channels == 3:  # after resizing: less to resize
         images = tf.image.grayscale_to_rgb(images)
     return images
+
+
+def resize_center_crop(
+    image: np.ndarray, input_shape: Sequence[int], shorter: int
+) -> np.ndarray:
+    """torchvision's Resize(shorter) then CenterCrop(input H, W), for one image.
+
+    The shorter side becomes `shorter` and the longer one int(shorter * long / short)
+    (bilinear, antialiased when shrinking, as `convert_images`); the crop keeps the
+    centre, its offsets rounded as torchvision rounds them.
+
+    Args:
+      image: [h, w, c], uint8 or float in [0, 1].
+      input_shape: (H, W, C) of the model.
+      shorter: the side length the shorter side is resized to; >= H and W.
+
+    Returns:
+      [H, W, C] float32 in [0, 1].
+
+    Raises:
+      DataError: `shorter` is smaller than the crop.
+    """
+    height, width, channels = (int(d) for d in input_shape)
+    if shorter < max(height, width):
+        raise DataError(
+            f"cannot centre-crop {height}x{width} from an image resized to a shorter "
+            f"side of {shorter}; the resize must be at least the crop"
+        )
+    h, w = image.shape[:2]
+    if h <= w:
+        size = (shorter, int(shorter * w / h))
+    else:
+        size = (int(shorter * h / w), shorter)
+    resized, _ = convert_images(np.asarray(image)[None], (*size, channels))
+    top = int(round((size[0] - height) / 2.0))
+    left = int(round((size[1] - width) / 2.0))
+    return resized[0, top : top + height, left : left + width]
+
+
+def prepare(
+    image: np.ndarray, input_shape: Sequence[int], record: Mapping[str, Any]
+) -> np.ndarray:
+    """One image as a run's model sees it before normalisation: [H, W, C] in [0, 1].
+
+    `record` is config.json's dataset record: with a `resize` (an imported network's
+    preprocessing, jaxcnn.interop.imagenet) the image is resized to that shorter side and
+    centre-cropped; else it is resized straight to the input size, as datasets are.
+    """
+    if record.get("resize"):
+        return resize_center_crop(image, input_shape, int(record["resize"]))
+    return convert_images(np.asarray(image)[None], input_shape)[0][0]
+
+
+def normalize(images: np.ndarray, record: Mapping[str, Any]) -> np.ndarray:
+    """[..., C] images in [0, 1] as the run's model takes them: channels reordered when
+    the record says "bgr", then (x - mean) / std with the record's statistics."""
+    x = np.asarray(images, np.float32)
+    if record.get("channels") == "bgr":
+        x = x[..., ::-1]
+    if record.get("mean") is not None:
+        x = (x - np.asarray(record["mean"], np.float32)) / np.asarray(
+            record["std"], np.float32
+        )
+    return x

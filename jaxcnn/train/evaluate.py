@@ -104,12 +104,7 @@ def _read_image(item) -> tuple[str, np.ndarray | None, tuple[str, ...], str | No
 
 
 def _model_input(arrays, input_shape, record: dict) -> np.ndarray:
-    """Images converted to the model's input and normalised as the run's data was."""
-    x = np.stack(
-        [data.convert_images(a[None], input_shape)[0][0] for a in arrays]
-    ).astype(np.float32)
-    if record.get("mean") is not None:
-        x = (x - np.asarray(record["mean"], np.float32)) / np.asarray(
-            record["std"], np.float32
-        )
-    return x
+    """Images converted to the model's input and normalised as the run's data was
+    (an imported network: its source's resize, crop, channel order and statistics)."""
+    x = np.stack([data.prepare(a, input_shape, record) for a in arrays])
+    return data.normalize(x, record)

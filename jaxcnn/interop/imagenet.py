@@ -1,0 +1,55 @@
+"""ImageNet (ILSVRC-2012) class names and each source framework's input preprocessing.
+
+The class names are torchvision's (`imagenet_classes.txt`, one per line, in class-id
+order). Preprocessing is what an imported run's config.json records for `predict`:
+images in [0, 1] are resized so their shorter side is `resize` (None: straight to the
+input size), centre-cropped to the input size, put in `channels` order and normalised
+as (x - mean) / std per channel.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Keras's VGG16 ("caffe" mode): BGR, 0..255 minus the BGR means, no scaling; the same
+# as (x - mean / 255) / (1 / 255) on [0, 1] images.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+PREPROCESSING: dict[str, dict[str, Any]] = {
+    # torchvision's ImageClassification transform: resize 256 (bilinear), crop 224
+    "torchvision": {
+        "resize": 256,
+        "channels": "rgb",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    },
+    # timm's VGG weights are torchvision's (vgg16.tv_in1k): the same transform
+    "timm": {
+        "resize": 256,
+        "channels": "rgb",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    },
+    # keras.applications.vgg16.preprocess_input, after a plain resize to 224x224
+    "keras": {
+        "resize": None,
+        "channels": "bgr",
+        "mean": [m / 255 for m in _CAFFE_MEAN_BGR],
+        "std": [1 / 255] * 3,
+    },
+}
+
+
+@functools.cache
+def class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, by class id ("tench", "goldfish", ...)."""
+    text = (
+        importlib.resources.files("jaxcnn.interop")
+        .joinpath("imagenet_classes.txt")
+        .read_text(encoding="utf-8")
+    )
+    return tuple(text.splitlines())
