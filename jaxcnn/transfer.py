@@ -188,7 +188,7 @@ def restore(
     _, state = nnx.split((model, optimizer))
     if not run_dir.has_checkpoint():
         raise CheckpointError(f"no checkpoint in {run_dir.checkpoints}; train first")
-    with checkpoint.Checkpointer(run_dir.checkpoints) as ckpt:
+    with checkpoint.Checkpointer(run_dir.checkpoints, read_only=True) as ckpt:
         restored, meta, step = ckpt.restore(which, nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, restored)
     nnx.update((model, optimizer), state)
