@@ -588,3 +588,19 @@ def test_predict_and_viz_do_not_open_special_files(tmp_path, no_hang):
         data.read_image(tmp_path / "gone.png")
     with pytest.raises(DataError, match=r"/dev/null: a device, not an image file"):
         data.read_image("/dev/null")
+
+
+def test_a_registered_name_is_the_dataset_even_beside_a_folder_of_that_name(
+    tmp_path, monkeypatch
+):
+    """`jaxcnn train --workdir digits` creates ./digits before it loads the default
+    dataset `digits`; a folder of raw files called mnist sits where people work."""
+    monkeypatch.chdir(tmp_path)
+    result = train.fit(RunConfig().override("train.epochs", 1), "digits", quiet=True)
+    assert result.dataset == "digits" and result.test_accuracy > 0.3
+    record = json.loads((tmp_path / "digits" / "config.json").read_text())["dataset"]
+    assert record["num_classes"] == 10
+    assert any("pass ./digits to train on it" in note for note in record["notes"])
+    classes_of(tmp_path / "mine", {"a": 10, "b": 10})  # not a registered name
+    ds = data.load_dataset(DataConfig(dataset="mine", data_dir=str(tmp_path / "c")))
+    assert ds.class_names == ("a", "b")

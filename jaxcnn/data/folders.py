@@ -69,8 +69,20 @@ _VAL_NAMES = ("val", "validation")
 
 
 def is_folder(name: str) -> bool:
-    """Whether `data.dataset` names a folder (`spec.is_folder_dataset`)."""
+    """Whether `data.dataset` could name a folder (`spec.is_folder_dataset`): a path by
+    its form, or an existing directory (`jaxcnn.data` lets a registered TFDS name win
+    over a bare directory name)."""
     return spec.is_folder_dataset(name)
+
+
+def is_path_form(name: str) -> bool:
+    """Whether `name` is written as a path: starting with /, . or ~, ending with /, or
+    holding the platform's separator where it is not "/"."""
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or (os.sep != "/" and os.sep in name)
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
