@@ -604,3 +604,30 @@ def test_a_registered_name_is_the_dataset_even_beside_a_folder_of_that_name(
     classes_of(tmp_path / "mine", {"a": 10, "b": 10})  # not a registered name
     ds = data.load_dataset(DataConfig(dataset="mine", data_dir=str(tmp_path / "c")))
     assert ds.class_names == ("a", "b")
+
+
+def test_eval_reads_the_folder_the_run_trained_on_from_anywhere(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    classes_of(tmp_path / "a" / "ds", {"x": 30, "y": 30}, shape=(8, 8))
+    config = RunConfig().with_overrides(
+        {"data.dataset": "./ds", "data.data_dir": str(tmp_path / "cache")}
+    )
+    train.fit(config.override("train.epochs", 1), tmp_path / "run", quiet=True)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    assert record["folder"] == str((tmp_path / "a" / "ds").resolve())
+
+    monkeypatch.chdir(tmp_path)  # another ./ds here: not the run's
+    classes_of(tmp_path / "ds", {"p": 7, "q": 7, "r": 7}, shape=(8, 8))
+    report = train.evaluate(tmp_path / "run")
+    assert report["class_names"] == ["x", "y"]
+    assert report["examples"] == record["test_examples"]
+    assert capsys.readouterr().err == ""
+
+    png(tmp_path / "a" / "ds" / "x" / "extra.png", np.zeros((8, 8), np.uint8))
+    train.evaluate(tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: the images of folder {record['folder']} changed")
+    assert err.count("\n") == 1

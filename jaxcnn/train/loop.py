@@ -487,6 +487,13 @@ def dataset_record(ds: data.Dataset) -> dict[str, Any]:
         "test_examples": ds.test.num_examples,
         "notes": list(ds.notes),
         "fingerprint": ds.fingerprint,
+        # a folder dataset's absolute, resolved path: eval reads the same folder from
+        # any working directory
+        "folder": (
+            None
+            if ds.fingerprint is None
+            else os.path.realpath(os.path.expanduser(ds.name))
+        ),
     }
 
 
