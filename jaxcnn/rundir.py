@@ -144,7 +144,8 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 
     Raises:
       DataError: a line before the last is not valid JSON, or a line is valid JSON but
-        not an epoch record (an object with integer ``epoch`` >= 1 and ``step`` >= 0).
+        not an epoch record (an object of numbers with an integer ``epoch`` >= 1, and
+        ``step`` >= 0 when present).
     """
     path = os.path.join(os.fspath(workdir), METRICS)
     if not os.path.exists(path):
@@ -179,6 +180,8 @@ def _record_problem(record: Any) -> str | None:
         return f"a JSON {type(record).__name__}, not an object"
     for key, least in (("epoch", 1), ("step", 0)):
         value = record.get(key)
+        if key == "step" and value is None:
+            continue  # written by every run, but not needed to read a log
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             return f"{key!r} must be an integer >= {least}, got {json.dumps(value)}"
     for key, value in record.items():

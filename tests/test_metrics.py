@@ -126,7 +126,7 @@ def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
             '{"epoch": "two", "step": 10}',
             "'epoch' must be an integer >= 1, got \"two\"",
         ),
-        ('{"epoch": 2}', "'step' must be an integer >= 0, got null"),
+        ('{"epoch": 2, "step": -1}', "'step' must be an integer >= 0, got -1"),
         ('{"epoch": 2, "step": 10, "val_accuracy": [1]}', "'val_accuracy' must be a"),
     ],
 )
