@@ -443,7 +443,13 @@ class WriterLock:
 
     def __init__(self, path: pathlib.Path):
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        except OSError as e:  # e.g. left by another user, not writable by this one
+            raise JaxcnnError(
+                f"cannot open the writer lock {path} ({e.strerror}); make it writable "
+                f"or use another --workdir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

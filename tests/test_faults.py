@@ -395,3 +395,15 @@ def test_a_cut_last_metrics_line_is_rebuilt_from_its_checkpoint(tmp_path):
     assert path.read_text().splitlines()[:2] == [first, second]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["epochs"] == 3
+
+
+def test_a_writer_lock_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    from jaxcnn import rundir
+
+    run_dir = rundir.RunDir(tmp_path / "run")
+    run_dir.prepare()
+    (run_dir.path / ".writer.lock").mkdir()  # stands in for a file it may not open
+    with pytest.raises(
+        JaxcnnError, match=r"cannot open the writer lock .*\.writer\.lock"
+    ):
+        run_dir.lock_for_writing()
