@@ -10,8 +10,14 @@ A `Checkpointer` wraps an orbax `CheckpointManager` whose step directories hold 
 
 orbax writes each step into a temporary directory and renames it when complete, so a
 process killed in the middle of a save leaves the previous checkpoints intact (the
-unfinished temporary directory is removed the next time a `Checkpointer` opens the
-directory).
+unfinished temporary directory is removed the next time a writing `Checkpointer` opens
+the directory).
+
+A reader (``Checkpointer(directory, read_only=True)``: eval, predict, viz, a transfer's
+source) changes nothing in the directory: it creates no folder, removes no temporary
+directory (that may be the unfinished save of a run still training) and cannot save.
+It sees the steps that were complete when it opened; a step that the training process
+removes while it is being read is skipped like any other unusable one, with a warning.
 
 Restores are checked before orbax reads any array: the stored tree (paths, shapes,
 dtypes) must match the target exactly, otherwise a `CheckpointError` names the first
@@ -27,8 +33,10 @@ names the step and the reason; the next checkpoint in line is used instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -49,6 +57,8 @@ StepRef = int | Literal["latest", "best"]
 _STATE, _META = "state", "meta"
 _DIGESTS = "state_sha256"  # meta key: {leaf path: sha256 hex digest of its bytes}
 _MAX_LISTED = 5  # mismatching paths named in one error message
+# why a step is skipped when its directory went away while it was read
+_REMOVED = "it was removed while being read, by the process training in this directory"
 
 
 class Restored(NamedTuple):
@@ -135,6 +145,8 @@ class Checkpointer:
       async_save: let orbax write in a background thread; the checkpoint is then
         durable once `wait` / `close` returns (or the next `save` starts). By default
         `save` returns only when the checkpoint is on disk.
+      read_only: open the directory to restore only: nothing in it is created,
+        removed or written (another process may be training there), and `save` raises.
     """
 
     def __init__(
@@ -144,6 +156,7 @@ class Checkpointer:
         keep: int = 2,
         save_every: int = 1,
         async_save: bool = False,
+        read_only: bool = False,
     ):
         if keep < 1 or save_every < 1:
             raise CheckpointError(
@@ -152,32 +165,48 @@ class Checkpointer:
             )
         self.directory = os.path.abspath(os.fspath(directory))
         self.keep, self.save_every = keep, save_every
-        policy = ocp_managers.AnyPreservationPolicy(
-            [
-                ocp_managers.LatestN(n=keep),
-                ocp_managers.BestN(
-                    get_metric_fn=_best_value,
-                    n=1,
-                    keep_checkpoints_without_metrics=False,
-                ),
-            ]
-        )
-        options = ocp.CheckpointManagerOptions(
-            best_fn=_best_value,
-            best_mode="max",
-            preservation_policy=policy,
-            cleanup_tmp_directories=True,  # leftovers of a save that was killed
-            enable_async_checkpointing=async_save,
-        )
-        try:
-            self._manager = _Manager(
-                self.directory,
-                item_handlers={
-                    _STATE: ocp.StandardCheckpointHandler(),
-                    _META: ocp.JsonCheckpointHandler(),
-                },
-                options=options,
+        self.read_only = read_only
+        if read_only:
+            # orbax's own read-only mode: no root folder or metadata created, no save
+            # or delete; and no clean-up of temporary directories, which may be the
+            # save in progress of the process that trains here
+            options = ocp.CheckpointManagerOptions(
+                best_fn=_best_value,
+                best_mode="max",
+                read_only=True,
+                save_interval_steps=0,
+                create=False,
+                cleanup_tmp_directories=False,
+                save_root_metadata=False,
             )
+        else:
+            policy = ocp_managers.AnyPreservationPolicy(
+                [
+                    ocp_managers.LatestN(n=keep),
+                    ocp_managers.BestN(
+                        get_metric_fn=_best_value,
+                        n=1,
+                        keep_checkpoints_without_metrics=False,
+                    ),
+                ]
+            )
+            options = ocp.CheckpointManagerOptions(
+                best_fn=_best_value,
+                best_mode="max",
+                preservation_policy=policy,
+                cleanup_tmp_directories=True,  # leftovers of a save that was killed
+                enable_async_checkpointing=async_save,
+            )
+        try:
+            with _quiet_absl(read_only):  # orbax logs "Given directory is read only"
+                self._manager = _Manager(
+                    self.directory,
+                    item_handlers={
+                        _STATE: ocp.StandardCheckpointHandler(),
+                        _META: ocp.JsonCheckpointHandler(),
+                    },
+                    options=options,
+                )
         except OSError as e:
             raise CheckpointError(
                 f"cannot open checkpoint directory {self.directory}: {e}"
@@ -214,8 +243,14 @@ class Checkpointer:
         Raises:
           TrainingError: a floating-point leaf of `state` holds NaN or Inf (see
             `check_finite`); nothing is written.
-          CheckpointError: the step exists, or `meta` is not JSON-serialisable.
+          CheckpointError: the step exists, `meta` is not JSON-serialisable, or the
+            directory was opened read-only.
         """
+        if self.read_only:
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} was opened read-only; step "
+                f"{step} is not saved"
+            )
         try:
             meta = json.loads(json.dumps(dict(meta)))
         except (TypeError, ValueError) as e:
@@ -389,6 +424,8 @@ class Checkpointer:
                 loaded = load(s)
             except _Unusable as e:
                 self._bad[s] = str(e)
+                if not os.path.isdir(os.path.join(self.directory, str(s))):
+                    self._bad[s] = _REMOVED
                 if not isinstance(step, str):  # a step asked for by number
                     raise CheckpointError(
                         f"checkpoint step {s} in {self.directory} is unusable: {e}. "
@@ -403,6 +440,11 @@ class Checkpointer:
                 )
             return loaded, s
         reasons = "; ".join(f"step {s}: {self._bad[s]}" for s in sorted(self._bad))
+        if all(self._bad.get(s) == _REMOVED for s in candidates):
+            raise CheckpointError(
+                f"no usable checkpoint in {self.directory} ({reasons}); run the command "
+                f"again to read the checkpoints the training process keeps now"
+            )
         raise CheckpointError(
             f"no usable checkpoint in {self.directory} ({reasons}). Start the run afresh "
             f"(jaxcnn train --restart) or restore the directory from a backup"
@@ -549,6 +591,19 @@ def _listing(paths: list[str]) -> str:
     shown = ", ".join(paths[:_MAX_LISTED])
     noun = "parameter" if len(paths) == 1 else "parameters"
     return f"{noun} {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+@contextlib.contextmanager
+def _quiet_absl(quiet: bool):
+    """Silences absl's warnings (orbax logs through absl) inside the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _warn(message: str) -> None:

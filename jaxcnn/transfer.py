@@ -176,8 +176,13 @@ def restore(
     For "best" and "latest", an unusable checkpoint is skipped with a warning naming it
     and the step used instead (see `checkpoint.Checkpointer.restore`).
 
+    The directory is only read (another process may be training there). A checkpoint
+    must have been written by the run of the directory's config.json (see
+    `rundir.check_identity`); one that does not record its run is used with a warning.
+
     Raises:
-      CheckpointError: not a run directory, no such (or no usable) checkpoint.
+      CheckpointError: not a run directory, no such (or no usable) checkpoint, or a
+        checkpoint written by another run.
     """
     run_dir = rundir.RunDir(workdir)
     saved = run_dir.read()
@@ -188,8 +193,15 @@ def restore(
     _, state = nnx.split((model, optimizer))
     if not run_dir.has_checkpoint():
         raise CheckpointError(f"no checkpoint in {run_dir.checkpoints}; train first")
-    with checkpoint.Checkpointer(run_dir.checkpoints) as ckpt:
+    with checkpoint.Checkpointer(run_dir.checkpoints, read_only=True) as ckpt:
         restored, meta, step = ckpt.restore(which, nnx.to_pure_dict(state))
+    rundir.check_identity(  # not a checkpoint copied in from another run
+        meta,
+        saved.config,
+        saved.spec,
+        where=f"checkpoint step {step} in {run_dir.checkpoints}",
+        missing_is_error=False,
+    )
     nnx.replace_by_pure_dict(state, restored)
     nnx.update((model, optimizer), state)
     model.eval()

@@ -135,6 +135,9 @@ def load_image(
     """
     from PIL import Image, UnidentifiedImageError
 
+    from jaxcnn.data import images
+
+    images.check_regular_file(path)  # never opens a FIFO or a device
     try:
         with Image.open(path) as img:
             mode, size = img.mode, img.size

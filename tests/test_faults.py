@@ -306,3 +306,104 @@ def test_read_only_workdir_is_a_clear_error(as_nobody):
         for path in (home, *home.rglob("*")):
             path.chmod(0o777)
         shutil.rmtree(home)
+
+
+# --------------------------------------------------------------------------- one writer
+_HOLD_WRITER_LOCK = """
+    import os, sys, time
+    from jaxcnn import rundir
+    run_dir = rundir.RunDir(sys.argv[1])
+    run_dir.prepare()
+    lock = run_dir.lock_for_writing()
+    print("locked", flush=True)
+    if sys.argv[2] == "die":
+        os._exit(9)  # killed while training: the kernel drops its lock
+    time.sleep(600)
+"""
+
+
+def _hold_writer_lock(workdir, then: str) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_HOLD_WRITER_LOCK), str(workdir), then],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked", holder.communicate()[1]
+    return holder
+
+
+def test_second_trainer_on_a_live_run_is_refused_naming_the_first(tmp_path):
+    import socket
+
+    workdir = tmp_path / "run"
+    holder = _hold_writer_lock(workdir, "sleep")
+    try:
+        done = _train_cli("--workdir", str(workdir))
+        assert holder.poll() is None  # refused at once, not after waiting for it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"workdir {workdir} is being trained by process {holder.pid} on host "
+        f"{socket.gethostname()} (since " in done.stderr
+    )
+    assert "use another --workdir" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == [".writer.lock"]
+
+
+def test_writer_lock_of_a_killed_process_is_taken_over(tmp_path):
+    workdir = tmp_path / "run"
+    dead = _hold_writer_lock(workdir, "die")
+    assert dead.wait() == 9
+    assert json.loads((workdir / ".writer.lock").read_text())["pid"] == dead.pid
+    result = train.fit(_digits(**{"train.epochs": 1}), workdir, quiet=True)
+    assert result.epochs == 1
+    holder = json.loads((workdir / ".writer.lock").read_text())
+    assert holder["pid"] == os.getpid()
+    # released at the end: the next run in this process (or another) may write
+    (workdir / ".writer.lock").write_text("{not json")  # a damaged lock file is no harm
+    assert train.fit(_digits(**{"train.epochs": 2}), workdir, quiet=True).epochs == 2
+
+
+def test_signal_handlers_nest_so_a_sweep_and_its_trials_share_one_stop():
+    import signal
+
+    from jaxcnn.train import preemption
+
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.Stop.on_signals() as outer:
+        with preemption.Stop.on_signals() as inner:  # a trial's fit inside a sweep
+            assert inner is outer
+        os.kill(os.getpid(), signal.SIGTERM)  # between trials: still caught
+        assert outer.signal == signal.SIGTERM and outer.name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_cut_last_metrics_line_is_rebuilt_from_its_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    train.fit(_digits(**{"train.epochs": 2}), workdir, quiet=True)
+    path = workdir / "metrics.jsonl"
+    first, second = path.read_text().splitlines()
+    path.write_text(
+        first + "\n" + second[:30]
+    )  # epoch 2's line cut, its checkpoint kept
+    result = train.fit(_digits(), workdir, quiet=True)
+    assert result.epochs == 3
+    assert [r["epoch"] for r in _records(workdir)] == [1, 2, 3]
+    assert path.read_text().splitlines()[:2] == [first, second]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["epochs"] == 3
+
+
+def test_a_writer_lock_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    from jaxcnn import rundir
+
+    run_dir = rundir.RunDir(tmp_path / "run")
+    run_dir.prepare()
+    (run_dir.path / ".writer.lock").mkdir()  # stands in for a file it may not open
+    with pytest.raises(
+        JaxcnnError, match=r"cannot open the writer lock .*\.writer\.lock"
+    ):
+        run_dir.lock_for_writing()

@@ -495,3 +495,139 @@ def test_the_cache_is_reused_and_follows_changed_files(tmp_path, monkeypatch):
     assert 1.0 in np.concatenate(
         [changed.train.images, changed.val.images, changed.test.images]
     )
+
+
+# --------------------------------------------------------------------------- not files
+@pytest.fixture
+def no_hang():
+    """Fails a test that blocks (opening a FIFO waits for a writer) instead of hanging."""
+    import signal
+
+    def stop(signum, frame):
+        raise TimeoutError("blocked for 120 s: a special file was opened")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _socket_at(path: pathlib.Path):
+    import socket
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    return server
+
+
+def test_fifos_sockets_and_devices_in_a_folder_are_skipped_and_named(tmp_path, no_hang):
+    root = classes_of(tmp_path / "ds", {"a": 10, "b": 10})
+    os.mkfifo(root / "a" / "fifo.png")
+    (root / "b" / "null.png").symlink_to("/dev/null")  # a character device
+    server = _socket_at(root / "b" / "sock.png")
+    try:
+        ds = data.load_dataset(folder_config(root, tmp_path))
+    finally:
+        server.close()
+    total = ds.train.num_examples + ds.val.num_examples + ds.test.num_examples
+    assert total == 20
+    (note,) = [n for n in ds.notes if "special files" in n]
+    assert note.startswith("skipped 3 special files, not opened")
+    for name in ("a/fifo.png (a FIFO)", "b/null.png (a character device)"):
+        assert name in note
+    assert "b/sock.png (a socket)" in note
+
+
+def test_a_dangling_link_is_a_bad_file_not_a_traceback(tmp_path):
+    root = classes_of(tmp_path / "ds", {"a": 10, "b": 10})
+    (root / "a" / "gone.png").symlink_to(tmp_path / "moved.png")
+    with pytest.raises(DataError) as e:
+        data.load_dataset(folder_config(root, tmp_path))
+    assert (
+        f"a/gone.png: a symbolic link to {tmp_path / 'moved.png'}, which does not"
+        in str(e.value)
+    )
+    ds = data.load_dataset(folder_config(root, tmp_path, bad_files="skip"))
+    assert ds.train.num_examples + ds.val.num_examples + ds.test.num_examples == 20
+
+
+def test_linked_folders_in_a_class_are_followed_and_loops_reported(tmp_path):
+    root = classes_of(tmp_path / "ds", {"a": 10, "b": 10})
+    classes_of(tmp_path / "more", {"a": 5})
+    (root / "a" / "more").symlink_to(tmp_path / "more" / "a")
+    ds = data.load_dataset(folder_config(root, tmp_path))
+    assert ds.train.num_examples + ds.val.num_examples + ds.test.num_examples == 25
+    (root / "b" / "again").symlink_to(root / "b")
+    with pytest.raises(
+        DataError, match=r"b/again/: a link to a folder already listed \(a loop\)"
+    ):
+        data.load_dataset(folder_config(root, tmp_path))
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_a_clear_error(tmp_path):
+    root = classes_of(tmp_path / "ds", {"a": 10})
+    bad = os.path.join(os.fsencode(root), b"caf\xe9")
+    os.mkdir(bad)
+    shutil.copy(root / "a" / "000.png", os.path.join(bad, b"000.png"))
+    with pytest.raises(DataError) as e:
+        data.load_dataset(folder_config(root, tmp_path))
+    assert f"class folder {bad!r} has a name that is not valid UTF-8" in str(e.value)
+
+
+def test_predict_and_viz_do_not_open_special_files(tmp_path, no_hang):
+    from jaxcnn import viz
+
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match="fifo.png: a FIFO, not an image file; not"):
+        data.read_image(tmp_path / "fifo.png")
+    with pytest.raises(DataError, match="fifo.png: a FIFO"):
+        viz.load_image(tmp_path / "fifo.png", (8, 8, 1))
+    with pytest.raises(DataError, match="gone.png: a symbolic link to .*nowhere.png"):
+        data.read_image(tmp_path / "gone.png")
+    with pytest.raises(DataError, match=r"/dev/null: a device, not an image file"):
+        data.read_image("/dev/null")
+
+
+def test_a_registered_name_is_the_dataset_even_beside_a_folder_of_that_name(
+    tmp_path, monkeypatch
+):
+    """`jaxcnn train --workdir digits` creates ./digits before it loads the default
+    dataset `digits`; a folder of raw files called mnist sits where people work."""
+    monkeypatch.chdir(tmp_path)
+    result = train.fit(RunConfig().override("train.epochs", 1), "digits", quiet=True)
+    assert result.dataset == "digits" and result.test_accuracy > 0.3
+    record = json.loads((tmp_path / "digits" / "config.json").read_text())["dataset"]
+    assert record["num_classes"] == 10
+    assert any("pass ./digits to train on it" in note for note in record["notes"])
+    classes_of(tmp_path / "mine", {"a": 10, "b": 10})  # not a registered name
+    ds = data.load_dataset(DataConfig(dataset="mine", data_dir=str(tmp_path / "c")))
+    assert ds.class_names == ("a", "b")
+
+
+def test_eval_reads_the_folder_the_run_trained_on_from_anywhere(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    classes_of(tmp_path / "a" / "ds", {"x": 30, "y": 30}, shape=(8, 8))
+    config = RunConfig().with_overrides(
+        {"data.dataset": "./ds", "data.data_dir": str(tmp_path / "cache")}
+    )
+    train.fit(config.override("train.epochs", 1), tmp_path / "run", quiet=True)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    assert record["folder"] == str((tmp_path / "a" / "ds").resolve())
+
+    monkeypatch.chdir(tmp_path)  # another ./ds here: not the run's
+    classes_of(tmp_path / "ds", {"p": 7, "q": 7, "r": 7}, shape=(8, 8))
+    report = train.evaluate(tmp_path / "run")
+    assert report["class_names"] == ["x", "y"]
+    assert report["examples"] == record["test_examples"]
+    assert capsys.readouterr().err == ""
+
+    png(tmp_path / "a" / "ds" / "x" / "extra.png", np.zeros((8, 8), np.uint8))
+    train.evaluate(tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: the images of folder {record['folder']} changed")
+    assert err.count("\n") == 1

@@ -111,9 +111,59 @@ def test_resume_truncates_to_the_restored_epoch(tmp_path):
 
 
 def test_corrupt_line_in_the_middle_is_an_error(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 1, "step": 5}\nnot json\n{"epoch": 2, "step": 10}\n'
+    )
     with pytest.raises(DataError, match="line 2 is not valid JSON"):
         rundir.read_metrics(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("42", "a JSON int, not an object"),
+        (
+            '{"epoch": "two", "step": 10}',
+            "'epoch' must be an integer >= 1, got \"two\"",
+        ),
+        ('{"epoch": 2, "step": -1}', "'step' must be an integer >= 0, got -1"),
+        ('{"epoch": 2, "step": 10, "val_accuracy": [1]}', "'val_accuracy' must be a"),
+    ],
+)
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_valid_json_that_is_not_an_epoch_record_is_a_clear_error(
+    tmp_path, line, problem, where
+):
+    good = ['{"epoch": 1, "step": 5}', '{"epoch": 3, "step": 15}']
+    lines = [good[0], line, good[1]] if where == "middle" else [*good, line]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    number = 2 if where == "middle" else 3
+    with pytest.raises(DataError) as info:
+        rundir.read_metrics(tmp_path)
+    message = str(info.value)
+    assert f"metrics.jsonl line {number} is not an epoch record (" in message
+    assert problem in message and "--restart" in message
+
+
+def test_a_lost_last_record_is_rebuilt_from_the_checkpoint_or_refused(tmp_path):
+    saved = json.loads(rundir.dumps(_record(2)))  # the copy in the checkpoint's meta
+    with rundir.MetricsLog(tmp_path) as log:
+        for epoch in (1, 2):
+            log.log_epoch(_record(epoch))
+    path = tmp_path / "metrics.jsonl"
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n" + second[: len(second) // 2])  # a cut last line
+    with rundir.MetricsLog(tmp_path, resume_epoch=2, resume_record=saved) as log:
+        assert [r["epoch"] for r in log.read()] == [1, 2]
+    assert rundir.read_metrics(tmp_path) == [json.loads(first), saved]
+
+    path.write_text(first + "\n" + second[: len(second) // 2])
+    with pytest.raises(DataError) as info:
+        rundir.MetricsLog(tmp_path, resume_epoch=2)  # a checkpoint without the copy
+    assert "lacks the records of epoch(s) 2, which the checkpoint" in str(info.value)
+    path.write_text(second + "\n")  # epoch 1 gone: not rebuilt from epoch 2's copy
+    with pytest.raises(DataError, match=r"epoch\(s\) 1, which"):
+        rundir.MetricsLog(tmp_path, resume_epoch=2, resume_record=saved)
 
 
 def test_metrics_module_does_not_import_tensorflow(tmp_path):

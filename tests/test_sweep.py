@@ -757,6 +757,48 @@ def test_kill_9_mid_trial_then_restart_resumes_from_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_a_sweep_with_one_line_and_143_then_resumes(tmp_path, workers):
+    epochs = 6
+    config = _write_sweep_file(tmp_path, epochs, [8, 16], name="term")
+    workdir = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "jaxcnn", "sweep", str(config), "--workdir",
+        str(workdir), "--quiet", "--workers", str(workers),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    plans = sweep.plan_sweep(sweep.load_sweep(config))
+    logs = [workdir / "trials" / p.key / "metrics.jsonl" for p in plans]
+    deadline = time.time() + 300
+    while not any(f.is_file() and f.read_text().strip() for f in logs):
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, "no trial finished an epoch"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    # one line; with several workers, one per worker (where it stopped) and the summary
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == (1 if workers == 1 else workers + 1), err
+    for line in errors:
+        assert line.startswith("error: SIGTERM received: ")
+        assert line.endswith("run the same command again to resume")
+    if workers > 1:
+        assert f"the {workers} workers of sweep 'term' stopped" in errors[-1]
+
+    subprocess.run(command, check=True, timeout=600)
+    rows = sweep.read_results(workdir)
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 2
+    assert _complete_per_key(workdir, "term") == {p.key: 1 for p in plans}
+    assert any(r["resumed_from_epoch"] >= 1 for r in rows)  # from a checkpoint
+    for log in logs:
+        assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == list(
+            range(1, epochs + 1)
+        )
+
+
+@pytest.mark.slow
 def test_three_concurrent_workers_run_every_trial_once(tmp_path):
     epochs = 2
     config = _write_sweep_file(tmp_path, epochs, [4, 6, 8, 10, 12, 14])
@@ -804,3 +846,52 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path):
         assert summary["seed"] == i and summary["total_params"] == alone.total_params
     # Different seeds really are different replicas.
     assert runs[0][1][0]["train_loss"] != runs[1][1][0]["train_loss"]
+
+
+def _journal_with_trials(sweep_dir: pathlib.Path, trials: int) -> pathlib.Path:
+    study = optuna.create_study(
+        study_name="j", storage=storage.open_storage(None, sweep_dir)
+    )
+    for i in range(trials):
+        study.enqueue_trial({}, user_attrs={"key": f"t{i}"})
+    return sweep_dir / storage.JOURNAL
+
+
+def _keys(sweep_dir: pathlib.Path) -> list[str]:
+    study = optuna.load_study(
+        study_name="j", storage=storage.open_storage(None, sweep_dir)
+    )
+    return [t.user_attrs["key"] for t in study.get_trials()]
+
+
+def test_a_cut_last_journal_line_is_dropped_and_the_sweep_goes_on(tmp_path, capsys):
+    journal = _journal_with_trials(tmp_path, 3)
+    data = journal.read_bytes()
+    journal.write_bytes(data[:-25])  # the last trial's line, cut by a kill
+    assert _keys(tmp_path) == ["t0", "t1"]
+    err = capsys.readouterr().err
+    assert f"warning: the last line of {journal} was cut (" in err
+    assert err.count("\n") == 1
+    study = optuna.load_study(
+        study_name="j", storage=storage.open_storage(None, tmp_path)
+    )
+    study.enqueue_trial({}, user_attrs={"key": "t3"})  # appends after a whole line
+    assert _keys(tmp_path) == ["t0", "t1", "t3"]
+    assert journal.read_bytes().endswith(b"\n")
+
+
+def test_a_damaged_journal_line_says_how_to_keep_the_intact_part(tmp_path):
+    import subprocess
+
+    journal = _journal_with_trials(tmp_path, 3)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    bad = len(lines) - 1  # the line of trial t1, now garbage
+    journal.write_bytes(b"".join([*lines[: bad - 1], b"{garbage\n", lines[-1]]))
+    with pytest.raises(JaxcnnError) as info:
+        storage.open_storage(None, tmp_path)
+    message = str(info.value)
+    assert f"line {bad} of the Optuna journal {journal} is not valid JSON" in message
+    assert "--restart" in message and "Traceback" not in message
+    command = message.split("`")[1]  # truncate -s BYTES PATH
+    subprocess.run(command.split(), check=True)
+    assert _keys(tmp_path) == ["t0"]

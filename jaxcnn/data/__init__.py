@@ -4,12 +4,17 @@ The package is the only place that imports TensorFlow / TensorFlow Datasets, laz
 `arrays` holds the containers the trainer reads (`Split`, streams, `Dataset`, `Batch`),
 `images` decodes image files and converts images to the model's input, `catalog` reads
 TFDS datasets by name, `folders` reads folders of image files (one sub-folder per class).
-`data.dataset` names a folder when it is an existing directory or a path by its form
-(`folders.is_folder`); anything else is a TFDS name.
+`data.dataset` names a folder when it is a path by its form (starting with /, . or ~, or
+ending with /) or an existing directory (`folders.is_folder`); anything else is a TFDS
+name. A bare name (`mnist`, `digits`) that is both a registered TFDS dataset and a
+directory where jaxcnn runs is the TFDS dataset, with a note saying how to use the folder
+(`./mnist`): a folder of raw downloads, or a workdir named after the dataset, is never
+read as a folder dataset by accident.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from jaxcnn.data import catalog, folders
@@ -75,9 +80,25 @@ def load_dataset(
         files in a folder (see `folders`).
     """
     target = tuple(int(d) for d in input_shape) if input_shape else None
-    if folders.is_folder(config.dataset):
+    if _is_folder(config.dataset):
         return folders.load_folder(config, target)
-    return catalog.load_tfds(config, target)
+    ds = catalog.load_tfds(config, target)
+    if folders.is_folder(config.dataset):  # a directory of that name is here too
+        note = (
+            f"data.dataset={config.dataset!r} is the registered dataset; the folder of "
+            f"that name here is not read (pass ./{config.dataset} to train on it)"
+        )
+        ds = dataclasses.replace(ds, notes=(*ds.notes, note))
+    return ds
+
+
+def _is_folder(name: str) -> bool:
+    """Whether `name` is read as a folder dataset (see the module doc)."""
+    if not folders.is_folder(name):
+        return False
+    if folders.is_path_form(name):
+        return True
+    return not catalog.is_registered(name)
 
 
 def prepare_dataset(
@@ -85,7 +106,7 @@ def prepare_dataset(
 ) -> None:
     """Makes sure TFDS dataset `name` is prepared in data_dir (see `catalog`); folders
     need no preparation (`load_dataset` decodes and caches them)."""
-    if not folders.is_folder(name):
+    if not _is_folder(name):
         catalog.prepare_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
 
 
@@ -94,6 +115,6 @@ def dataset_info(
 ) -> tuple[int, tuple[str, ...], tuple[int, int, int]]:
     """(num_classes, class_names, image_shape): TFDS metadata, or a folder's class folders
     and the shape of its first image."""
-    if folders.is_folder(name):
+    if _is_folder(name):
         return folders.folder_info(name)
     return catalog.dataset_info(name, data_dir=data_dir)

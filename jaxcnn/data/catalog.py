@@ -290,6 +290,13 @@ def _register_digits(tfds) -> None:
                 yield i, {"image": pixels[i], "label": int(digits.target[i])}
 
 
+def is_registered(name: str) -> bool:
+    """Whether `name` (its dataset part, before any /config or :version) is a TFDS
+    dataset registered here (TFDS's own, or the embedded digits)."""
+    base = name.split("/")[0].split(":")[0]
+    return base in _tfds().list_builders(with_community_datasets=False)
+
+
 def _builder(name: str, data_dir: str | None):
     """tfds.builder(name), with an unknown name turned into a DataError listing close matches."""
     tfds = _tfds()

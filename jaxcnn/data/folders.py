@@ -22,8 +22,13 @@ The fingerprint, sha256 of every file's (path, size, mtime), is `Dataset.fingerp
 resumed run can tell that files changed. Nothing is dropped silently: a file that is not an
 image, cannot be decoded (truncated, corrupt, over PIL's decompression-bomb limit), and an
 empty class folder are a DataError, or with `data.bad_files = "skip"` left out, each one
-logged and counted in the notes. Hidden files and files outside class folders are ignored
-and counted in the notes.
+logged and counted in the notes; so are a dangling symbolic link and a folder that cannot
+be listed. Hidden files and files outside class folders are ignored and counted in the
+notes. Only regular files are opened: FIFOs, sockets and device files are skipped and
+named in the notes (opening a FIFO would wait forever). Symbolic links to folders inside
+a class folder are followed, except one leading to a folder already listed for that class
+(a loop), which is reported. Class folder names must be valid UTF-8 (they are text in
+config.json and in predictions).
 
 TFDS's `tfds.folder_dataset.ImageFolder` does not fit: it reads only PNG and JPEG, needs
 split folders, passes over other files without a word, cannot slice its splits (sharding
@@ -43,6 +48,7 @@ import math
 import os
 import pathlib
 import shutil
+import stat as stat_lib
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -63,8 +69,20 @@ _VAL_NAMES = ("val", "validation")
 
 
 def is_folder(name: str) -> bool:
-    """Whether `data.dataset` names a folder (`spec.is_folder_dataset`)."""
+    """Whether `data.dataset` could name a folder (`spec.is_folder_dataset`): a path by
+    its form, or an existing directory (`jaxcnn.data` lets a registered TFDS name win
+    over a bare directory name)."""
     return spec.is_folder_dataset(name)
+
+
+def is_path_form(name: str) -> bool:
+    """Whether `name` is written as a path: starting with /, . or ~, ending with /, or
+    holding the platform's separator where it is not "/"."""
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or (os.sep != "/" and os.sep in name)
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -217,19 +235,28 @@ def _scan(root: pathlib.Path) -> _Scan:
     train = root / "train"
     split_layout = train.is_dir() and bool(_folders(train)) and not _files(train)
     split_names = tuple(_folders(root)) if split_layout else ("",)
-    found, problems, stats, classes = [], [], [], set()
+    found, problems, stats, classes, special = [], [], [], set(), []
     ignored = collections.Counter({"files outside class folders": len(_files(root))})
     for s, split in enumerate(split_names):
         base = root / split if split else root
         if split:
             ignored["files outside class folders"] += len(_files(base))
         for name in _folders(base):
+            _check_class_name(base / name)
             classes.add(name)
-            listed = list(_walk(base / name, ignored))
-            for path in listed:
+            listed = []
+            for path in _walk(base / name, ignored, root, problems):
                 rel = path.relative_to(root).as_posix()
-                stat = path.stat()
-                stats.append((rel, stat.st_size, stat.st_mtime_ns))
+                try:
+                    info = path.stat()
+                except OSError as e:  # a dangling link, or no permission
+                    problems.append((rel, _unreadable(path, e)))
+                    continue
+                if not stat_lib.S_ISREG(info.st_mode):
+                    special.append(f"{rel} ({_special_kind(info.st_mode)})")
+                    continue
+                listed.append(path)
+                stats.append((rel, info.st_size, info.st_mtime_ns))
                 if path.suffix.lower() in images.IMAGE_SUFFIXES:
                     found.append((rel, name, s))
                 else:
@@ -240,6 +267,14 @@ def _scan(root: pathlib.Path) -> _Scan:
     classes = tuple(sorted(classes))
     index = {name: i for i, name in enumerate(classes)}
     digest = hashlib.sha256(json.dumps(sorted(stats)).encode()).hexdigest()
+    notes = [f"ignored {n} {why}" for why, n in sorted(ignored.items()) if n]
+    if special:
+        shown = ", ".join(special[:_LISTED])
+        more = f" and {len(special) - _LISTED} more" if len(special) > _LISTED else ""
+        notes.append(
+            f"skipped {len(special)} special files, not opened (only regular files are "
+            f"read): {shown}{more}"
+        )
     return _Scan(
         root=root,
         split_names=split_names,
@@ -248,7 +283,7 @@ def _scan(root: pathlib.Path) -> _Scan:
         labels=np.array([index[c] for _, c, _ in found], np.int32),
         splits=np.array([s for _, _, s in found], np.int32),
         problems=tuple(problems),
-        notes=tuple(f"ignored {n} {why}" for why, n in sorted(ignored.items()) if n),
+        notes=tuple(notes),
         fingerprint=digest,
     )
 
@@ -265,9 +300,37 @@ def _files(path: pathlib.Path) -> list[str]:
     )
 
 
-def _walk(folder: pathlib.Path, ignored: collections.Counter) -> Iterator[pathlib.Path]:
-    """Files below folder in sorted order; hidden files and folders are counted, skipped."""
-    for directory, subdirs, files in os.walk(folder):
+def _walk(
+    folder: pathlib.Path,
+    ignored: collections.Counter,
+    root: pathlib.Path,
+    problems: list[tuple[str, str]],
+) -> Iterator[pathlib.Path]:
+    """Entries below folder that are not folders, in sorted order (following links to
+    folders); hidden files and folders are counted and skipped; a folder that cannot
+    be listed, or a link to a folder already listed here (a loop), is a problem."""
+
+    def rel(path) -> str:
+        return pathlib.Path(path).relative_to(root).as_posix() + "/"
+
+    def cannot_list(error: OSError) -> None:
+        problems.append((rel(error.filename), f"cannot be listed ({error.strerror})"))
+
+    seen = set()
+    for directory, subdirs, files in os.walk(
+        folder, onerror=cannot_list, followlinks=True
+    ):
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen:
+            problems.append(
+                (
+                    rel(directory),
+                    "a link to a folder already listed (a loop); not listed",
+                )
+            )
+            subdirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         ignored["hidden files and folders"] += sum(d.startswith(".") for d in subdirs)
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for name in sorted(files):
@@ -275,6 +338,36 @@ def _walk(folder: pathlib.Path, ignored: collections.Counter) -> Iterator[pathli
                 ignored["hidden files and folders"] += 1
             else:
                 yield pathlib.Path(directory) / name
+
+
+def _check_class_name(folder: pathlib.Path) -> None:
+    """Class names are text: refuses a folder name that is not valid UTF-8."""
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(
+            f"class folder {os.fsencode(folder)!r} has a name that is not valid UTF-8; "
+            f"class names are text (in config.json and in predictions). Rename it to "
+            f"a UTF-8 name (convmv -f latin1 -t utf8 -r --notest FOLDER converts a tree)"
+        ) from None
+
+
+def _unreadable(path: pathlib.Path, error: OSError) -> str:
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return f"cannot be read ({error.strerror})"
+
+
+def _special_kind(mode: int) -> str:
+    for test, kind in (
+        (stat_lib.S_ISFIFO, "a FIFO"),
+        (stat_lib.S_ISSOCK, "a socket"),
+        (stat_lib.S_ISCHR, "a character device"),
+        (stat_lib.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def _first_shape(scan: _Scan) -> tuple[int, int, int]:

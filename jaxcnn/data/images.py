@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,11 +61,42 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
         return decode(path)
 
 
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Raises DataError unless `path` is a regular file (or a link to one), without
+    opening it: opening a FIFO waits for a writer forever, a device may never end.
+
+    Raises:
+      DataError: "PATH: ..." naming what the path is instead (or why it cannot be read).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if os.path.islink(path):
+            why = f"a symbolic link to {os.readlink(path)}, which does not exist"
+        else:
+            why = f"cannot read image ({e.strerror})"
+        raise DataError(f"{path}: {why}") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a folder"
+            if stat.S_ISDIR(mode)
+            else "not a regular file"
+        )
+        raise DataError(f"{path}: {kind}, not an image file; not opened")
+
+
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
     """`read_image` for worker threads: the caller turns PIL's DecompressionBombWarning
     into an error (warning filters are process-wide, so threads cannot each set them)."""
     from PIL import Image
 
+    check_regular_file(path)
     try:
         with Image.open(path) as img:
             img.load()

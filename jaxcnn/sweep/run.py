@@ -21,12 +21,14 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
-from jaxcnn import rundir
+from jaxcnn import errors, rundir
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.sweep import config, results, worker
 from jaxcnn.sweep import storage as storage_lib
+from jaxcnn.train import preemption
 
 
 def prepare_dir(
@@ -106,6 +108,31 @@ def work(
     return worker.Worker(sweep, sweep_dir, storage, quiet).run(max_trials)
 
 
+def _run_workers(command: list[str], workers: int, name: str) -> None:
+    """Runs `workers` copies of `command` to the end; SIGTERM / SIGINT sent to this
+    process are passed on to them, and `errors.Interrupted` raised once they stopped."""
+    with preemption.Stop.on_signals() as stop:
+        # their own process group: a Ctrl-C in the terminal reaches them once, from here
+        procs = [subprocess.Popen(command, process_group=0) for _ in range(workers)]
+        passed_on = 0
+        while any(p.poll() is None for p in procs):
+            if stop.signal and not passed_on:
+                passed_on = stop.signal
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(stop.signal)
+            time.sleep(0.1)
+        codes = [p.returncode for p in procs]
+    if stop.signal:
+        raise errors.Interrupted(
+            f"{stop.name} received: the {workers} workers of sweep {name!r} stopped "
+            f"(exit statuses {codes}); run the same command again to resume",
+            stop.signal,
+        )
+    if any(codes):
+        raise JaxcnnError(f"sweep workers exited with {codes}; rerun to resume")
+
+
 def run_sweep(
     config_or_path: Any,
     workdir: str | os.PathLike | None = None,
@@ -157,10 +184,7 @@ def run_sweep(
             command += ["--storage", storage]
         if quiet:
             command.append("--quiet")
-        procs = [subprocess.Popen(command) for _ in range(workers)]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            raise JaxcnnError(f"sweep workers exited with {codes}; rerun to resume")
+        _run_workers(command, workers, sweep.name)
     rows = results.read_results(sweep_dir)
     if not quiet:
         counts = {s: sum(r["status"] == s for r in rows) for s in results.STATUSES}

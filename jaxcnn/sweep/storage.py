@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import pathlib
 import warnings
 from collections.abc import Iterator
@@ -37,6 +38,62 @@ GRACE_SECONDS = 90
 MAX_RETRIES = 3  # a trial whose worker died is re-enqueued at most this often
 JOURNAL = "optuna.journal"
 URL_SCHEMES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy backends Optuna supports
+
+
+def _check_journal(path: pathlib.Path, lock: Any) -> None:
+    """Drops a cut last line of an Optuna journal; refuses one damaged before its end.
+
+    A line without its newline at the end of the file is a write that was interrupted
+    (a kill, a full disk): Optuna skips it when reading but would append the next
+    operation to it, damaging both; it is removed, with a warning. A line before the end
+    that is not JSON cannot be skipped: the message says where the intact part ends.
+    The check runs under Optuna's journal lock, so another worker's append in progress
+    is never taken for a cut line.
+
+    Raises:
+      JaxcnnError: a line other than a cut last one is not valid JSON.
+    """
+    import json
+    import sys
+
+    if not path.is_file():
+        return
+    with _held(lock):
+        data = path.read_bytes()
+        intact = data.rfind(b"\n") + 1
+        if intact < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(intact)
+                f.flush()
+                os.fsync(f.fileno())
+            print(
+                f"warning: the last line of {path} was cut ({len(data) - intact} bytes "
+                f"of an interrupted write); it was dropped and the sweep goes on",
+                file=sys.stderr,
+            )
+        offset = 0
+        for number, line in enumerate(data[:intact].splitlines(keepends=True), 1):
+            try:
+                json.loads(line)
+            except ValueError as e:
+                raise JaxcnnError(
+                    f"line {number} of the Optuna journal {path} is not valid JSON "
+                    f"({type(e).__name__}: {e}); the file was damaged there. Its first "
+                    f"{number - 1} lines are intact: keep them with `truncate -s "
+                    f"{offset} {path}` (the trials recorded after them run again), or "
+                    f"start the sweep afresh with --restart"
+                ) from None
+            offset += len(line)
+
+
+@contextlib.contextmanager
+def _held(lock: Any) -> Iterator[None]:
+    """Holds an Optuna journal lock (`JournalFileOpenLock`) for the block."""
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def retry_copy(study: Any, trial: Any, *, count: bool = True) -> None:
@@ -79,9 +136,10 @@ def open_storage(storage: str | None, sweep_dir: pathlib.Path) -> Any:
         path = pathlib.Path(storage) if storage else sweep_dir / JOURNAL
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            lock = optuna.storages.journal.JournalFileOpenLock(str(path))
+            _check_journal(path, lock)
             backend = optuna.storages.journal.JournalFileBackend(
-                str(path),
-                lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path)),
+                str(path), lock_obj=lock
             )
             return optuna.storages.JournalStorage(backend)
         except (OSError, ValueError) as e:

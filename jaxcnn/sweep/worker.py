@@ -24,12 +24,13 @@ import traceback
 import warnings
 from typing import Any
 
-from jaxcnn import rundir
+from jaxcnn import errors, rundir
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import RunConfig
 from jaxcnn.sweep import config, plan, results
 from jaxcnn.sweep import storage as storage_lib
 from jaxcnn.sweep import trial as trial_lib
+from jaxcnn.train import preemption
 
 # The attributes a trial enqueued again for more seeds keeps.
 _IDENTITY = ("key", "overrides", "params", "flops")
@@ -233,9 +234,25 @@ class Worker:
         )
 
     def run(self, max_trials: int | None = None) -> int:
-        """Runs trials until the sweep is done (or `max_trials`); returns how many ran."""
+        """Runs trials until the sweep is done (or `max_trials`); returns how many ran.
+
+        SIGTERM / SIGINT stop the worker: a trial that is training saves a checkpoint
+        and goes back to the queue (rerunning resumes it), and `errors.Interrupted`
+        (exit status 128 + the signal) says so.
+        """
+        with preemption.Stop.on_signals() as stop:
+            return self._run(max_trials, stop)
+
+    def _run(self, max_trials: int | None, stop: preemption.Stop) -> int:
         self._write_results()
         while max_trials is None or self.ran < max_trials:
+            if stop.signal:
+                raise errors.Interrupted(
+                    f"{stop.name} received: sweep {self.sweep.name!r} stopped between "
+                    f"trials ({self.ran} run by this worker); run the same command "
+                    f"again to resume",
+                    stop.signal,
+                )
             with self._coord_lock():
                 self._reclaim()
                 trial = self._next()
@@ -386,6 +403,8 @@ class Worker:
                 dataset=self._dataset(run_config),
                 on_epoch=on_epoch,
             )
+        except errors.Interrupted:
+            raise  # `run` hands the trial back; its checkpoint resumes it
         except optuna.TrialPruned as e:
             trial.set_user_attr("status", "pruned")
             trial.set_user_attr("error", str(e))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,13 +28,26 @@ def evaluate(
     """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint on a split.
 
     `precision` ("float32", "bfloat16") evaluates in another precision than the run
-    trained in (None: the run's).
+    trained in (None: the run's). A folder dataset is read from the absolute path the
+    run recorded, and a warning on stderr says when its files changed since.
     """
     run = transfer.restore(workdir, which, precision=precision)
     data_config = run.config.data
+    folder = run.dataset.get("folder")
+    if folder:  # the folder the run trained on, whatever the working directory now
+        data_config = dataclasses.replace(data_config, dataset=folder)
     if split not in ("train", "val"):
         data_config = dataclasses.replace(data_config, test_split=split)
     ds = data.load_dataset(data_config, input_shape=run.spec.input_shape)
+    saved = run.dataset.get("fingerprint")
+    if saved is not None and saved != ds.fingerprint:
+        print(
+            f"warning: the images of folder {folder or data_config.dataset} changed "
+            f"since the run trained on them (a file was added, removed or modified): "
+            f"the splits may differ from the run's, and this evaluation is of the "
+            f"files as they are now",
+            file=sys.stderr,
+        )
     chosen = {"train": ds.train, "val": ds.val}.get(split, ds.test)
     steps = step.Steps(run.model, run.optimizer, run.config)
     (loss, correct, count), labels, predictions = steps.evaluate(

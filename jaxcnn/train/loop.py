@@ -67,6 +67,7 @@ class _Run:
     resume: bool
     primary: bool
     quiet: bool
+    lock: rundir.WriterLock | None  # process 0's hold on the workdir
     dataset: data.Dataset | None = None
     spec: ModelSpec | None = None
     source: batches.BatchSource | None = None
@@ -122,14 +123,18 @@ def fit(
     workdir = workdir or rundir.default_workdir(config)
     step.enable_compilation_cache()
     run = _open_run(config, rundir.RunDir(workdir), restart, quiet)
-    _load(run, dataset)
-    steps, schedule = _build_state(run)
-    with checkpoint.Checkpointer(
-        run.run_dir.checkpoints, keep=config.train.keep_checkpoints
-    ) as ckpt:
-        history, stopped_early = _train(run, steps, schedule, ckpt, on_epoch)
-        final_model = steps.model()
-        summary = _finish(run, steps, ckpt, history, stopped_early)
+    try:
+        _load(run, dataset)
+        steps, schedule = _build_state(run)
+        with checkpoint.Checkpointer(
+            run.run_dir.checkpoints, keep=config.train.keep_checkpoints
+        ) as ckpt:
+            history, stopped_early = _train(run, steps, schedule, ckpt, on_epoch)
+            final_model = steps.model()
+            summary = _finish(run, steps, ckpt, history, stopped_early)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
     return FitResult(summary, final_model, config, run.spec, run.run_dir.path, history)
 
 
@@ -138,15 +143,20 @@ def _open_run(
 ) -> _Run:
     """Decides between resuming and starting afresh, on process 0 for every process.
 
-    Several processes share one workdir (a shared filesystem): process 0 decides and
-    writes, the others follow its decision and only read.
+    Several processes share one workdir (a shared filesystem): process 0 takes the
+    directory's writer lock (refused while another training process holds it), decides
+    and writes; the others follow its decision.
     """
     primary = distributed.is_primary()
+    lock = None
     try:
         if primary:
             run_dir.prepare()
+            lock = run_dir.lock_for_writing()
         resume = run_dir.resumes(config, restart) if primary else False
     except JaxcnnError:
+        if lock is not None:
+            lock.release()
         distributed.broadcast_from_primary(-1)  # the others stop too, not wait
         raise
     status = distributed.broadcast_from_primary(int(resume))
@@ -157,7 +167,7 @@ def _open_run(
     if primary and not status:
         run_dir.clear()
     distributed.barrier("jaxcnn:workdir")
-    return _Run(config, run_dir, bool(status), primary, quiet or not primary)
+    return _Run(config, run_dir, bool(status), primary, quiet or not primary, lock)
 
 
 def _load(run: _Run, dataset: data.Dataset | None) -> None:
@@ -223,6 +233,7 @@ class _Position:
     best_val: float = -1.0
     done: int = 0  # steps of epoch `epoch` already run (a mid-epoch checkpoint)
     sums: list[float] | None = None  # their running [loss sum, correct, examples]
+    record: dict | None = None  # epoch `epoch`'s metrics record, kept in the checkpoint
 
 
 def _restore(run: _Run, steps: step.Steps, ckpt) -> _Position:
@@ -230,13 +241,21 @@ def _restore(run: _Run, steps: step.Steps, ckpt) -> _Position:
     if not run.resume:
         return _Position()
     restored = ckpt.restore("latest", nnx.to_pure_dict(steps.state))
-    nnx.replace_by_pure_dict(steps.state, restored.state)
     meta = restored.meta
+    rundir.check_identity(  # not a checkpoint copied in from another run
+        meta,
+        run.config,
+        run.spec,
+        where=f"checkpoint step {restored.step} in {run.run_dir.checkpoints}",
+        missing_is_error=True,
+    )
+    nnx.replace_by_pure_dict(steps.state, restored.state)
     return _Position(
         meta["epoch"],
         meta.get("best_val_accuracy", -1.0),
         meta.get("epoch_step", 0),
         meta.get("epoch_sums"),
+        meta.get("epoch_record"),
     )
 
 
@@ -250,6 +269,7 @@ class _Loop:
     ckpt: checkpoint.Checkpointer
     stop: preemption.Stop
     best_val: float = -1.0
+    last_record: dict | None = None  # the last completed epoch's metrics record
 
 
 def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool]:
@@ -262,7 +282,10 @@ def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool
     cfg = run.config.train
     position = _restore(run, steps, ckpt)  # every process restores
     log = rundir.MetricsLog(
-        run.run_dir.path, resume_epoch=position.epoch, write=run.primary
+        run.run_dir.path,
+        resume_epoch=position.epoch,
+        resume_record=position.record,
+        write=run.primary,
     )
     history = log.read()
     run.source.place(steps.layout)
@@ -270,6 +293,7 @@ def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool
     since_best = _epochs_since_best(history)
     with preemption.Stop.on_signals(distributed.process_count() == 1) as stop:
         loop = _Loop(run, steps, schedule, ckpt, stop, position.best_val)
+        loop.last_record = history[-1] if history else None
         try:
             for epoch in range(position.epoch, cfg.epochs):
                 if cfg.patience and since_best >= cfg.patience:
@@ -285,6 +309,7 @@ def _train(run: _Run, steps, schedule, ckpt, on_epoch) -> tuple[list[dict], bool
                     since_best += 1
                 log.log_epoch(record)
                 history.append(record)
+                loop.last_record = record
                 if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                     _save(loop, record["step"], epoch + 1, record["val_accuracy"])
                 if on_epoch is not None:
@@ -301,7 +326,15 @@ def _save(loop: _Loop, global_step: int, epoch: int, val_accuracy=None, **partia
         global_step,
         nnx.to_pure_dict(loop.steps.state),
         metrics={} if val_accuracy is None else {"val_accuracy": val_accuracy},
-        meta={"epoch": epoch, "best_val_accuracy": loop.best_val, **partial},
+        meta={
+            "epoch": epoch,
+            "best_val_accuracy": loop.best_val,
+            rundir.IDENTITY: rundir.run_identity(loop.run.config, loop.run.spec),
+            # metrics.jsonl's record of `epoch`: a resume rebuilds it from here when
+            # the log lost its last line
+            "epoch_record": loop.last_record,
+            **partial,
+        },
         force=True,
     )
 
@@ -454,6 +487,13 @@ def dataset_record(ds: data.Dataset) -> dict[str, Any]:
         "test_examples": ds.test.num_examples,
         "notes": list(ds.notes),
         "fingerprint": ds.fingerprint,
+        # a folder dataset's absolute, resolved path: eval reads the same folder from
+        # any working directory
+        "folder": (
+            None
+            if ds.fingerprint is None
+            else os.path.realpath(os.path.expanduser(ds.name))
+        ),
     }
 
 
