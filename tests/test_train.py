@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -467,3 +468,46 @@ def test_unknown_dataset_and_impossible_channels_exit_2(tmp_path):
         train.fit(
             _digits(**{"model.input_shape": [8, 8, 2]}), tmp_path / "r2", quiet=True
         )
+
+
+@pytest.mark.slow
+def test_train_says_it_compiles_and_records_persistent_cache_hits(tmp_path):
+    """`jaxcnn train` names each compile and its seconds before the first epoch line;
+    summary.json counts the executables loaded from the persistent cache. A second run
+    that differs only in its seed (a traced value) loads its train step from there."""
+    env = {"JAXCNN_COMPILATION_CACHE": str(tmp_path / "xla")}
+    runs = []
+    for seed in (1, 2):
+        workdir = tmp_path / f"run{seed}"
+        done = _run_cli(
+            "train",
+            "--epochs",
+            "1",
+            "--seed",
+            str(seed),
+            "--workdir",
+            str(workdir),
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((workdir / "summary.json").read_text())
+        runs.append((done.stderr.splitlines(), summary))
+    (first_out, first), (second_out, second) = runs
+    compiling = [
+        line for line in first_out if line.startswith("compiling the train step")
+    ]
+    assert compiling and re.fullmatch(
+        r"compiling the train step \.\.\. \d+\.\d s", compiling[0]
+    )
+    assert first_out.index(compiling[0]) < next(
+        i for i, line in enumerate(first_out) if line.startswith("epoch 1/1")
+    )
+    assert first["compile_cache_hits"] == 0 and first["compile_seconds"] > 0
+    assert any(
+        re.fullmatch(
+            r"compiling the train step \.\.\. \d+\.\d s \(from the persistent cache\)",
+            line,
+        )
+        for line in second_out
+    ), second_out
+    assert second["compile_cache_hits"] >= 1

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -222,7 +223,21 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     k = cfg.steps_per_dispatch or step.default_steps_per_dispatch(jax.default_backend())
-    return step.Steps(model, optimizer, run.config, min(k, steps_per_epoch)), schedule
+    steps = step.Steps(model, optimizer, run.config, min(k, steps_per_epoch))
+    if not run.quiet:
+        steps.on_compile = _say_compiling
+    return steps, schedule
+
+
+def _say_compiling(what: str, done: tuple[float, bool] | None) -> None:
+    """`compiling the train step ... 2.9 s` on one line of stderr, where the epochs'
+    progress goes."""
+    if done is None:
+        print(f"compiling {what} ...", end="", file=sys.stderr, flush=True)
+    else:
+        seconds, hit = done
+        cached = " (from the persistent cache)" if hit else ""
+        print(f" {seconds:.1f} s{cached}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -428,6 +443,7 @@ def _finish(run: _Run, steps, ckpt, history, stopped_early: bool) -> dict[str, A
     summary.update(
         stopped_early=stopped_early,
         executables=steps.num_compiled,
+        compile_cache_hits=steps.cache_hits,
         steps_per_dispatch=steps.k,
         num_processes=distributed.process_count(),
     )

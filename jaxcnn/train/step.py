@@ -194,16 +194,29 @@ class Steps:
         self.key = sharding.put(augment_key(config.train.seed), self.layout.replicated)
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
+        self.cache_hits = 0  # executables loaded from the persistent compilation cache
+        # told about each compile: (what, None) before it, (what, (seconds, cache
+        # hit)) after it; None: silent
+        self.on_compile: Callable[[str, tuple[float, bool] | None], None] | None = None
 
     def _get(self, name: str, fn: Callable, args: tuple, donate: tuple[int, ...] = ()):
         key = (name, tuple((a.shape, str(a.dtype)) for a in args[1:] if a is not None))
         if key not in self._compiled:
+            what = f"the {name} step"
+            if self.on_compile:
+                self.on_compile(what, None)
+            hits = _persistent_cache_hits()
             start = time.perf_counter()
             jitted = jax.jit(
                 fn, donate_argnums=donate, out_shardings=self.layout.replicated
             )
             self._compiled[key] = jitted.lower(*args).compile()
-            self.compile_seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.compile_seconds += seconds
+            hit = _persistent_cache_hits() > hits
+            self.cache_hits += hit
+            if self.on_compile:
+                self.on_compile(what, (seconds, hit))
         return self._compiled[key]
 
     @property
@@ -297,6 +310,25 @@ class Steps:
         """The model with the current state, in eval mode."""
         model, _ = nnx.merge(self.eval_graph, self.state)
         return model
+
+
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"  # jax.monitoring's event
+_events: dict[str, int] = {}
+
+
+@functools.cache
+def _listen_to_cache_events() -> None:
+    """Counts jax.monitoring's events from now on (one listener for the process)."""
+    jax.monitoring.register_event_listener(
+        lambda event, **_: _events.__setitem__(event, _events.get(event, 0) + 1)
+    )
+
+
+def _persistent_cache_hits() -> int:
+    """Executables loaded from the persistent compilation cache in this process so far
+    (since the first call)."""
+    _listen_to_cache_events()
+    return _events.get(_CACHE_HIT, 0)
 
 
 def enable_compilation_cache(directory: str | None = None) -> None:
