@@ -38,6 +38,7 @@ RANKS = {
     "jaxcnn.memory": 5,
     "jaxcnn.rundir": 6,
     "jaxcnn.transfer": 7,
+    "jaxcnn.export": 7.5,
     "jaxcnn.train.sharding": 8.0,
     "jaxcnn.train.preemption": 8.05,
     "jaxcnn.train.step": 8.1,
