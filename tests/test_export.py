@@ -435,3 +435,47 @@ def test_contract_refuses_class_names_that_do_not_fit():
     spec = models.preset("keras_mnist")
     with pytest.raises(export.ExportError, match="names 3 classes .* 10 outputs"):
         export.contract(spec, {"class_names": ["a", "b", "c"]})
+
+
+# --------------------------------------------------------------------------- README
+def _readme_blocks(heading: str) -> list[tuple[str, str]]:
+    """(language, code) of the fenced blocks in README.md's section `heading`."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else None]
+    return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+
+
+def _run_blocks(blocks, cwd: pathlib.Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    bindir = pathlib.Path(sys.executable).parent  # the `jaxcnn` script of this Python
+    env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
+    for language, code in blocks:
+        command = ["bash", "-euc", code] if language == "bash" else [sys.executable]
+        done = subprocess.run(
+            command,
+            input=None if language == "bash" else code,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, f"{language} block:\n{code}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_readme_export_section_runs(tmp_path):
+    blocks = _readme_blocks("## Export")
+    assert [language for language, _ in blocks] == ["bash", "python"]
+    _run_blocks(blocks, tmp_path)
+    meta = json.loads((tmp_path / "digits.stablehlo.json").read_text())
+    assert meta["input"]["normalization"] is not None  # data.standardize=true
+    assert (tmp_path / "digits.onnx").is_file()
+
+
+def test_readme_gpu_section_runs(tmp_path):
+    blocks = _readme_blocks("## Running on a GPU")
+    assert [language for language, _ in blocks] == ["bash", "python"]
+    _run_blocks(blocks, tmp_path)
