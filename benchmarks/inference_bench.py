@@ -8,8 +8,12 @@ weights do not change the speed), at batch 1 and batch 256:
 
 - `jaxcnn.predict` (what `jaxcnn predict` runs): one call per batch, each restoring
   the checkpoint and converting the images (uint8 in), as the command does per
-  invocation. At batch 1 only the first 100 images (100 restores) are timed.
-- the restored model under `nnx.jit`: predict's forward pass without the restore.
+  invocation. At batch 1 only the first 100 images (100 restores) are timed; a third
+  row gives all images to one call (one restore; predict runs them in compiled chunks
+  of the run's eval batch size, 1,000).
+- the restored model under `jax.jit` (of `nnx.merge(graphdef, state)(x)`, the way to
+  serve it from Python): predict without the restore, the image conversion and
+  `nnx.jit`'s per-call overhead.
 - the StableHLO export (`jax.export.deserialize(...).call`) and the ONNX export in
   onnxruntime (CPU execution provider), float32 images in [0, 1].
 - PyTorch eager (`torch.no_grad`, channels_last), the same architecture, when torch
@@ -121,22 +125,25 @@ def rows_for(workdir, images_u8, images_f32, tmp) -> list[dict]:
             lambda parts=parts: [train.predict(workdir, list(p)) for p in parts], count
         )
         row("jaxcnn predict", batch, rate, setup, count, "restores per call")
+    rate = _best_rate(lambda: train.predict(workdir, list(images_u8)), n)
+    row("jaxcnn predict", n, rate, 0.0, n, "one call: one restore, chunks of 1,000")
 
-    # the restored model, jitted
+    # the restored model under jax.jit
     run = train.restore(workdir)
-    forward = nnx.jit(lambda m, x: m(x))
+    graphdef, state = nnx.split(run.model)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     for batch in BATCHES:
         parts = [jnp.asarray(p) for p in _chunks(images_f32, batch)]
         t0 = time.perf_counter()
-        jax.block_until_ready(forward(run.model, parts[0]))
+        jax.block_until_ready(forward(state, parts[0]))
         setup = time.perf_counter() - t0
         rate = _best_rate(
             lambda parts=parts: jax.block_until_ready(
-                [forward(run.model, p) for p in parts]
+                [forward(state, p) for p in parts]
             ),
             n,
         )
-        row("jaxcnn model, nnx.jit", batch, rate, setup, n)
+        row("jaxcnn model, jax.jit", batch, rate, setup, n)
 
     # StableHLO export
     t0 = time.perf_counter()
