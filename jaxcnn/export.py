@@ -157,6 +157,9 @@ def export_run(
             f"export format must be one of {', '.join(FORMATS)}; got {format!r}"
         )
     saved = rundir.RunDir(workdir).read()
+    name = pathlib.Path(workdir).resolve().name or "model"
+    path = pathlib.Path(output or f"{name}{SUFFIXES[format]}")
+    _check_output(path)
     if format == "onnx":
         check_exportable(saved.spec, "onnx")
         _onnx()  # a missing extra is reported before the checkpoint is read
@@ -167,9 +170,6 @@ def export_run(
         "epoch": run.epoch,
     }
     meta = contract(run.spec, run.dataset, source=source)
-    name = pathlib.Path(workdir).resolve().name or "model"
-    path = pathlib.Path(output or f"{name}{SUFFIXES[format]}")
-    _check_output(path)
     if format == "onnx":
         rundir.write_bytes_atomic(path, onnx_model(run.model, meta).SerializeToString())
         return [path]
@@ -182,10 +182,10 @@ def export_run(
 
 def _check_output(path: pathlib.Path) -> None:
     if path.is_dir():
-        raise ExportError(f"-o {path} is a directory; name the file to write")
+        raise ExportError(f"output {path} is a directory; name the file to write")
     if not path.parent.is_dir():
         raise ExportError(
-            f"-o {path}: the folder {path.parent} does not exist; create it first"
+            f"output {path}: the folder {path.parent} does not exist; create it first"
         )
 
 
