@@ -1,10 +1,12 @@
-"""PyTorch worker: eager mode, channels_last or NCHW, Adam, one step per call.
+"""PyTorch worker: eager (or torch.compile), channels_last or NCHW, Adam, one step per call.
 
 python benchmarks/bench_torch.py MODEL VARIANT
 
 VARIANT: channels_last | nchw | channels_last_bf16 (forward and loss under
-`torch.autocast("cpu", dtype=torch.bfloat16)`: bf16 convs and matmuls, fp32 weights
-and optimiser).
+`torch.autocast(device, dtype=torch.bfloat16)`: bf16 convs and matmuls, fp32 weights
+and optimiser), each optionally followed by `_compile` (the model through
+`torch.compile`; the first step compiles). Runs on the GPU when torch sees one (CUDA),
+else on the CPU; a GPU step is synchronised at the end of each group of calls.
 """
 
 from __future__ import annotations
@@ -42,22 +44,67 @@ def vgg_cifar() -> tuple[nn.Module, tuple[int, int, int]]:
     return nn.Sequential(*mods), (3, 32, 32)
 
 
+class _Block(nn.Module):
+    """resnet_cifar's basic block: conv-bn-relu-conv-bn + skip (1x1 conv if shapes
+    change), relu."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        changes = stride != 1 or cin != cout
+        self.proj = nn.Conv2d(cin, cout, 1, stride) if changes else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.proj(x))
+
+
+def resnet_cifar() -> tuple[nn.Module, tuple[int, int, int]]:
+    """ResNet-20 as jaxcnn's resnet_cifar: stem 16, 3 stages x 3 blocks, avg pool."""
+    mods, cin = (
+        [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()],
+        16,
+    )
+    for stage, f in enumerate((16, 32, 64)):
+        for block in range(3):
+            mods.append(_Block(cin, f, 2 if stage > 0 and block == 0 else 1))
+            cin = f
+    mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    return nn.Sequential(*mods), (3, 32, 32)
+
+
+NETS = {
+    "keras_mnist": keras_mnist,
+    "vgg_cifar": vgg_cifar,
+    "resnet_cifar": resnet_cifar,
+}
+
+
 def make_runner(model_name: str, variant: str):
     torch.manual_seed(0)
-    net, (c, h, w) = {"keras_mnist": keras_mnist, "vgg_cifar": vgg_cifar}[model_name]()
+    net, (c, h, w) = NETS[model_name]()
+    compiled = variant.endswith("_compile")
+    variant = variant.removesuffix("_compile")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     channels_last = variant.startswith("channels_last")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        (lambda: torch.autocast(device, dtype=torch.bfloat16))
         if variant.endswith("_bf16")
         else contextlib.nullcontext
     )
-    net = net.to(memory_format=fmt)
+    net = net.to(device=device, memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
+    forward = torch.compile(net) if compiled else net
     n, b = bench_common.NUM_BATCHES, bench_common.BATCH
-    xs = [torch.rand(b, c, h, w).contiguous(memory_format=fmt) for _ in range(n)]
-    ys = [torch.randint(0, 10, (b,)) for _ in range(n)]
+    xs = [
+        torch.rand(b, c, h, w, device=device).contiguous(memory_format=fmt)
+        for _ in range(n)
+    ]
+    ys = [torch.randint(0, 10, (b,), device=device) for _ in range(n)]
     state = {"i": 0}
 
     def run_calls(calls: int) -> None:
@@ -65,10 +112,12 @@ def make_runner(model_name: str, variant: str):
             i = state["i"] % n
             opt.zero_grad(set_to_none=True)
             with autocast():
-                loss = loss_fn(net(xs[i]), ys[i])
+                loss = loss_fn(forward(xs[i]), ys[i])
             loss.backward()
             opt.step()
             state["i"] += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     t0 = time.perf_counter()
     run_calls(1)
@@ -80,6 +129,8 @@ def make_runner(model_name: str, variant: str):
         "threads": torch.get_num_threads(),
         "params": params,
         "version": torch.__version__,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "compiled": compiled,
         "precision": "bfloat16 autocast" if variant.endswith("_bf16") else "float32",
     }
     return run_calls, b, first, info

@@ -44,6 +44,7 @@ MODELS = ("keras_mnist", "vgg_cifar")
 FRAMEWORKS = {
     "jax_stock": ("bench_jax.py", "kernels=xla,k=1,tune=off"),
     "jaxcnn_k1": ("bench_jax.py", "kernels=auto,k=1"),
+    "jaxcnn_bf16_k1": ("bench_jax.py", "kernels=auto,k=1,precision=bfloat16"),
     "jaxcnn_k2": ("bench_jax.py", "kernels=auto,k=2"),
     "jaxcnn_k4": ("bench_jax.py", "kernels=auto,k=4"),
     "jaxcnn_k8": ("bench_jax.py", "kernels=auto,k=8"),
@@ -52,6 +53,8 @@ FRAMEWORKS = {
     "torch_cl": ("bench_torch.py", "channels_last"),
     "torch_nchw": ("bench_torch.py", "nchw"),
     "torch_cl_bf16": ("bench_torch.py", "channels_last_bf16"),
+    "torch_cl_compile": ("bench_torch.py", "channels_last_compile"),
+    "torch_cl_bf16_compile": ("bench_torch.py", "channels_last_bf16_compile"),
     "keras_tf": ("bench_keras.py", "train_on_batch"),
     "keras_bf16": ("bench_keras.py", "mixed_bfloat16"),
 }
@@ -105,7 +108,14 @@ LEVERS |= {
     for k in (1, 4)
     for lsr in ("keep", "off")
 }
-PEERS = ("torch_cl", "keras_tf", "torch_cl_bf16", "keras_bf16")
+PEERS = (
+    "torch_cl",
+    "keras_tf",
+    "torch_cl_bf16",
+    "keras_bf16",
+    "torch_cl_compile",
+    "torch_cl_bf16_compile",
+)
 
 
 def train_flops_per_image(model: str) -> int:
@@ -149,21 +159,37 @@ class Worker:
         return out
 
 
-def measure_peak(python: str) -> dict:
+def measure_peak(python: str, n: int | None = None, env=None) -> dict:
     out = subprocess.run(
-        [python, str(HERE / "bench_peak.py")], capture_output=True, text=True, cwd=HERE
+        [python, str(HERE / "bench_peak.py"), *([str(n)] if n else [])],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        env=env,
     )
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_model(python, model, names, table, rounds, window, env) -> dict:
+def bench_model(
+    python, model, names, table, rounds, window, env, start_together=False
+) -> dict:
+    """Times `names` on `model` in alternating windows (see the module docstring).
+
+    `start_together`: start every worker before waiting for the first, so they compile
+    at once (a machine with many cores; their first-step times then overlap).
+    """
     results = {}
     workers = []
-    for name in names:
+
+    def start(name: str) -> Worker:
         script, variant = table[name]
-        w = Worker(python, name, script, model, variant, env)
+        return Worker(python, name, script, model, variant, env)
+
+    early = [start(name) for name in names] if start_together else None
+    for i, name in enumerate(names):
+        w = early[i] if start_together else start(name)
         ready = w.recv()
         if "error" in ready:
             print(f"  {name:22s} FAILED: {ready['error']}", flush=True)

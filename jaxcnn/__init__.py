@@ -48,6 +48,7 @@ _LAZY = {
     "feature_maps": "jaxcnn.viz",
     "init_from_run": "jaxcnn.transfer",
     "trainable_mask": "jaxcnn.transfer",
+    "export_run": "jaxcnn.export",
 }
 
 __all__ = [

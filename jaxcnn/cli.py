@@ -369,6 +369,39 @@ def _cmd_import(args) -> int:
         f"imported {done.arrays} weight arrays ({done.values:,} values) of "
         f"{args.arch} from {done.source_file} ({done.source}) into {done.workdir}"
     )
+
+
+def _add_export(sub, common) -> None:
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write a run's model as a StableHLO or ONNX file for serving",
+        description="Writes a run's checkpoint as a StableHLO (jax.export) or ONNX "
+        "file: eval mode, float32, batch size free; the input is NHWC float32 images "
+        "in [0, 1] (the run's normalisation is inside), the output logits. The "
+        "preprocessing contract and class names travel with it (ONNX: metadata_props; "
+        "StableHLO: FILE.json). ONNX needs pip install 'jaxcnn[export]'.",
+    )
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--format", required=True, choices=("stablehlo", "onnx"))
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="file to write (default: <workdir name>.stablehlo / .onnx here)",
+    )
+    p.add_argument(
+        "--checkpoint", default="best", help="best (default), latest, or a step"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from jaxcnn import export
+
+    which = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    written = export.export_run(args.workdir, args.format, args.output, which=which)
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -682,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     p.set_defaults(func=cmd_summary)
-    for add in (_add_train, _add_eval, _add_predict, _add_import):
+    for add in (_add_train, _add_eval, _add_predict, _add_import, _add_export):
         add(sub, common)
     _add_sweep(sub, common)
     _add_viz(sub, common)

@@ -95,6 +95,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     The text goes to a temporary file in the same directory, which is flushed, fsynced
     and renamed over `path` with `os.replace`.
     """
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically, as `write_text_atomic` does."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -102,8 +107,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
     )
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fchmod(f.fileno(), _FILE_MODE)  # mkstemp's 0600 -> the user's umask
             os.fsync(f.fileno())

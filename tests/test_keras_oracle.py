@@ -33,10 +33,8 @@ a real MNIST batch at initialisation, where exact zeros before a ReLU matter.
 
 import dataclasses
 import functools
-import gzip
 import os
 import pathlib
-import struct
 import typing
 
 os.environ["KERAS_BACKEND"] = "tensorflow"  # before keras is first imported
@@ -45,6 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import keras_oracle  # noqa: E402  (tests/keras_oracle.py)
+import mnist_files  # noqa: E402  (tests/mnist_files.py)
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
@@ -531,24 +530,7 @@ def test_many_generated_specs_match_keras(spec, training, seed):
 
 
 # --------------------------------------------------------------------------- real data
-def _read_mnist(n: int):
-    """The first `n` MNIST test images, [n, 28, 28, 1] in [0, 1], and their labels;
-    None when the raw files are not there."""
-    folder = SHARED_DATA / "mnist"
-    images_path = folder / "t10k-images-idx3-ubyte.gz"
-    labels_path = folder / "t10k-labels-idx1-ubyte.gz"
-    if not (images_path.is_file() and labels_path.is_file()):
-        return None
-    with gzip.open(images_path) as f:
-        magic, _, rows, cols = struct.unpack(">4i", f.read(16))
-        assert magic == 2051, f"{images_path} is no idx3 image file"
-        pixels = np.frombuffer(f.read(n * rows * cols), np.uint8)
-    with gzip.open(labels_path) as f:
-        magic, _ = struct.unpack(">2i", f.read(8))
-        assert magic == 2049, f"{labels_path} is no idx1 label file"
-        labels = np.frombuffer(f.read(n), np.uint8)
-    images = pixels.reshape(n, rows, cols, 1).astype(np.float32) / 255
-    return images, labels.astype(np.int32)
+_read_mnist = mnist_files.read_mnist
 
 
 @pytest.fixture(scope="module")

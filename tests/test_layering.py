@@ -49,6 +49,7 @@ RANKS = {
     "jaxcnn.interop.mapping": 7.2,
     "jaxcnn.interop.importer": 7.3,
     "jaxcnn.interop": 7.4,
+    "jaxcnn.export": 7.5,
     "jaxcnn.train.sharding": 8.0,
     "jaxcnn.train.preemption": 8.05,
     "jaxcnn.train.step": 8.1,

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxcnn import data, metrics, transfer
 from jaxcnn.errors import DataError
@@ -95,7 +96,7 @@ def predict(
     if not arrays:
         return results
     x = _model_input(arrays, run.spec.input_shape, run.dataset)
-    probs = np.asarray(jax.nn.softmax(run.model(jnp.asarray(x)), axis=-1))
+    probs = _probabilities(run.model, x, run.config.train.eval_batch_size)
     names, k = run.dataset["class_names"], min(top_k, probs.shape[1])
     for row, i in zip(probs, where, strict=True):
         results[i]["top"] = [
@@ -103,6 +104,30 @@ def predict(
             for c in np.argsort(-row)[:k]
         ]
     return results
+
+
+@nnx.jit
+def _softmax(model: nnx.Module, images: jax.Array) -> jax.Array:
+    return jax.nn.softmax(model(images), axis=-1)
+
+
+def _probabilities(model: nnx.Module, x: np.ndarray, chunk: int) -> np.ndarray:
+    """softmax(model(x)), [n, num_classes], in chunks of at most `chunk` images.
+
+    One compiled call serves every chunk (the last is padded to the same shape; the
+    model is in eval mode, so padding rows change nothing else), and later calls with
+    a model of the same structure reuse it: memory stays bounded and many images run
+    at the compiled rate rather than op by op.
+    """
+    size = min(chunk, len(x))
+    out = []
+    for start in range(0, len(x), size):
+        part = x[start : start + size]
+        pad = size - len(part)
+        if pad:
+            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
+        out.append(np.asarray(_softmax(model, jnp.asarray(part)))[: size - pad])
+    return np.concatenate(out)
 
 
 def _read_image(item) -> tuple[str, np.ndarray | None, tuple[str, ...], str | None]:
