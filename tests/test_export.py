@@ -108,7 +108,8 @@ def _standardised_meta(spec: ModelSpec) -> dict:
 
 
 # --------------------------------------------------------------------------- presets
-HEAVY = {"vgg_cifar", "resnet_cifar"}  # ~10 s each on 2 cores: CI's slow run
+# ~10 s each on 2 cores, the ImageNet networks at 224x224 far more: CI's slow run
+HEAVY = {"vgg_cifar", "resnet_cifar", *models.IMAGENET_PRESETS}
 
 
 @pytest.mark.parametrize(
