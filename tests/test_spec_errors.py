@@ -66,7 +66,7 @@ WRONG_TYPES = [
     (
         _spec([{"type": 3}, *HEAD]),
         "layer 0: field 'type' must be one of conv, pool, global_pool, norm, dropout, "
-        "activation, flatten, dense, residual; got 3",
+        "activation, flatten, dense, residual, branches; got 3",
     ),
     (_spec([{"type": {}}, *HEAD]), "layer 0: field 'type' must be one of conv"),
     (_spec([{}, *HEAD]), "layer 0: missing required field 'type' (one of conv, pool"),
@@ -187,14 +187,14 @@ def test_deeper_residual_nesting_is_refused(tmp_path, levels):
     path.write_text(json.dumps(_spec(["LAYER", *HEAD])).replace('"LAYER"', text))
     code, err = _summary_of(path)
     assert code == 2
-    assert "residual blocks nest more than 32 deep; at most 32 levels" in err
+    assert "blocks nest more than 32 deep; at most 32 levels" in err
 
 
 def test_python_built_nesting_is_refused_too():
     layer = ResidualSpec(layers=(ConvSpec(filters=1, padding="same"),))
     for _ in range(MAX_NESTING - 1):
         layer = ResidualSpec(layers=(layer,))
-    with pytest.raises(SpecError, match="residual blocks nest more than 32 deep"):
+    with pytest.raises(SpecError, match="blocks nest more than 32 deep"):
         ResidualSpec(layers=(layer,))
 
 
