@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from jaxcnn import shapes
+from jaxcnn import architectures, shapes
 from jaxcnn import spec as spec_lib
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
@@ -251,6 +251,7 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "digits_cnn": digits_cnn,
 }
 FAMILIES: dict[str, Callable[..., ModelSpec]] = {"simple_cnn": simple_cnn}
+PRESETS.update(architectures.PRESETS)  # ResNet, GoogLeNet, ... (jaxcnn/architectures.py)
 
 
 def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> ModelSpec:

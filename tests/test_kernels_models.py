@@ -11,7 +11,7 @@ from flax import nnx
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from jaxcnn import kernels, models, optim, shapes, train
+from jaxcnn import architectures, kernels, models, optim, shapes, train
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ConvSpec,
@@ -65,6 +65,8 @@ def _smooth(layer_specs):
     [
         pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
         for n in sorted(models.PRESETS)
+        # ImageNet-sized; their layer kinds: tests/test_branches.py
+        if n not in architectures.PRESETS
     ],
 )
 def test_fast_kernels_match_xla_for_every_preset(name, smooth):
