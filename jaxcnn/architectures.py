@@ -114,7 +114,9 @@ def _resnet(
         PoolSpec(pool="max", window=3, stride=2, padding=1),
     ]
     cin = 64
-    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+    for stage, (planes, count) in enumerate(
+        zip((64, 128, 256, 512), blocks, strict=True)
+    ):
         for i in range(count):
             stride = 2 if stage > 0 and i == 0 else 1
             if bottleneck:

@@ -251,7 +251,9 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "digits_cnn": digits_cnn,
 }
 FAMILIES: dict[str, Callable[..., ModelSpec]] = {"simple_cnn": simple_cnn}
-PRESETS.update(architectures.PRESETS)  # ResNet, GoogLeNet, ... (jaxcnn/architectures.py)
+PRESETS.update(
+    architectures.PRESETS
+)  # ResNet, GoogLeNet, ... (jaxcnn/architectures.py)
 
 
 def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> ModelSpec:

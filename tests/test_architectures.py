@@ -1,0 +1,169 @@
+"""The ImageNet architecture presets: torchvision's parameter counts and shapes, the
+real module against the static summary, ceil-mode pooling as explicit padding."""
+
+import contextlib
+import io
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxcnn import architectures, cli, models, shapes
+from jaxcnn import kernels as ops
+
+# torchvision's published counts (weights.meta["num_params"]; GoogLeNet without its
+# auxiliary heads, which only train)
+PUBLISHED = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "squeezenet1_1": 1_235_496,
+    "mobilenet_v2": 3_504_872,
+    "googlenet": 6_624_904,
+    "densenet121": 7_978_856,
+}
+# the feature map each network pools globally at 224x224 (torchvision's too)
+LAST_MAP = {
+    "resnet18": (7, 7, 512),
+    "resnet34": (7, 7, 512),
+    "resnet50": (7, 7, 2048),
+    "squeezenet1_1": (13, 13, 1000),
+    "mobilenet_v2": (7, 7, 1280),
+    "googlenet": (7, 7, 1024),
+    "densenet121": (7, 7, 1024),
+}
+
+
+def test_every_architecture_has_a_published_count():
+    assert set(PUBLISHED) == set(architectures.PRESETS)
+    assert set(architectures.PRESETS) <= set(models.PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_equal_torchvision(name):
+    summary = shapes.infer(models.preset(name))
+    assert summary.total_params == PUBLISHED[name]
+    assert summary.output_shape == (1000,)
+    pooled = next(r for r in summary.layers if r.spec.type == "global_pool")
+    assert pooled.input_shape == LAST_MAP[name]
+
+
+def _torchvision_model(name):
+    torchvision = pytest.importorskip("torchvision")
+    kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [  # torchvision initialises DenseNet-121 slowly (~10 s)
+        pytest.param(n, marks=pytest.mark.slow) if n == "densenet121" else n
+        for n in sorted(PUBLISHED)
+    ],
+)
+def test_counts_and_pooled_map_equal_the_installed_torchvision(name):
+    torch = pytest.importorskip("torch")
+    model = _torchvision_model(name)
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
+    # the map torchvision pools globally, from its own forward pass: the output of
+    # the module holding it, or else the input of its avgpool
+    holder = {
+        "squeezenet1_1": lambda m: m.classifier[2],  # the ReLU after the class conv
+        "mobilenet_v2": lambda m: m.features,
+        "densenet121": lambda m: m.features,
+    }.get(name)
+    seen = {}
+    if holder is None:
+        model.avgpool.register_forward_pre_hook(
+            lambda m, i: seen.setdefault("map", i[0])
+        )
+    else:
+        holder(model).register_forward_hook(lambda m, i, o: seen.setdefault("map", o))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224))
+    n, c, h, w = seen["map"].shape
+    assert (h, w, c) == LAST_MAP[name]
+
+
+@pytest.mark.parametrize("size", range(5, 40))
+@pytest.mark.parametrize("window", [2, 3])
+def test_ceil_mode_pool_equals_pytorchs(size, window):
+    torch = pytest.importorskip("torch")
+    pool, out = architectures._ceil_pool(size, window, 2)
+    x = np.random.default_rng(size).normal(size=(1, size, size, 2)).astype(np.float32)
+    want = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2), window, 2, ceil_mode=True
+    ).permute(0, 2, 3, 1)
+    got = ops.pool2d(
+        jnp.asarray(x),
+        kind="max",
+        window=pool.window,
+        stride=pool.stride,
+        padding=pool.padding,
+        impl="xla",
+    )
+    assert got.shape[1] == out == want.shape[1]
+    np.testing.assert_array_equal(np.asarray(got), want.numpy())
+
+
+def test_summary_prints_resnet50s_count():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["summary", "resnet50"]) == 0
+    assert "Trainable params: 25,557,032" in out.getvalue()
+    # the v1.5 bottleneck: stride 2 on the 3x3 conv of the first block of stage 2
+    summary = shapes.infer(models.preset("resnet50"))
+    first = summary.row("7")  # stem conv, norm, relu, pool; 3 blocks of stage 1
+    assert first.output_shape == (28, 28, 512)
+    assert summary.row("7.0").spec.stride == (1, 1)
+    assert summary.row("7.3").spec.stride == (2, 2)
+    assert first.projection.stride == (2, 2) and not first.projection.use_bias
+    assert first.params == 256 * 512 + 2 * 512  # 1x1 conv without bias, batch norm
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        if n in ("resnet18", "squeezenet1_1")
+        else pytest.param(n, marks=pytest.mark.slow)
+        for n in sorted(PUBLISHED)
+    ],
+)
+def test_the_real_module_agrees_with_the_summary(name):
+    """Built abstractly (nothing compiled): the parameter tree and the traced output
+    shape are the summary's."""
+    spec = models.preset(name)
+    model = nnx.eval_shape(lambda: models.build_model(spec))
+    counted = sum(math.prod(s) for s in models.param_paths(model).values())
+    assert counted == PUBLISHED[name]
+    out = jax.eval_shape(
+        lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    )
+    assert out.shape == (2, 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_architectures_run_small(name):
+    """Each network built for 64x64 inputs and 10 classes runs: finite gradients in
+    training mode, finite logits in eval mode."""
+    spec = models.preset(name, input_shape=(64, 64, 3), num_classes=10)
+    model = models.build_model(spec)
+    x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
+
+    @nnx.jit
+    def step(model, x):
+        def loss(model):
+            return jnp.mean(model(x) ** 2)
+
+        return nnx.grad(loss)(model)
+
+    grads = nnx.state(step(model, x), nnx.Param)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for _, g in nnx.to_flat_state(grads))
+    model.eval()
+    logits = nnx.jit(lambda m, x: m(x))(model, x)
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
