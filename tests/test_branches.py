@@ -1,7 +1,11 @@
 """Branch blocks, residual projections with batch norm, relu6, explicit asymmetric
 padding and depthwise convs: static inference, the real module, kernels."""
 
+import contextlib
+import io
 import math
+import pathlib
+import re
 import tomllib
 
 import jax
@@ -10,8 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxcnn import cli, layers, models, shapes
 from jaxcnn import kernels as ops
-from jaxcnn import layers, models, shapes
 from jaxcnn.kernels import plan as plan_lib
 from jaxcnn.spec import BranchesSpec, ConvSpec, ModelSpec, layer_from_dict
 
@@ -362,3 +366,22 @@ def test_fast_kernels_match_xla_inside_branches():
     ):
         scale = float(jnp.abs(v).max()) + 1e-12
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=2e-5 * scale)
+
+
+def test_readme_block_example_runs(tmp_path):
+    """The README's Inception-module + ResNet-block spec: `jaxcnn summary` takes it and
+    the shapes are those its comments say."""
+    readme = pathlib.Path(__file__).parent.parent / "README.md"
+    blocks = re.findall(r"```toml\n(.*?)```", readme.read_text(), re.S)
+    (text,) = [b for b in blocks if 'type = "branches"' in b]
+    path = tmp_path / "blocks.toml"
+    path.write_text(text)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["summary", str(path)]) == 0
+    summary = shapes.infer(models.load_spec(str(path)))
+    assert summary.row("3").output_shape == (32, 32, 48)
+    block = summary.row("4")
+    assert block.output_shape == (16, 16, 64)
+    assert block.projection == ConvSpec(filters=64, kernel=1, stride=2, use_bias=False)
+    assert "residual_4 (residual)" in out.getvalue()
