@@ -5,6 +5,7 @@ so `jaxcnn summary resnet50` shows its shapes, parameters, FLOPs and receptive f
 before anything compiles. Parameter counts at 224x224x3 (299x299x3 for Inception v3)
 equal torchvision's `sum(p.numel() for p in model.parameters())`; batch-norm running
 statistics are jaxcnn's non-trainable parameters, as they are torchvision's buffers.
+GoogLeNet and Inception v3 leave out the auxiliary heads, which only train.
 
 Batch norms keep jaxcnn's defaults (`NormSpec`: momentum 0.99 in Flax's convention)
 except epsilon, which is the source's (1e-5; 1e-3 in GoogLeNet and Inception v3).
@@ -334,6 +335,133 @@ def densenet121(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> Mode
     return ModelSpec(input_shape, num_classes, tuple(layers), name="densenet121")
 
 
+# --------------------------------------------------------------------------- Inception v3
+def _bn_conv(
+    filters: int,
+    kernel: int | tuple[int, int],
+    stride: int = 1,
+    padding: int | tuple[int, int] = 0,
+) -> tuple[LayerSpec, ...]:
+    """Inception v3's BasicConv2d: conv without bias, batch norm (epsilon 1e-3), ReLU."""
+    return tuple(_conv_bn(filters, kernel, stride, padding, epsilon=1e-3))
+
+
+def _avg_branch(filters: int) -> tuple[LayerSpec, ...]:
+    return (PoolSpec(pool="avg", window=3, stride=1, padding=1), *_bn_conv(filters, 1))
+
+
+def _split(filters: int) -> BranchesSpec:
+    """Inception v3's 1x3 and 3x1 convs of one input, concatenated."""
+    return BranchesSpec(
+        branches=(
+            _bn_conv(filters, (1, 3), 1, (0, 1)),
+            _bn_conv(filters, (3, 1), 1, (1, 0)),
+        )
+    )
+
+
+def _inception_a(pool_features: int) -> BranchesSpec:
+    return BranchesSpec(
+        branches=(
+            _bn_conv(64, 1),
+            (*_bn_conv(48, 1), *_bn_conv(64, 5, 1, 2)),
+            (*_bn_conv(64, 1), *_bn_conv(96, 3, 1, 1), *_bn_conv(96, 3, 1, 1)),
+            _avg_branch(pool_features),
+        )
+    )
+
+
+def _inception_b() -> BranchesSpec:
+    return BranchesSpec(
+        branches=(
+            _bn_conv(384, 3, 2),
+            (*_bn_conv(64, 1), *_bn_conv(96, 3, 1, 1), *_bn_conv(96, 3, 2)),
+            (PoolSpec(pool="max", window=3, stride=2),),
+        )
+    )
+
+
+def _inception_c(c7: int) -> BranchesSpec:
+    row, col = ((1, 7), (0, 3)), ((7, 1), (3, 0))  # (kernel, padding)
+    return BranchesSpec(
+        branches=(
+            _bn_conv(192, 1),
+            (*_bn_conv(c7, 1), *_bn_conv(c7, row[0], 1, row[1]),
+             *_bn_conv(192, col[0], 1, col[1])),
+            (
+                *_bn_conv(c7, 1),
+                *_bn_conv(c7, col[0], 1, col[1]),
+                *_bn_conv(c7, row[0], 1, row[1]),
+                *_bn_conv(c7, col[0], 1, col[1]),
+                *_bn_conv(192, row[0], 1, row[1]),
+            ),
+            _avg_branch(192),
+        )
+    )  # fmt: skip
+
+
+def _inception_d() -> BranchesSpec:
+    return BranchesSpec(
+        branches=(
+            (*_bn_conv(192, 1), *_bn_conv(320, 3, 2)),
+            (
+                *_bn_conv(192, 1),
+                *_bn_conv(192, (1, 7), 1, (0, 3)),
+                *_bn_conv(192, (7, 1), 1, (3, 0)),
+                *_bn_conv(192, 3, 2),
+            ),
+            (PoolSpec(pool="max", window=3, stride=2),),
+        )
+    )
+
+
+def _inception_e() -> BranchesSpec:
+    return BranchesSpec(
+        branches=(
+            _bn_conv(320, 1),
+            (*_bn_conv(384, 1), _split(384)),
+            (*_bn_conv(448, 1), *_bn_conv(384, 3, 1, 1), _split(384)),
+            _avg_branch(192),
+        )
+    )
+
+
+def inception_v3(
+    input_shape: Shape3 = (299, 299, 3), num_classes: int = 1000
+) -> ModelSpec:
+    """Inception v3 (Szegedy et al. 2016) as torchvision builds it, without the
+    auxiliary head (it only trains): 27,161,264 parameters at 299x299x3.
+
+    torchvision's average-pool branches count the zero padding in the mean
+    (count_include_pad); jaxcnn's `avg` pool excludes it, so at the borders of those
+    branches the values differ from torchvision's (the parameters do not).
+    """
+    layers: list[LayerSpec] = [
+        *_bn_conv(32, 3, 2),
+        *_bn_conv(32, 3),
+        *_bn_conv(64, 3, 1, 1),
+        PoolSpec(pool="max", window=3, stride=2),
+        *_bn_conv(80, 1),
+        *_bn_conv(192, 3),
+        PoolSpec(pool="max", window=3, stride=2),
+        _inception_a(32),
+        _inception_a(64),
+        _inception_a(64),
+        _inception_b(),
+        _inception_c(128),
+        _inception_c(160),
+        _inception_c(160),
+        _inception_c(192),
+        _inception_d(),
+        _inception_e(),
+        _inception_e(),
+        GlobalPoolSpec(pool="avg"),
+        DropoutSpec(rate=0.5),
+        DenseSpec(units=num_classes),
+    ]
+    return ModelSpec(input_shape, num_classes, tuple(layers), name="inception_v3")
+
+
 PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
@@ -342,4 +470,5 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "mobilenet_v2": mobilenet_v2,
     "googlenet": googlenet,
     "densenet121": densenet121,
+    "inception_v3": inception_v3,
 }

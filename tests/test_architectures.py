@@ -14,8 +14,9 @@ from flax import nnx
 from jaxcnn import architectures, cli, models, shapes
 from jaxcnn import kernels as ops
 
-# torchvision's published counts (weights.meta["num_params"]; GoogLeNet without its
-# auxiliary heads, which only train)
+# torchvision's counts (weights.meta["num_params"]); GoogLeNet and Inception v3 without
+# their auxiliary heads, which only train (Inception v3's published 27,161,264 includes
+# its head's 3,326,696)
 PUBLISHED = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
@@ -24,8 +25,9 @@ PUBLISHED = {
     "mobilenet_v2": 3_504_872,
     "googlenet": 6_624_904,
     "densenet121": 7_978_856,
+    "inception_v3": 23_834_568,
 }
-# the feature map each network pools globally at 224x224 (torchvision's too)
+# the feature map each network pools globally at its input size (torchvision's too)
 LAST_MAP = {
     "resnet18": (7, 7, 512),
     "resnet34": (7, 7, 512),
@@ -34,6 +36,7 @@ LAST_MAP = {
     "mobilenet_v2": (7, 7, 1280),
     "googlenet": (7, 7, 1024),
     "densenet121": (7, 7, 1024),
+    "inception_v3": (8, 8, 2048),  # at 299x299
 }
 
 
@@ -53,14 +56,17 @@ def test_parameter_counts_equal_torchvision(name):
 
 def _torchvision_model(name):
     torchvision = pytest.importorskip("torchvision")
-    kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    without_aux = {"aux_logits": False, "init_weights": False}
+    kwargs = without_aux if name in ("googlenet", "inception_v3") else {}
     return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
 
 
 @pytest.mark.parametrize(
     "name",
     [  # torchvision initialises DenseNet-121 slowly (~10 s)
-        pytest.param(n, marks=pytest.mark.slow) if n == "densenet121" else n
+        pytest.param(n, marks=pytest.mark.slow)
+        if n in ("densenet121", "inception_v3")
+        else n
         for n in sorted(PUBLISHED)
     ],
 )
@@ -76,14 +82,20 @@ def test_counts_and_pooled_map_equal_the_installed_torchvision(name):
         "densenet121": lambda m: m.features,
     }.get(name)
     seen = {}
+
+    def pooled_input(module, inputs):
+        seen["map"] = inputs[0]
+
+    def output(module, inputs, out):
+        seen["map"] = out
+
     if holder is None:
-        model.avgpool.register_forward_pre_hook(
-            lambda m, i: seen.setdefault("map", i[0])
-        )
+        model.avgpool.register_forward_pre_hook(pooled_input)
     else:
-        holder(model).register_forward_hook(lambda m, i, o: seen.setdefault("map", o))
+        holder(model).register_forward_hook(output)
+    h, w, c = models.preset(name).input_shape
     with torch.no_grad():
-        model(torch.zeros(1, 3, 224, 224))
+        model(torch.zeros(1, c, h, w))
     n, c, h, w = seen["map"].shape
     assert (h, w, c) == LAST_MAP[name]
 
@@ -141,7 +153,9 @@ def test_the_real_module_agrees_with_the_summary(name):
     counted = sum(math.prod(s) for s in models.param_paths(model).values())
     assert counted == PUBLISHED[name]
     out = jax.eval_shape(
-        lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+        lambda m, x: m(x),
+        model,
+        jax.ShapeDtypeStruct((2, *spec.input_shape), jnp.float32),
     )
     assert out.shape == (2, 1000)
 
@@ -149,11 +163,12 @@ def test_the_real_module_agrees_with_the_summary(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_architectures_run_small(name):
-    """Each network built for 64x64 inputs and 10 classes runs: finite gradients in
+    """Each network built for small inputs and 10 classes runs: finite gradients in
     training mode, finite logits in eval mode."""
-    spec = models.preset(name, input_shape=(64, 64, 3), num_classes=10)
+    size = 75 if name == "inception_v3" else 64  # the smallest Inception v3 takes
+    spec = models.preset(name, input_shape=(size, size, 3), num_classes=10)
     model = models.build_model(spec)
-    x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
+    x = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
 
     @nnx.jit
     def step(model, x):
