@@ -161,14 +161,18 @@ def test_the_real_module_agrees_with_the_summary(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+# one of each kind of block: residual with projection norm, fire (concat), depthwise
+# inverted residual, four-branch inception with a pool branch and ceil-mode pools
+# (DenseNet and Inception v3 add no kind and take minutes to compile on 2 cores)
+@pytest.mark.parametrize(
+    "name", ["resnet18", "squeezenet1_1", "mobilenet_v2", "googlenet"]
+)
 def test_architectures_run_small(name):
     """Each network built for small inputs and 10 classes runs: finite gradients in
     training mode, finite logits in eval mode."""
-    size = 75 if name == "inception_v3" else 64  # the smallest Inception v3 takes
-    spec = models.preset(name, input_shape=(size, size, 3), num_classes=10)
+    spec = models.preset(name, input_shape=(64, 64, 3), num_classes=10)
     model = models.build_model(spec)
-    x = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
+    x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
 
     @nnx.jit
     def step(model, x):

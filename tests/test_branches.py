@@ -179,6 +179,33 @@ def test_branches_nest_inside_residual_blocks():
     assert _param_count(model) == summary.total_params
 
 
+def test_branches_nest_inside_branches():
+    """Inception v3's split: a branch ending in 1x3 || 3x1 convs, concatenated."""
+    split = {
+        "type": "branches",
+        "branches": [
+            [{"type": "conv", "filters": 3, "kernel": [1, 3], "padding": [0, 1]}],
+            [{"type": "conv", "filters": 5, "kernel": [3, 1], "padding": [1, 0]}],
+        ],
+    }
+    block = {
+        "type": "branches",
+        "branches": [[{"type": "conv", "filters": 2, "kernel": 1}, split], []],
+    }
+    spec = _spec([block], input_shape=(6, 6, 4))
+    summary = shapes.infer(spec)
+    assert summary.row("0.b0.1").output_shape == (6, 6, 8)
+    assert summary.row("0").output_shape == (6, 6, 12)
+    assert summary.row("0.b0.1.b1.0").name == "branches_0/b0/branches_1/b1/conv_0"
+    model = models.build_model(spec)
+    assert model.branches_0.b0.branches_1.b1.conv_0.kernel.shape == (3, 1, 2, 5)
+    assert _param_count(model) == summary.total_params
+    x = jax.random.uniform(jax.random.key(6), (1, 6, 6, 4))
+    y = model.features(x, ["branches_0"])["branches_0"]
+    assert y.shape == (1, 6, 6, 12)
+    np.testing.assert_array_equal(np.asarray(y[..., 8:]), np.asarray(x))
+
+
 def test_summary_table_names_the_branch_of_each_row():
     spec = ModelSpec.from_dict(tomllib.loads(INCEPTION_TOML))
     table = shapes.format_table(shapes.infer(spec))
