@@ -412,3 +412,27 @@ def test_readme_block_example_runs(tmp_path):
     assert block.output_shape == (16, 16, 64)
     assert block.projection == ConvSpec(filters=64, kernel=1, stride=2, use_bias=False)
     assert "residual_4 (residual)" in out.getvalue()
+
+
+def test_frozen_convs_and_drawn_kernels_inside_branches():
+    """Paths inside branches reach the freeze list and the filter figures."""
+    from jaxcnn import transfer, viz
+
+    block = {
+        "type": "branches",
+        "branches": [
+            [{"type": "conv", "filters": 2, "kernel": 3, "padding": 1}],
+            [{"type": "conv", "filters": 3, "kernel": 1, "trainable": False}],
+        ],
+    }
+    spec = _spec([block], input_shape=(5, 5, 2))
+    assert transfer.untrainable_prefixes(spec) == ["branches_0/b1/conv_0/"]
+    model = _abstract(spec)
+    frozen = transfer.frozen_paths(model, spec, ["b0/conv_0/bias"])
+    assert set(frozen) == {
+        "branches_0/b0/conv_0/bias",
+        "branches_0/b1/conv_0/kernel",
+        "branches_0/b1/conv_0/bias",
+    }
+    name, kernel = viz.conv_kernel(models.build_model(spec), "branches_0/b0/conv_0")
+    assert name == "branches_0/b0/conv_0" and kernel.shape == (3, 3, 2, 2)
