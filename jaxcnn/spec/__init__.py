@@ -40,7 +40,6 @@ from jaxcnn.spec.layers import (
     PoolKind,
     PoolSpec,
     ResidualSpec,
-    inner_lists,
     layer_from_dict,
 )
 from jaxcnn.spec.model import ModelSpec, load_spec_file
@@ -113,7 +112,6 @@ __all__ = [
     "RunConfig",
     "Schedule",
     "TrainConfig",
-    "inner_lists",
     "is_folder_dataset",
     "layer_from_dict",
     "load_run_config",
