@@ -347,7 +347,9 @@ def _bn_conv(
 
 
 def _avg_branch(filters: int) -> tuple[LayerSpec, ...]:
-    return (PoolSpec(pool="avg", window=3, stride=1, padding=1), *_bn_conv(filters, 1))
+    # torchvision's avg_pool2d counts the padding in the mean
+    pool = PoolSpec(pool="avg", window=3, stride=1, padding=1, count_padding=True)
+    return (pool, *_bn_conv(filters, 1))
 
 
 def _split(filters: int) -> BranchesSpec:
@@ -432,9 +434,8 @@ def inception_v3(
     """Inception v3 (Szegedy et al. 2016) as torchvision builds it, without the
     auxiliary head (it only trains): 27,161,264 parameters at 299x299x3.
 
-    torchvision's average-pool branches count the zero padding in the mean
-    (count_include_pad); jaxcnn's `avg` pool excludes it, so at the borders of those
-    branches the values differ from torchvision's (the parameters do not).
+    Its average-pool branches count the zero padding in the mean (`count_padding`), as
+    torchvision's do.
     """
     layers: list[LayerSpec] = [
         *_bn_conv(32, 3, 2),

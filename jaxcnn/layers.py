@@ -227,6 +227,16 @@ class Pool(nnx.Module):
                 padding=plan.padding,
                 impl=plan.pool,
             )
+        if spec.count_padding:  # the window sum over the whole window's size
+            total = ops.pool2d(
+                x,
+                kind="sum",
+                window=spec.window,
+                stride=spec.stride,
+                padding=plan.padding,
+                impl=plan.pool,
+            )
+            return total / (spec.window[0] * spec.window[1])
         return ops.pool2d(
             x,
             kind=spec.pool,

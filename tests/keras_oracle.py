@@ -161,6 +161,8 @@ def _register(layer, x, name: str, params: dict):
 
 
 def _pool(spec: PoolSpec, x):
+    if spec.count_padding:  # Keras's average pooling leaves padding out
+        raise NotImplementedError("Keras has no average pooling that counts padding")
     if spec.pool not in ("max", "avg") or not isinstance(spec.padding, str):
         raise NotImplementedError(
             f"Keras has no {spec.pool} pooling with padding {spec.padding!r}"

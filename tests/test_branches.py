@@ -436,3 +436,44 @@ def test_frozen_convs_and_drawn_kernels_inside_branches():
     }
     name, kernel = viz.conv_kernel(models.build_model(spec), "branches_0/b0/conv_0")
     assert name == "branches_0/b0/conv_0" and kernel.shape == (3, 3, 2, 2)
+
+
+@pytest.mark.parametrize("impl", ["xla", "fast"])
+def test_avg_pool_counting_padding_divides_by_the_window(impl):
+    spec = _spec(
+        [
+            {
+                "type": "pool",
+                "pool": "avg",
+                "window": 3,
+                "stride": 1,
+                "padding": 1,
+                "count_padding": True,
+            }
+        ],
+        input_shape=(4, 4, 1),
+    )
+    model = models.build_model(spec)
+    models.set_kernels(model, pool=impl)
+    x = jnp.ones((1, 4, 4, 1))
+    y = np.asarray(model.features(x, ["pool_0"])["pool_0"])[0, :, :, 0]
+    assert y[0, 0] == pytest.approx(4 / 9) and y[0, 1] == pytest.approx(6 / 9)
+    assert y[1, 1] == pytest.approx(1.0)
+    excluded = _spec([{**spec.layers[0].to_dict(), "count_padding": False}], (4, 4, 1))
+    plain = models.build_model(excluded)
+    assert float(plain.features(x, ["pool_0"])["pool_0"][0, 0, 0, 0]) == (
+        pytest.approx(1.0)
+    )
+
+
+def test_avg_pool_counting_padding_equals_pytorchs():
+    torch = pytest.importorskip("torch")
+    pool = {"type": "pool", "pool": "avg", "window": 3, "stride": 1, "padding": 1}
+    spec = _spec([{**pool, "count_padding": True}], input_shape=(6, 5, 2))
+    model = models.build_model(spec)
+    x = np.random.default_rng(7).normal(size=(2, 6, 5, 2)).astype(np.float32)
+    got = np.asarray(model.features(jnp.asarray(x), ["pool_0"])["pool_0"])
+    want = torch.nn.functional.avg_pool2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=True
+    ).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-6)

@@ -248,6 +248,11 @@ BLOCK_ERRORS = [
         "pair of ints or [[top, bottom], [left, right]] of ints, got [[0, 1], [0]]",
     ),
     (
+        [{"type": "pool", "pool": "max", "count_padding": True}],
+        "layer 0 (pool): field 'count_padding' applies to avg pooling only, not 'max'; "
+        "remove it",
+    ),
+    (
         [{"type": "activation", "activation": "relu7"}],
         'layer 0 (activation): field \'activation\' must be "relu" | "relu6" |',
     ),

@@ -132,7 +132,12 @@ class ConvSpec(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class PoolSpec(LayerSpec):
-    """Windowed pooling; `stride` defaults to the window. `p` is used by `lp` only."""
+    """Windowed pooling; `stride` defaults to the window. `p` is used by `lp` only.
+
+    `count_padding` (avg only): divide by the whole window, padded cells included
+    (PyTorch's count_include_pad=True); by default padding is left out of the mean, as
+    in Keras.
+    """
 
     type: ClassVar[str] = "pool"
     pool: PoolKind = "max"
@@ -140,6 +145,7 @@ class PoolSpec(LayerSpec):
     stride: Pair | None = None
     padding: Padding = "valid"
     p: float = 2.0
+    count_padding: bool = False
 
     def __post_init__(self):
         coerce_fields(self)
@@ -149,6 +155,11 @@ class PoolSpec(LayerSpec):
         check_size("stride", self.stride)
         _padding_ok(self.padding)
         check(self.p > 0, f"field 'p' must be > 0, got {self.p}")
+        check(
+            not self.count_padding or self.pool == "avg",
+            f"field 'count_padding' applies to avg pooling only, not {self.pool!r}; "
+            "remove it",
+        )
 
     def describe(self) -> str:
         pad = _describe_padding(self.padding)
