@@ -188,3 +188,93 @@ def test_architectures_run_small(name):
     flat = nnx.to_flat_state(grads)
     assert len(flat) == len(models.param_paths(model))
     assert all(bool(jnp.all(jnp.isfinite(g))) for _, g in flat)
+
+
+def _modules_in_order(module):
+    """jaxcnn's conv, batch-norm and dense modules in the order torchvision registers
+    its own: a block's body, then its projection; branches in order."""
+    from jaxcnn import layers
+
+    out = []
+    for _, sub in module.named_layers():
+        if isinstance(sub, layers.Residual):
+            out += _modules_in_order(sub)
+            out += [m for m in (sub.proj, sub.proj_norm) if m is not None]
+        elif isinstance(sub, layers.Branches):
+            for b in sub.branch_names:
+                out += _modules_in_order(getattr(sub, b))
+        elif isinstance(sub, layers.Conv | layers.Dense | nnx.BatchNorm):
+            out.append(sub)
+    return out
+
+
+def _copy_torchvision_weights(source, model, torch):
+    """Copies `source`'s weights (and random batch-norm statistics) into `model`,
+    module by module in registration order."""
+    from jaxcnn import layers
+
+    kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
+    theirs = [m for m in source.modules() if isinstance(m, kinds)]
+    ours = _modules_in_order(model)
+    assert len(theirs) == len(ours)
+    gen = torch.Generator().manual_seed(0)
+    for t, j in zip(theirs, ours, strict=True):
+        if isinstance(t, torch.nn.BatchNorm2d):
+            assert isinstance(j, nnx.BatchNorm) and j.epsilon == t.eps
+            with torch.no_grad():  # statistics that matter
+                t.running_mean.normal_(0, 0.1, generator=gen)
+                t.running_var.uniform_(0.5, 1.5, generator=gen)
+                t.weight.uniform_(0.5, 1.5, generator=gen)
+                t.bias.normal_(0, 0.1, generator=gen)
+            for ours_name, theirs_name in (
+                ("scale", "weight"),
+                ("bias", "bias"),
+                ("mean", "running_mean"),
+                ("var", "running_var"),
+            ):
+                getattr(j, ours_name).set_value(
+                    jnp.asarray(getattr(t, theirs_name).detach().numpy())
+                )
+            continue
+        weight = t.weight.detach().numpy()
+        if isinstance(t, torch.nn.Conv2d):
+            assert isinstance(j, layers.Conv)
+            weight = weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        else:
+            assert isinstance(j, layers.Dense)
+            weight = weight.T
+        assert j.kernel.shape == weight.shape
+        j.kernel.set_value(jnp.asarray(weight))
+        if t.bias is not None:
+            j.bias.set_value(jnp.asarray(t.bias.detach().numpy()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("resnet50", 64),  # bottleneck v1.5, projection with batch norm
+        ("squeezenet1_1", 67),  # fire modules; ceil-mode pools at odd sizes
+        ("mobilenet_v2", 64),  # depthwise convs, relu6, linear bottlenecks
+        ("googlenet", 67),  # inception modules with pool branches, ceil-mode pools
+        ("inception_v3", 75),  # nested splits, avg pools counting padding
+        ("densenet121", 64),  # concatenation with the identity branch
+    ],
+)
+def test_logits_equal_torchvision_with_its_weights(name, size):
+    """The preset computes what torchvision's network computes, given its weights:
+    eval mode, random weights and batch-norm statistics, at a small input size."""
+    torch = pytest.importorskip("torch")
+    source = _torchvision_model(name)
+    model = models.build_model(
+        models.preset(name, input_shape=(size, size, 3)), kernels="xla"
+    )
+    _copy_torchvision_weights(source, model, torch)
+    model.eval()
+    source.eval()
+    x = np.random.default_rng(0).uniform(size=(2, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = source(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    got = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(x)))
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
