@@ -1,9 +1,11 @@
-"""Flax NNX building blocks built from layer specs: conv, pooling, residual block, the model.
+"""Flax NNX building blocks built from layer specs: conv, pooling, residual and branch
+blocks, the model.
 
 Every block is built from a `shapes.Summary` row, so the static shapes in `shapes.py` and
 the real ones agree by construction (padding comes from `shapes.resolve_padding`).
 Module attributes are named `<type>_<index>`, so parameter paths read `conv_0/kernel`,
-`dense_7/bias`, `residual_3/conv_1/kernel`, `residual_3/proj/kernel`.
+`dense_7/bias`, `residual_3/conv_1/kernel`, `residual_3/proj/kernel`,
+`residual_3/proj_norm/scale`, `branches_4/b1/conv_0/kernel`.
 
 Images are NHWC float32: [batch, H, W, C]. Conv and dense layers compute in the
 precision their plan says (jaxcnn.precision); the logits are float32.
@@ -25,6 +27,7 @@ from jaxcnn import precision as precision_lib
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ActivationSpec,
+    BranchesSpec,
     ConvSpec,
     DenseSpec,
     DropoutSpec,
@@ -44,6 +47,7 @@ def _gelu(x: jax.Array) -> jax.Array:
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,  # min(max(x, 0), 6), MobileNet's
     "leaky_relu": jax.nn.leaky_relu,  # negative slope 0.01
     "elu": jax.nn.elu,
     "gelu": _gelu,
@@ -223,6 +227,16 @@ class Pool(nnx.Module):
                 padding=plan.padding,
                 impl=plan.pool,
             )
+        if spec.count_padding:  # the window sum over the whole window's size
+            total = ops.pool2d(
+                x,
+                kind="sum",
+                window=spec.window,
+                stride=spec.stride,
+                padding=plan.padding,
+                impl=plan.pool,
+            )
+            return total / (spec.window[0] * spec.window[1])
         return ops.pool2d(
             x,
             kind=spec.pool,
@@ -302,6 +316,8 @@ def make_layer(
         return Activation(spec)
     if isinstance(spec, ResidualSpec):
         return Residual(spec, index, summary, rngs=rngs)
+    if isinstance(spec, BranchesSpec):
+        return Branches(spec, index, summary, rngs=rngs)
     raise TypeError(f"unsupported layer spec {type(spec).__name__}")
 
 
@@ -340,7 +356,7 @@ class Sequential(nnx.Module):
         kept = {}
         for name, plan in zip(self.layer_names[: len(plans)], plans, strict=True):
             layer = getattr(self, name)
-            if isinstance(layer, Residual):
+            if isinstance(layer, Residual | Branches):
                 x = layer(x, plan, rngs=rngs)
             elif isinstance(layer, Conv | Pool | Dense):
                 x = layer(x, plan)
@@ -354,7 +370,8 @@ class Sequential(nnx.Module):
 
 
 class Residual(Sequential):
-    """y = activation(layers(x) + skip(x)); skip is identity or the 1x1 conv `proj`."""
+    """y = activation(layers(x) + skip(x)); skip is identity or the 1x1 conv `proj`
+    (followed by the batch norm `proj_norm` when the spec has projection_norm)."""
 
     def __init__(
         self,
@@ -372,6 +389,11 @@ class Residual(Sequential):
             if info.projection is not None
             else None
         )
+        self.proj_norm = (
+            make_norm(NormSpec(), info.output_shape[-1], rngs=rngs)
+            if spec.projection_norm
+            else None
+        )
         self.activation = spec.activation
 
     def __call__(
@@ -383,8 +405,62 @@ class Residual(Sequential):
     ) -> jax.Array:
         plan = _own_plan(self, x) if plan is None else plan
         skip = x if plan.proj is None else self.proj(x, plan.proj)
+        if self.proj_norm is not None:
+            skip = self.proj_norm(skip).astype(skip.dtype)
         body, _ = self._run(x, plan.layers, rngs)
         return activate(body + skip, self.activation)
+
+
+class Branch(Sequential):
+    """One branch of a branch block: its layers in order (none: the identity)."""
+
+    def __init__(self, specs, index_prefix: str, summary, *, rngs: nnx.Rngs):
+        self._add_layers(specs, index_prefix, summary, rngs=rngs)
+
+
+class Branches(nnx.Module):
+    """y = activation(join(b0(x), b1(x), ...)); branches are attributes `b0`, `b1`, ...
+
+    `concat` stacks the branch outputs along channels in order; `add` sums them.
+    """
+
+    def __init__(
+        self,
+        spec: BranchesSpec,
+        index: str,
+        summary: shapes.Summary,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.spec = spec
+        self.branch_names = tuple(f"b{b}" for b in range(len(spec.branches)))
+        for b, branch in enumerate(spec.branches):
+            setattr(self, f"b{b}", Branch(branch, f"{index}.b{b}.", summary, rngs=rngs))
+        self.join = spec.join
+        self.activation = spec.activation
+
+    def __call__(
+        self,
+        x: jax.Array,
+        plan: ops.LayerPlan | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """[batch, H, W, C] -> [batch, Ho, Wo, sum of branch channels] (concat) or the
+        common branch shape (add)."""
+        plan = _own_plan(self, x) if plan is None else plan
+        outs = [
+            getattr(self, name)._run(x, plans, rngs)[0]
+            for name, plans in zip(self.branch_names, plan.branches, strict=True)
+        ]
+        dtype = jnp.result_type(*outs)
+        outs = [y.astype(dtype) for y in outs]
+        y = (
+            jnp.concatenate(outs, axis=-1)
+            if self.join == "concat"
+            else sum(outs[1:], outs[0])
+        )
+        return activate(y, self.activation)
 
 
 class CNN(Sequential):

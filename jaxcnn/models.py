@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from jaxcnn import shapes
+from jaxcnn import architectures, shapes
 from jaxcnn import spec as spec_lib
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
@@ -350,9 +350,18 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "alexnet": alexnet,
 }
 FAMILIES: dict[str, Callable[..., ModelSpec]] = {"simple_cnn": simple_cnn}
-# The presets of published ImageNet networks (224x224x3 input, 1000 classes), whose
-# weights jaxcnn.interop imports.
-IMAGENET_PRESETS: tuple[str, ...] = ("vgg16", "vgg16_bn", "alexnet")
+PRESETS.update(
+    architectures.PRESETS
+)  # ResNet, GoogLeNet, ... (jaxcnn/architectures.py)
+# The presets of published ImageNet networks (224x224x3 input, 299x299x3 for Inception
+# v3; 1000 classes). jaxcnn.interop imports the published weights of vgg16, vgg16_bn and
+# alexnet.
+IMAGENET_PRESETS: tuple[str, ...] = (
+    "vgg16",
+    "vgg16_bn",
+    "alexnet",
+    *architectures.PRESETS,
+)
 
 
 def _call(fn: Callable[..., ModelSpec], name: str, args: dict[str, Any]) -> ModelSpec:

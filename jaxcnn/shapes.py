@@ -17,11 +17,14 @@ Conventions:
     global pooling 1 op per input element, activation 1 op per element (0 for identity),
     normalisation 4 ops per element (subtract mean, divide by std, scale, shift; the
     statistics themselves are not counted), residual add 1 op per element (+1 when the
-    block has an activation) plus its projection's 2 * MACs; dropout and flatten 0.
+    block has an activation) plus its projection's 2 * MACs (and 4 ops per element for
+    its batch norm); a branch join 1 op per output element per added branch (0 for a
+    concatenation, +1 with an activation); dropout and flatten 0.
   * Receptive field and jump (effective stride) are in input pixels, per axis (h, w):
     a conv/pool with dilated kernel K_eff and stride S maps r -> r + (K_eff-1)*j,
     j -> j*S. Flatten and global pooling see the whole feature map (as a kernel the size
-    of the map would). Norm, activation and dropout layers are treated as pointwise.
+    of the map would). Norm, activation and dropout layers are treated as pointwise. A
+    branch block's is the largest of its branches' (an empty branch: its input's).
   * Training memory (`memory_estimate`, `check_fits`): float32 parameters, gradients and
     optimiser slots, plus the activations a backward pass keeps, per batch.
 """
@@ -30,12 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ActivationSpec,
+    BranchesSpec,
     ConvSpec,
     DenseSpec,
     DropoutSpec,
@@ -61,12 +66,15 @@ class LayerInfo:
     """What one layer does to the shape, and what it costs.
 
     Attributes:
-      index: position label, "3" or "3.1" for the second layer inside residual block 3.
-      name: module path, e.g. "conv_0" or "residual_3/conv_1" (parameter path prefix).
+      index: position label, "3" or "3.1" for the second layer inside residual block 3,
+        "3.b1.0" for the first layer of branch 1 of branch block 3.
+      name: module path, e.g. "conv_0", "residual_3/conv_1" or "branches_3/b1/conv_0"
+        (parameter path prefix).
       spec: the layer spec.
       input_shape / output_shape: without the batch axis.
       params: trainable parameters of this layer alone (a residual row counts only its
-        projection; its inner layers have their own rows).
+        projection and its norm; a branch block's row 0; their inner layers have their
+        own rows).
       non_trainable_params: batch-norm running statistics.
       macs / flops: forward cost for one example (see the module docstring).
       receptive_field / jump: (h, w) in input pixels at this layer's output.
@@ -155,10 +163,11 @@ def resolve_padding(
 
     `same` follows TF/Keras: total = max((ceil(W/S) - 1)*S + D*(K-1) + 1 - W, 0), with the
     odd pixel at the bottom/right. An (h, w) pair pads h rows on top and bottom and w
-    columns left and right; `valid` pads nothing.
+    columns left and right; ((top, bottom), (left, right)) is taken as it is; `valid`
+    pads nothing.
 
     Args:
-      padding: "valid", "same" or an (h, w) pair.
+      padding: "valid", "same", an (h, w) pair or ((top, bottom), (left, right)).
       in_hw: input (H, W).
       window: kernel or pooling window (kh, kw).
       stride: (sh, sw).
@@ -174,6 +183,8 @@ def resolve_padding(
             )
             pads.append((total // 2, total - total // 2))
         return (pads[0], pads[1])
+    if isinstance(padding[0], tuple):
+        return (tuple(padding[0]), tuple(padding[1]))
     ph, pw = padding
     return ((ph, ph), (pw, pw))
 
@@ -356,6 +367,8 @@ def _infer_layer(layer, index, name, shape, rf, jump) -> list[LayerInfo]:
     """Rows for one layer (several for a residual block); the last row is the layer's own."""
     if isinstance(layer, ResidualSpec):
         return _infer_residual(layer, index, name, shape, rf, jump)
+    if isinstance(layer, BranchesSpec):
+        return _infer_branches(layer, index, name, shape, rf, jump)
     cost = next((f for cls, f in _COSTS.items() if isinstance(layer, cls)), None)
     if cost is None:
         raise SpecError(
@@ -410,19 +423,34 @@ def _projection(
                 "integer factor"
             )
         strides.append(s)
-    return ConvSpec(filters=out[2], kernel=(1, 1), stride=tuple(strides))
+    return ConvSpec(
+        filters=out[2],
+        kernel=(1, 1),
+        stride=tuple(strides),
+        use_bias=not layer.projection_norm,
+    )
 
 
 def _infer_residual(layer, index, name, shape, rf, jump) -> list[LayerInfo]:
     rows = _infer_sequence(layer.layers, shape, f"{index}.", f"{name}/", rf, jump)
     out = rows[-1].output_shape
     proj = _projection(layer, index, shape, out)
-    params = macs = 0
+    if layer.projection_norm and proj is None:
+        raise SpecError(
+            f"{_label(index, layer)}: projection_norm = true, but the block keeps its "
+            f"input shape {format_shape(shape)}, so its skip path is the identity with "
+            "no projection to normalise; remove projection_norm"
+        )
+    params = macs = non_trainable = norm_flops = 0
     if proj is not None:
-        params = (shape[2] + 1) * proj.filters
+        params = (shape[2] + int(proj.use_bias)) * proj.filters
         macs = out[0] * out[1] * proj.filters * shape[2]
+    if layer.projection_norm:
+        params += 2 * out[2]
+        non_trainable = 2 * out[2]
+        norm_flops = NORM_FLOPS_PER_ELEMENT * _elements(out)
     per_add = 1 if layer.activation == "identity" else 2
-    flops = 2 * macs + per_add * _elements(out)
+    flops = 2 * macs + norm_flops + per_add * _elements(out)
     last = rows[-1]
     own = LayerInfo(
         index,
@@ -431,12 +459,73 @@ def _infer_residual(layer, index, name, shape, rf, jump) -> list[LayerInfo]:
         tuple(shape),
         tuple(out),
         params,
-        0,
+        non_trainable,
         macs,
         flops,
         last.receptive_field,
         last.jump,
         proj,
+    )
+    return [*rows, own]
+
+
+def _infer_branches(layer, index, name, shape, rf, jump) -> list[LayerInfo]:
+    """Rows of every branch (branch b's layers indexed "3.b<b>.<i>"), then the block's."""
+    where = _label(index, layer)
+    if len(shape) != 3:
+        raise SpecError(
+            f"{where}: input is flat ({shape[0]} features) but branches need an HxWxC "
+            "feature map; move the block before the flatten/global_pool"
+        )
+    rows: list[LayerInfo] = []
+    ends = []  # (output shape, receptive field, jump) of each branch
+    for b, branch in enumerate(layer.branches):
+        inner = _infer_sequence(
+            branch, shape, f"{index}.b{b}.", f"{name}/b{b}/", rf, jump
+        )
+        rows.extend(inner)
+        last = inner[-1] if inner else None
+        ends.append(
+            (last.output_shape, last.receptive_field, last.jump)
+            if last
+            else (tuple(shape), tuple(rf), tuple(jump))
+        )
+    outs = [e[0] for e in ends]
+    for b, out in enumerate(outs):
+        if len(out) != 3:
+            raise SpecError(
+                f"{where}: branch {b} outputs {format_shape(out)} features, but a "
+                f"branch must output an HxWxC feature map to {layer.join}; keep "
+                "flatten/global_pool/dense out of branches"
+            )
+    shown = ", ".join(f"branch {b} {format_shape(o)}" for b, o in enumerate(outs))
+    if layer.join == "concat":
+        odd = next((b for b, o in enumerate(outs) if o[:2] != outs[0][:2]), None)
+        if odd is not None:
+            raise SpecError(
+                f"{where}: branch {odd} outputs {format_shape(outs[odd])} but branch 0 "
+                f"outputs {format_shape(outs[0])} ({shown}); concatenation needs the same "
+                "height and width in every branch: use 'same' padding or the same "
+                "strides"
+            )
+        out = (*outs[0][:2], sum(o[2] for o in outs))
+        flops = 0
+    else:
+        odd = next((b for b, o in enumerate(outs) if o != outs[0]), None)
+        if odd is not None:
+            raise SpecError(
+                f"{where}: branch {odd} outputs {format_shape(outs[odd])} but branch 0 "
+                f"outputs {format_shape(outs[0])} ({shown}); addition needs the same "
+                "shape in every branch"
+            )
+        out = outs[0]
+        flops = (len(outs) - 1) * _elements(out)
+    if layer.activation != "identity":
+        flops += _elements(out)
+    rf = tuple(max(e[1][axis] for e in ends) for axis in (0, 1))
+    jump = tuple(max(e[2][axis] for e in ends) for axis in (0, 1))
+    own = LayerInfo(
+        index, name, layer, tuple(shape), tuple(out), 0, 0, 0, flops, rf, jump
     )
     return [*rows, own]
 
@@ -651,9 +740,11 @@ def format_table(summary: Summary) -> str:
     rows = []
     for info in summary.layers:
         depth = info.index.count(".")
-        label = (
-            "  " * depth + f"{info.name.rsplit('/', 1)[-1]} ({info.spec.describe()})"
-        )
+        parts = info.name.split("/")
+        # a layer in a branch shows its branch: "b1/conv_0"
+        in_branch = len(parts) > 1 and re.fullmatch(r"b\d+", parts[-2])
+        short = "/".join(parts[-2:]) if in_branch else parts[-1]
+        label = "  " * depth + f"{short} ({info.spec.describe()})"
         rows.append(
             (
                 label,

@@ -31,6 +31,7 @@ from flax import nnx
 from jaxcnn import checkpoint, models, optim, rundir
 from jaxcnn.errors import CheckpointError, SpecError
 from jaxcnn.spec import (
+    BranchesSpec,
     ConvSpec,
     DenseSpec,
     ModelSpec,
@@ -56,6 +57,9 @@ def untrainable_prefixes(spec: ModelSpec) -> list[str]:
                 out.append(name + "/")
             if isinstance(layer, ResidualSpec):
                 walk(layer.layers, name + "/")
+            if isinstance(layer, BranchesSpec):
+                for b, branch in enumerate(layer.branches):
+                    walk(branch, f"{name}/b{b}/")
 
     walk(spec.layers, "")
     return out

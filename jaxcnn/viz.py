@@ -258,7 +258,8 @@ def plot_feature_maps(
 def conv_kernel(model: Any, layer: str | None = None) -> tuple[str, np.ndarray]:
     """(name, kernel [kh, kw, cin, filters]) of conv layer `layer` (default: the first).
 
-    `layer` is an attribute path such as "conv_2" or "residual_3/conv_0".
+    `layer` is an attribute path such as "conv_2", "residual_3/conv_0" or
+    "branches_4/b1/conv_0".
 
     Raises:
       SpecError: no such conv layer (the message lists the conv layers).
@@ -275,6 +276,9 @@ def conv_kernel(model: Any, layer: str | None = None) -> tuple[str, np.ndarray]:
                 walk(sub, f"{prefix}{name}/")
                 if getattr(sub, "proj", None) is not None:
                     convs.append((f"{prefix}{name}/proj", sub.proj))
+            if isinstance(sub, layers_lib.Branches):
+                for b in sub.branch_names:
+                    walk(getattr(sub, b), f"{prefix}{name}/{b}/")
 
     walk(model, "")
     if not convs:

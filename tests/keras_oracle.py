@@ -1,9 +1,10 @@
 """Keras 3 (TensorFlow backend) twin of a jaxcnn ModelSpec, for tests/test_keras_oracle.py.
 
 `build(spec)` writes the network a Keras user would write for the spec, with the Keras
-layer classes (functional API, so residual blocks are Add + a 1x1 projection), and
-records which Keras variable is which jaxcnn parameter (`conv_0/kernel`,
-`residual_3/proj/bias`, `norm_1/scale`) and batch-norm statistic (`norm_1/mean`).
+layer classes (functional API, so residual blocks are Add + a 1x1 projection, branch
+blocks Concatenate or Add), and records which Keras variable is which jaxcnn parameter
+(`conv_0/kernel`, `residual_3/proj/bias`, `branches_4/b1/conv_0/kernel`,
+`norm_1/scale`) and batch-norm statistic (`norm_1/mean`).
 Nothing here imports jaxcnn's layers or kernels: the only conventions taken from jaxcnn
 are the ones its spec documents (normalisation epsilons included).
 
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 from jaxcnn.spec import (
     ActivationSpec,
+    BranchesSpec,
     ConvSpec,
     DenseSpec,
     DropoutSpec,
@@ -37,6 +39,7 @@ from jaxcnn.spec import (
 
 ACTIVATIONS = {
     "relu": keras.activations.relu,
+    "relu6": keras.activations.relu6,
     # jax.nn.leaky_relu's slope; Keras's default is 0.2
     "leaky_relu": functools.partial(keras.activations.leaky_relu, negative_slope=0.01),
     "elu": keras.activations.elu,
@@ -128,8 +131,11 @@ def _sequence(layers: tuple[LayerSpec, ...], x, prefix: str, params, stats):
 def _conv(spec: ConvSpec, x, name: str, params):
     padding = spec.padding
     if isinstance(padding, tuple):  # Keras convs pad "valid" or "same" only
-        ph, pw = padding
-        x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)))(x)
+        if isinstance(padding[0], tuple):  # ((top, bottom), (left, right))
+            x = keras.layers.ZeroPadding2D(padding)(x)
+        else:
+            ph, pw = padding
+            x = keras.layers.ZeroPadding2D(((ph, ph), (pw, pw)))(x)
         padding = "valid"
     conv = keras.layers.Conv2D(
         spec.filters,
@@ -155,6 +161,8 @@ def _register(layer, x, name: str, params: dict):
 
 
 def _pool(spec: PoolSpec, x):
+    if spec.count_padding:  # Keras's average pooling leaves padding out
+        raise NotImplementedError("Keras has no average pooling that counts padding")
     if spec.pool not in ("max", "avg") or not isinstance(spec.padding, str):
         raise NotImplementedError(
             f"Keras has no {spec.pool} pooling with padding {spec.padding!r}"
@@ -192,10 +200,28 @@ def _residual(spec: ResidualSpec, x, name: str, params, stats):
     if tuple(x.shape) != tuple(y.shape):
         # The stride that takes the input size to the body's output size.
         strides = tuple(math.ceil(x.shape[a] / y.shape[a]) for a in (1, 2))
-        proj = keras.layers.Conv2D(y.shape[-1], 1, strides=strides, padding="valid")
+        proj = keras.layers.Conv2D(
+            y.shape[-1],
+            1,
+            strides=strides,
+            padding="valid",
+            use_bias=not spec.projection_norm,
+        )
         skip = _register(proj, x, f"{name}/proj", params)
+        if spec.projection_norm:  # a batch norm with jaxcnn's defaults
+            skip = _norm(NormSpec(), skip, f"{name}/proj_norm", params, stats)
     added = keras.layers.Add()([y, skip])
     return keras.layers.Activation(ACTIVATIONS[spec.activation])(added)
+
+
+def _branches(spec: BranchesSpec, x, name: str, params, stats):
+    """activation(join(branches)); an empty branch passes x on."""
+    outs = [
+        _sequence(branch, x, f"{name}/b{b}/", params, stats)
+        for b, branch in enumerate(spec.branches)
+    ]
+    join = keras.layers.Concatenate() if spec.join == "concat" else keras.layers.Add()
+    return keras.layers.Activation(ACTIVATIONS[spec.activation])(join(outs))
 
 
 def _layer(spec: LayerSpec, x, name: str, params, stats):
@@ -227,4 +253,6 @@ def _layer(spec: LayerSpec, x, name: str, params, stats):
         return keras.layers.Activation(ACTIVATIONS[spec.activation])(x)
     if isinstance(spec, ResidualSpec):
         return _residual(spec, x, name, params, stats)
+    if isinstance(spec, BranchesSpec):
+        return _branches(spec, x, name, params, stats)
     raise NotImplementedError(f"no Keras twin for {type(spec).__name__}")

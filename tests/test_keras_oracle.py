@@ -286,7 +286,10 @@ def _preset_cases(slow: bool):
     cases = []
     for name, preset in models.PRESETS.items():
         if name in models.IMAGENET_PRESETS:
-            continue  # at 224x224 in tests/test_interop_oracle.py, on the source's weights
+            # at full size in tests/test_interop_oracle.py and test_architectures.py
+            # against the source frameworks; their layer kinds here in
+            # test_branch_blocks_match_keras
+            continue
         if slow and name not in small:
             continue
         kwargs = {} if slow else small.get(name, {})
@@ -327,6 +330,49 @@ def test_preset_matches_keras(name, kwargs, training, near_ties):
 @pytest.mark.parametrize("name, kwargs, training, near_ties", _preset_cases(slow=True))
 def test_large_preset_matches_keras(name, kwargs, training, near_ties):
     _check_preset(name, kwargs, training, near_ties)
+
+
+BRANCHY = {
+    "input_shape": [9, 9, 3],
+    "num_classes": 4,
+    "layers": [
+        # asymmetric padding, relu6
+        {"type": "conv", "filters": 8, "kernel": 3, "padding": [[0, 1], [1, 0]],
+         "activation": "relu6"},
+        {"type": "branches", "branches": [  # an inception-like concatenation
+            [{"type": "conv", "filters": 4, "kernel": 1, "activation": "relu"}],
+            [{"type": "conv", "filters": 4, "kernel": 1},
+             {"type": "conv", "filters": 6, "kernel": 3, "padding": "same"}],
+            [{"type": "pool", "pool": "max", "window": 3, "stride": 1,
+              "padding": "same"},
+             {"type": "conv", "filters": 2, "kernel": 1}],
+            [],  # identity: DenseNet's concatenation of the input
+        ]},
+        {"type": "norm", "norm": "batch"},
+        # depthwise, then a strided block whose projection has a batch norm
+        {"type": "conv", "filters": 20, "kernel": 3, "padding": 1, "groups": 20,
+         "use_bias": False},
+        {"type": "residual", "activation": "relu", "projection_norm": True, "layers": [
+            {"type": "conv", "filters": 12, "kernel": 3, "stride": 2, "padding": 1,
+             "use_bias": False},
+            {"type": "norm", "norm": "batch"},
+        ]},
+        {"type": "branches", "join": "add", "activation": "relu", "branches": [
+            [{"type": "conv", "filters": 12, "kernel": 1}],
+            [],
+        ]},
+        {"type": "global_pool", "pool": "avg"},
+        {"type": "dense", "units": 4},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_branch_blocks_match_keras(training):
+    """Branch blocks (concat with an identity and a pool branch, add), a residual
+    projection with batch norm, a depthwise conv, relu6 and asymmetric padding."""
+    spec = ModelSpec.from_dict(BRANCHY)
+    _check(_random_model(spec), *_random_batch(spec), training=training)
 
 
 def _with_norm_epsilon(model, epsilon: float):

@@ -65,7 +65,8 @@ def _smooth(layer_specs):
     [
         pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
         for n in sorted(models.PRESETS)
-        # fast and XLA kernels of these: tests/test_interop_oracle.py, forward at 224x224
+        # ImageNet-sized: tests/test_interop_oracle.py (vgg, alexnet at 224x224) and
+        # tests/test_branches.py (the layer kinds of the others)
         if n not in models.IMAGENET_PRESETS
     ],
 )

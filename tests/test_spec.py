@@ -218,7 +218,7 @@ LAYER_ERRORS = [
     ({"type": 3}, "layer 2: field 'type' must be one of conv, pool,"),
     (
         {"type": ["conv"]},
-        "layer 2: field 'type' must be one of conv, pool, global_pool, norm, dropout, activation, flatten, dense, residual; got [\"conv\"]",
+        "layer 2: field 'type' must be one of conv, pool, global_pool, norm, dropout, activation, flatten, dense, residual, branches; got [\"conv\"]",
     ),
     ("conv", "layer 2: expected a table like"),
 ]

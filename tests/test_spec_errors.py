@@ -66,7 +66,7 @@ WRONG_TYPES = [
     (
         _spec([{"type": 3}, *HEAD]),
         "layer 0: field 'type' must be one of conv, pool, global_pool, norm, dropout, "
-        "activation, flatten, dense, residual; got 3",
+        "activation, flatten, dense, residual, branches; got 3",
     ),
     (_spec([{"type": {}}, *HEAD]), "layer 0: field 'type' must be one of conv"),
     (_spec([{}, *HEAD]), "layer 0: missing required field 'type' (one of conv, pool"),
@@ -163,6 +163,123 @@ def test_python_callers_get_the_same_checks():
     assert spec.input_shape == (8, 8, 1)
 
 
+# --------------------------------------------------------------------------- blocks
+CONV1 = {"type": "conv", "filters": 2, "kernel": 1}
+BLOCK_ERRORS = [
+    (
+        [{"type": "branches", "branches": [[CONV1], [{**CONV1, "stride": 2}]]}],
+        "layer 0 (2 branches, concat): branch 1 outputs 4x4x2 but branch 0 outputs "
+        "8x8x2 (branch 0 8x8x2, branch 1 4x4x2); concatenation needs the same height "
+        "and width in every branch",
+    ),
+    (
+        [
+            {
+                "type": "branches",
+                "join": "add",
+                "branches": [[CONV1], [], [{**CONV1, "filters": 3}]],
+            }
+        ],
+        "layer 0 (3 branches, add): branch 1 outputs 8x8x1 but branch 0 outputs 8x8x2 "
+        "(branch 0 8x8x2, branch 1 8x8x1, branch 2 8x8x3); addition needs the same "
+        "shape in every branch",
+    ),
+    (
+        [{"type": "branches", "branches": [[CONV1]]}],
+        "layer 0 (branches): field 'branches' must hold at least 2 branches (lists of "
+        "layers), got 1",
+    ),
+    (
+        [{"type": "branches", "branches": {"a": [CONV1]}}],
+        "layer 0 (branches): field 'branches' must be a list of branches, each a list "
+        'of layer tables, got {"a":',
+    ),
+    (
+        [{"type": "branches", "branches": [CONV1, [CONV1]]}],
+        "layer 0 (branches) branch 0: field 'layers' must be a list of layer tables, "
+        'got {"type": "conv"',
+    ),
+    (
+        [{"type": "branches", "branches": [[{"type": "conv", "filters": 0}], []]}],
+        "layer 0.b0.0 (conv): field 'filters' must be >= 1, got 0",
+    ),
+    (
+        [{"type": "branches", "join": "stack", "branches": [[], []]}],
+        'layer 0 (branches): field \'join\' must be "concat" | "add", got "stack"',
+    ),
+    (
+        [{"type": "branches", "branches": [[], []], "layers": []}],
+        "layer 0 (branches): unknown key 'layers'; valid keys are join, activation",
+    ),
+    (
+        [{"type": "flatten"}, {"type": "branches", "branches": [[], []]}],
+        "layer 1 (2 branches, concat): input is flat (64 features) but branches need "
+        "an HxWxC feature map",
+    ),
+    (
+        [
+            {
+                "type": "branches",
+                "branches": [[{"type": "flatten"}], [{"type": "flatten"}]],
+            }
+        ],
+        "layer 0 (2 branches, concat): branch 0 outputs 64 features, but a branch must "
+        "output an HxWxC feature map to concat",
+    ),
+    (
+        [
+            {
+                "type": "residual",
+                "projection_norm": True,
+                "layers": [CONV1 | {"filters": 1}],
+            }
+        ],
+        "layer 0 (residual): projection_norm = true, but the block keeps its input "
+        "shape 8x8x1, so its skip path is the identity with no projection to "
+        "normalise; remove projection_norm",
+    ),
+    (
+        [{"type": "conv", "filters": 2, "padding": [[0, -1], [0, 0]]}],
+        "layer 0 (conv): field 'padding' must be >= 0, got [0, -1, 0, 0]",
+    ),
+    (
+        [{"type": "pool", "padding": [[0, 1], [0]]}],
+        'layer 0 (pool): field \'padding\' must be "valid", "same", an int, an [h, w] '
+        "pair of ints or [[top, bottom], [left, right]] of ints, got [[0, 1], [0]]",
+    ),
+    (
+        [{"type": "pool", "pool": "max", "count_padding": True}],
+        "layer 0 (pool): field 'count_padding' applies to avg pooling only, not 'max'; "
+        "remove it",
+    ),
+    (
+        [{"type": "activation", "activation": "relu7"}],
+        'layer 0 (activation): field \'activation\' must be "relu" | "relu6" |',
+    ),
+]
+
+
+@pytest.mark.parametrize("layers, message", BLOCK_ERRORS)
+def test_bad_blocks_and_padding_name_the_layer(tmp_path, layers, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_spec([*layers, *HEAD])))
+    code, err = _summary_of(path)
+    assert code == 2 and message in err, err
+
+
+def test_branch_nesting_counts_toward_the_limit():
+    layer = {"type": "activation"}
+    for i in range(MAX_NESTING + 1):
+        kind = "residual" if i % 2 else "branches"
+        layer = (
+            {"type": "residual", "layers": [layer]}
+            if kind == "residual"
+            else {"type": "branches", "join": "add", "branches": [[layer], []]}
+        )
+    with pytest.raises(SpecError, match="blocks nest more than 32 deep"):
+        ModelSpec.from_dict(_spec([layer, *HEAD]))
+
+
 # --------------------------------------------------------------------------- nesting
 def _nested(levels):
     layer = {"type": "activation", "activation": "relu"}
@@ -187,14 +304,14 @@ def test_deeper_residual_nesting_is_refused(tmp_path, levels):
     path.write_text(json.dumps(_spec(["LAYER", *HEAD])).replace('"LAYER"', text))
     code, err = _summary_of(path)
     assert code == 2
-    assert "residual blocks nest more than 32 deep; at most 32 levels" in err
+    assert "blocks nest more than 32 deep; at most 32 levels" in err
 
 
 def test_python_built_nesting_is_refused_too():
     layer = ResidualSpec(layers=(ConvSpec(filters=1, padding="same"),))
     for _ in range(MAX_NESTING - 1):
         layer = ResidualSpec(layers=(layer,))
-    with pytest.raises(SpecError, match="residual blocks nest more than 32 deep"):
+    with pytest.raises(SpecError, match="blocks nest more than 32 deep"):
         ResidualSpec(layers=(layer,))
 
 
@@ -448,6 +565,8 @@ SPEC_BASES = [
     models.preset("keras_mnist").to_dict(),
     models.preset("resnet_cifar", blocks_per_stage=1).to_dict(),
     _nested(3),
+    # branch blocks, explicit asymmetric pool padding
+    models.preset("squeezenet1_1", input_shape=(32, 32, 3), num_classes=10).to_dict(),
 ]
 FUZZ = hypothesis.settings(
     max_examples=150,

@@ -40,6 +40,7 @@ from jaxcnn.kernels.windows import Pads, out_size
 from jaxcnn.spec import (
     KERNELS,
     PRECISIONS,
+    BranchesSpec,
     ConvSpec,
     DenseSpec,
     FlattenSpec,
@@ -293,6 +294,7 @@ class LayerPlan:
         float32).
       layers: a residual block's body.
       proj: a residual block's 1x1 skip projection (None: identity skip).
+      branches: a branch block's branches, each a tuple of plans (empty: identity).
     """
 
     name: str
@@ -308,14 +310,19 @@ class LayerPlan:
     out_dtype: Precision | None = None
     layers: tuple[LayerPlan, ...] = ()
     proj: LayerPlan | None = None
+    branches: tuple[tuple[LayerPlan, ...], ...] = ()
 
     def walk(self) -> Iterator[LayerPlan]:
-        """This plan, then those of a residual body and projection, depth first."""
+        """This plan, then those of a residual body and projection or of the branches,
+        depth first."""
         yield self
         for plan in self.layers:
             yield from plan.walk()
         if self.proj is not None:
             yield self.proj
+        for branch in self.branches:
+            for plan in branch:
+                yield from plan.walk()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +336,7 @@ class ModelPlan:
     rolls_steps: bool
 
     def walk(self) -> Iterator[LayerPlan]:
-        """Every layer plan, residual bodies and projections included."""
+        """Every layer plan, residual bodies, projections and branches included."""
         for plan in self.layers:
             yield from plan.walk()
 
@@ -454,6 +461,12 @@ def _plan_layer(spec, index, rows, choice, backend) -> LayerPlan:
             proj_name = f"{name}/proj" if name else "proj"
             proj = _conv_plan(info.projection, proj_name, shape, choice, backend)
         return LayerPlan(name, spec, tuple(shape), layers=body, proj=proj)
+    if isinstance(spec, BranchesSpec):
+        branches = tuple(
+            _plan_sequence(branch, f"{index}.b{b}.", rows, choice, backend)
+            for b, branch in enumerate(spec.branches)
+        )
+        return LayerPlan(name, spec, tuple(shape), branches=branches)
     if isinstance(spec, DenseSpec):
         dtype = choice.layer_precision(name)
         return LayerPlan(

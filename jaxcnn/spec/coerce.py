@@ -25,20 +25,26 @@ from jaxcnn.errors import SpecError
 # input_shape axis, num_classes): far above real networks, and small enough that the
 # static memory estimate (shapes.memory_estimate) can say how far over budget a net is.
 MAX_SIZE = 2**20
-# How deep residual blocks may nest inside residual blocks.
+# How deep residual and branch blocks may nest inside one another.
 MAX_NESTING = 32
 
 # The value types with coercion rules of their own: an int n is the pair (n, n).
 Pair = tuple[int, int]
-# "valid", "same", or explicit symmetric zero padding (rows, cols)
-Padding = Literal["valid", "same"] | tuple[int, int]
+# Explicit ((top, bottom), (left, right)) padding.
+Pads = tuple[Pair, Pair]
+# "valid", "same", symmetric padding (rows, cols), or explicit ((top, bottom),
+# (left, right)) padding
+Padding = Literal["valid", "same"] | Pair | Pads
 
 
 def _type_name(tp: Any) -> str:
     if tp == Pair:
         return "an int or [h, w] pair of ints"
     if tp == Padding:
-        return '"valid", "same", an int or an [h, w] pair of ints'
+        return (
+            '"valid", "same", an int, an [h, w] pair of ints or '
+            "[[top, bottom], [left, right]] of ints"
+        )
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Literal:
@@ -121,6 +127,15 @@ def _pair(value: Any) -> Pair:
     return (value, value)
 
 
+def _nested_pair(value: Any) -> bool:
+    """Whether `value` looks like [[top, bottom], [left, right]]."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (list, tuple)) for v in value)
+    )
+
+
 def _tuple(value: Any, args: tuple) -> tuple:
     if not isinstance(value, (list, tuple)):
         raise _Mismatch
@@ -141,6 +156,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         return value
     if tp == Padding and isinstance(value, str) and value in ("valid", "same"):
         return value
+    if tp == Padding and _nested_pair(value):
+        return (_pair(value[0]), _pair(value[1]))
     if tp in (Pair, Padding):
         return _pair(value)
     origin = typing.get_origin(tp)

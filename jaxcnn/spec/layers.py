@@ -25,6 +25,7 @@ from jaxcnn.spec.coerce import (
 
 Activation = Literal[
     "relu",
+    "relu6",
     "leaky_relu",
     "elu",
     "gelu",
@@ -56,8 +57,14 @@ NORM_KINDS = get_args(NormKind)
 
 
 def _padding_ok(padding: Padding) -> None:
-    if isinstance(padding, tuple):
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        check_size("padding", padding[0] + padding[1], low=0)
+    elif isinstance(padding, tuple):
         check_size("padding", padding, low=0)
+
+
+def _describe_padding(padding: Padding) -> str:
+    return padding if isinstance(padding, str) else f"pad {plain(padding)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,11 +121,7 @@ class ConvSpec(LayerSpec):
         )
 
     def describe(self) -> str:
-        pad = (
-            self.padding
-            if isinstance(self.padding, str)
-            else f"pad {list(self.padding)}"
-        )
+        pad = _describe_padding(self.padding)
         extra = (
             f" stride {self.stride[0]}x{self.stride[1]}"
             if self.stride != (1, 1)
@@ -129,7 +132,12 @@ class ConvSpec(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class PoolSpec(LayerSpec):
-    """Windowed pooling; `stride` defaults to the window. `p` is used by `lp` only."""
+    """Windowed pooling; `stride` defaults to the window. `p` is used by `lp` only.
+
+    `count_padding` (avg only): divide by the whole window, padded cells included
+    (PyTorch's count_include_pad=True); by default padding is left out of the mean, as
+    in Keras.
+    """
 
     type: ClassVar[str] = "pool"
     pool: PoolKind = "max"
@@ -137,6 +145,7 @@ class PoolSpec(LayerSpec):
     stride: Pair | None = None
     padding: Padding = "valid"
     p: float = 2.0
+    count_padding: bool = False
 
     def __post_init__(self):
         coerce_fields(self)
@@ -146,13 +155,14 @@ class PoolSpec(LayerSpec):
         check_size("stride", self.stride)
         _padding_ok(self.padding)
         check(self.p > 0, f"field 'p' must be > 0, got {self.p}")
+        check(
+            not self.count_padding or self.pool == "avg",
+            f"field 'count_padding' applies to avg pooling only, not {self.pool!r}; "
+            "remove it",
+        )
 
     def describe(self) -> str:
-        pad = (
-            self.padding
-            if isinstance(self.padding, str)
-            else f"pad {list(self.padding)}"
-        )
+        pad = _describe_padding(self.padding)
         return f"{self.pool} pool {self.window[0]}x{self.window[1]} {pad}"
 
 
@@ -242,22 +252,84 @@ class DenseSpec(LayerSpec):
 
 @dataclasses.dataclass(frozen=True)
 class ResidualSpec(LayerSpec):
-    """y = activation(f(x) + skip(x)); skip is identity, or a 1x1 conv when shapes differ."""
+    """y = activation(f(x) + skip(x)); skip is identity, or a 1x1 conv when shapes differ.
+
+    The 1x1 projection has the stride that maps the input's height and width to the
+    block's output. With `projection_norm`, it has no bias and a batch norm (Flax's
+    defaults, as a `norm` layer's) follows it: torchvision's ResNet downsample.
+    """
 
     type: ClassVar[str] = "residual"
     layers: tuple[LayerSpec, ...] = ()
     activation: Activation = "identity"
+    projection_norm: bool = False
 
     def __post_init__(self):
         layers = layer_list(self.layers, "layer ", 1, "residual")
         object.__setattr__(self, "layers", layers)
         coerce_fields(self, skip=("layers",))
         check(len(self.layers) >= 1, "field 'layers' must hold at least one layer")
+        _check_nesting(self.layers)
+
+
+Join = Literal["concat", "add"]
+JOINS = get_args(Join)
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchesSpec(LayerSpec):
+    """Parallel paths from one input, joined: y = activation(join(b0(x), b1(x), ...)).
+
+    `concat` stacks the branches' channels in order (every branch must keep the same
+    height and width); `add` sums them (every branch must give the same shape). An
+    empty branch is the identity, e.g. DenseNet's concatenation of a layer's input
+    with its new features.
+    """
+
+    type: ClassVar[str] = "branches"
+    branches: tuple[tuple[LayerSpec, ...], ...] = ()
+    join: Join = "concat"
+    activation: Activation = "identity"
+
+    def __post_init__(self):
         check(
-            _nesting(self.layers) < MAX_NESTING,
-            f"residual blocks nest more than {MAX_NESTING} deep; at most {MAX_NESTING} "
-            "levels of residual blocks inside residual blocks are supported",
+            isinstance(self.branches, Sequence)
+            and not isinstance(self.branches, (str, bytes)),
+            "field 'branches' must be a list of branches, each a list of layer "
+            f"tables, got {show(self.branches)}",
         )
+        branches = tuple(
+            layer_list(b, f"layer b{i}.", 1, f"branch {i}")
+            for i, b in enumerate(self.branches)
+        )
+        object.__setattr__(self, "branches", branches)
+        coerce_fields(self, skip=("branches",))
+        check(
+            len(self.branches) >= 2,
+            f"field 'branches' must hold at least 2 branches (lists of layers), got "
+            f"{len(self.branches)}",
+        )
+        for branch in self.branches:
+            _check_nesting(branch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "branches": [[layer.to_dict() for layer in b] for b in self.branches],
+            "join": self.join,
+            "activation": self.activation,
+        }
+
+    def describe(self) -> str:
+        return f"{len(self.branches)} branches, {self.join}"
+
+
+def _check_nesting(layers: Sequence[LayerSpec]) -> None:
+    check(
+        _nesting(layers) < MAX_NESTING,
+        f"blocks nest more than {MAX_NESTING} deep; at most {MAX_NESTING} levels of "
+        "residual/branch blocks inside residual/branch blocks are supported",
+    )
 
 
 LAYER_TYPES: dict[str, type[LayerSpec]] = {
@@ -272,6 +344,7 @@ LAYER_TYPES: dict[str, type[LayerSpec]] = {
         FlattenSpec,
         DenseSpec,
         ResidualSpec,
+        BranchesSpec,
     )
 }
 
@@ -307,17 +380,31 @@ def _layer(data: Any, where: str, depth: int) -> LayerSpec:
         )
     cls = LAYER_TYPES[kind]
     label = f"{where} ({kind})"
-    skip = ("type", "layers") if cls is ResidualSpec else ("type",)
+    nested = {ResidualSpec: "layers", BranchesSpec: "branches"}.get(cls)
+    skip = ("type", nested) if nested else ("type",)
     kwargs = fields_from_dict(cls, data, label, skip=skip)
+    if nested and depth >= MAX_NESTING:
+        raise SpecError(
+            f"{label}: blocks nest more than {MAX_NESTING} deep; at most {MAX_NESTING} "
+            "levels of residual/branch blocks inside residual/branch blocks are "
+            "supported"
+        )
     if cls is ResidualSpec:
-        if depth >= MAX_NESTING:
-            raise SpecError(
-                f"{label}: residual blocks nest more than {MAX_NESTING} deep; at most "
-                f"{MAX_NESTING} levels of residual blocks inside residual blocks are "
-                "supported"
-            )
         kwargs["layers"] = layer_list(
             data.get("layers", []), f"{where}.", depth + 1, label
+        )
+    if cls is BranchesSpec:
+        branches = data.get("branches", [])
+        if isinstance(branches, (str, bytes, Mapping)) or not isinstance(
+            branches, Sequence
+        ):
+            raise SpecError(
+                f"{label}: field 'branches' must be a list of branches, each a list "
+                f"of layer tables, got {show(branches)}"
+            )
+        kwargs["branches"] = tuple(
+            layer_list(b, f"{where}.b{i}.", depth + 1, f"{label} branch {i}")
+            for i, b in enumerate(branches)
         )
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING and f.name not in kwargs:
@@ -331,7 +418,8 @@ def _layer(data: Any, where: str, depth: int) -> LayerSpec:
 def layer_list(data: Any, prefix: str, depth: int, owner: str) -> tuple[LayerSpec, ...]:
     """Parses the `layers` list of `owner`, labelled prefix + index ("layer 3.0", ...).
 
-    `depth` is how many residual blocks hold the list (0: the model's own layers).
+    `depth` is how many residual/branch blocks hold the list (0: the model's own
+    layers).
     """
     if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Sequence):
         raise SpecError(
@@ -341,8 +429,21 @@ def layer_list(data: Any, prefix: str, depth: int, owner: str) -> tuple[LayerSpe
 
 
 def _nesting(layers: Sequence[LayerSpec]) -> int:
-    """Levels of residual blocks in `layers` (0: none)."""
+    """Levels of residual/branch blocks in `layers` (0: none)."""
     return max(
-        (1 + _nesting(x.layers) for x in layers if isinstance(x, ResidualSpec)),
+        (
+            1 + max(_nesting(b) for b in inner_lists(x))
+            for x in layers
+            if inner_lists(x)
+        ),
         default=0,
     )
+
+
+def inner_lists(layer: LayerSpec) -> tuple[tuple[LayerSpec, ...], ...]:
+    """The layer lists inside a block: a residual body, the branches; () otherwise."""
+    if isinstance(layer, ResidualSpec):
+        return (layer.layers,)
+    if isinstance(layer, BranchesSpec):
+        return layer.branches
+    return ()
