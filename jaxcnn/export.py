@@ -30,6 +30,7 @@ import json
 import math
 import os
 import pathlib
+import types
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -401,6 +402,10 @@ def _activation(graph: _Graph, x: str, name: str) -> str:
         return x
     if name == "relu":
         return graph.op("Relu", x)
+    if name == "relu6":
+        return graph.op(
+            "Clip", x, graph.const(np.float32(0.0)), graph.const(np.float32(6.0))
+        )
     if name == "leaky_relu":
         return graph.op("LeakyRelu", x, alpha=0.01)  # jax.nn.leaky_relu's slope
     if name == "elu":
@@ -459,8 +464,8 @@ def _pool(graph: _Graph, module: layers.Pool, x: str, row, _) -> str:
     kind = spec.pool
     if kind == "max":  # padding never wins, as jaxcnn's -inf padding
         return graph.op("MaxPool", x, **shape)
-    if kind == "avg":  # padding excluded from the count, as kernels.pool2d
-        return mean(x)
+    if kind == "avg":  # padding counted only with count_padding, as kernels.pool2d
+        return mean(x, include_pad=int(spec.count_padding))
     if kind == "sum":  # zero padding adds nothing
         area = np.float32(window[0] * window[1])
         return graph.op("Mul", mean(x, include_pad=1), graph.const(area))
@@ -558,8 +563,24 @@ def _activation_layer(graph: _Graph, module: layers.Activation, x: str, *_) -> s
 
 def _residual(graph: _Graph, module: layers.Residual, x: str, row, summary) -> str:
     skip = x if module.proj is None else _conv(graph, module.proj, x)
+    if module.proj_norm is not None:  # batch norm over the projection's output
+        out = types.SimpleNamespace(input_shape=row.output_shape)
+        skip = _norm(graph, module.proj_norm, skip, out, summary)
     body = _sequence(graph, module, x, summary, f"{row.index}.")
     return _activation(graph, graph.op("Add", body, skip), module.activation)
+
+
+def _branches(graph: _Graph, module: layers.Branches, x: str, row, summary) -> str:
+    outs = [  # an empty branch is the identity: its input
+        _sequence(graph, getattr(module, name), x, summary, f"{row.index}.{name}.")
+        for name in module.branch_names
+    ]
+    joined = (
+        graph.op("Concat", *outs, axis=1)  # NCHW: along the channels
+        if module.join == "concat"
+        else graph.op("Sum", *outs)
+    )
+    return _activation(graph, joined, module.activation)
 
 
 _ONNX_WRITERS.update(
@@ -572,4 +593,5 @@ _ONNX_WRITERS.update(
     dropout=_identity,
     activation=_activation_layer,
     residual=_residual,
+    branches=_branches,
 )

@@ -110,6 +110,16 @@ def _standardised_meta(spec: ModelSpec) -> dict:
 # --------------------------------------------------------------------------- presets
 # ~10 s each on 2 cores, the ImageNet networks at 224x224 far more: CI's slow run
 HEAVY = {"vgg_cifar", "resnet_cifar", *models.IMAGENET_PRESETS}
+# the branch-block architectures at small inputs (ceil-mode pool padding recomputed),
+# the first in the default run: concatenated branches, explicit pool padding
+SMALL_ARCHITECTURES = {
+    "squeezenet1_1": (64, 64, 3),
+    "resnet18": (64, 64, 3),  # batch norm in the projection
+    "mobilenet_v2": (64, 64, 3),  # relu6, depthwise convs, linear residuals
+    "googlenet": (64, 64, 3),
+    "densenet121": (64, 64, 3),
+    "inception_v3": (75, 75, 3),  # average pools that count their padding
+}
 
 
 @pytest.mark.parametrize(
@@ -117,10 +127,26 @@ HEAVY = {"vgg_cifar", "resnet_cifar", *models.IMAGENET_PRESETS}
     [
         pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY else [])
         for name in sorted(models.PRESETS)
+        if name not in SMALL_ARCHITECTURES
     ],
 )
 def test_both_formats_match_jaxcnn_on_every_preset(name, mnist):
-    spec = models.preset(name)
+    _check_preset(models.preset(name), mnist)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name == "squeezenet1_1" else [pytest.mark.slow])
+        for name in SMALL_ARCHITECTURES
+    ],
+)
+def test_both_formats_match_jaxcnn_on_the_branch_architectures(name, mnist):
+    _check_preset(models.preset(name, input_shape=SMALL_ARCHITECTURES[name]), mnist)
+
+
+def _check_preset(spec, mnist):
+    name = spec.name
     model = models.build_model(spec, seed=1)
     _moved_batch_stats(model)
     meta = _standardised_meta(spec)
