@@ -243,6 +243,66 @@ LAYER_KINDS = {
             {"type": "dense", "units": 10},
         ],
     },
+    "branch blocks, relu6, explicit padding, projection norm": {
+        "input_shape": [28, 28, 1],
+        "num_classes": 10,
+        "layers": [
+            {
+                "type": "conv",
+                "filters": 8,
+                "kernel": 3,
+                "padding": [[0, 1], [1, 0]],
+                "activation": "relu6",
+            },
+            {
+                "type": "branches",
+                "join": "concat",
+                "branches": [
+                    [{"type": "conv", "filters": 4, "kernel": 1}],
+                    [
+                        {"type": "conv", "filters": 4, "kernel": 3, "padding": "same"},
+                        {
+                            "type": "pool",
+                            "pool": "avg",
+                            "window": 3,
+                            "stride": 1,
+                            "padding": 1,
+                            "count_padding": True,
+                        },
+                    ],
+                    [],
+                ],
+            },
+            {
+                "type": "branches",
+                "join": "add",
+                "activation": "relu",
+                "branches": [[{"type": "conv", "filters": 16, "kernel": 1}], []],
+            },
+            {
+                "type": "pool",
+                "pool": "max",
+                "window": 3,
+                "stride": 2,
+                "padding": [[0, 1], [0, 1]],
+            },
+            {
+                "type": "residual",
+                "projection_norm": True,
+                "layers": [
+                    {
+                        "type": "conv",
+                        "filters": 32,
+                        "kernel": 3,
+                        "stride": 2,
+                        "padding": "same",
+                    }
+                ],
+            },
+            {"type": "global_pool", "pool": "avg"},
+            {"type": "dense", "units": 10},
+        ],
+    },
     "global max pool": {
         "input_shape": [28, 28, 1],
         "num_classes": 10,
@@ -280,6 +340,8 @@ def test_the_layer_kinds_cover_every_kind_onnx_writes():
         for layer in layer_list:
             kinds.add((layer["type"], layer.get("pool") or layer.get("norm")))
             walk(layer.get("layers", []))
+            for branch in layer.get("branches", []):
+                walk(branch)
 
     for spec in LAYER_KINDS.values():
         walk(spec["layers"])
