@@ -369,6 +369,7 @@ def _cmd_import(args) -> int:
         f"imported {done.arrays} weight arrays ({done.values:,} values) of "
         f"{args.arch} from {done.source_file} ({done.source}) into {done.workdir}"
     )
+    return 0
 
 
 def _add_export(sub, common) -> None:
