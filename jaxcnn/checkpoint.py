@@ -49,7 +49,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
-from jaxcnn.errors import CheckpointError, TrainingError
+from jaxcnn.errors import CheckpointError, DiskFull, TrainingError, is_disk_full
 
 PyTree = Any
 StepRef = int | Literal["latest", "best"]
@@ -272,7 +272,8 @@ class Checkpointer:
         args = ocp.args.Composite(
             **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
         )
-        self._manager.save(step, args=args, metrics=metrics, force=True)
+        with self._disk_full_is_one_error(step):
+            self._manager.save(step, args=args, metrics=metrics, force=True)
         if is_best:
             self._best = value
         return True
@@ -320,12 +321,44 @@ class Checkpointer:
         self._best = self._best_so_far()
 
     def wait(self) -> None:
-        """Blocks until every started save is on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is on disk.
+
+        Raises:
+          DiskFull: the disk filled while a save was written (the save is incomplete and
+            will be ignored; the checkpoints before it are intact).
+        """
+        with self._disk_full_is_one_error(None):
+            self._manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_error(self, step: int | None):
+        """A full disk during a save: one `DiskFull` naming what is kept, instead of
+        orbax's writer tasks each printing a traceback (`FailedWriteNoise`)."""
+        quiet = FailedWriteNoise().install()
+        try:
+            yield
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            kept = [s for s in self._manager.all_steps() if s != step]
+            what = "a checkpoint" if step is None else f"checkpoint {step}"
+            raise DiskFull(
+                f"the disk is full: {what} could not be written in {self.directory} "
+                f"({_reason(e)}). "
+                + (
+                    f"The checkpoints before it are intact (latest: step {max(kept)}); "
+                    if kept
+                    else "No checkpoint was complete; "
+                )
+                + "free some space and run the same command again to resume"
+            ) from e
+        finally:
+            quiet.remove()
 
     def close(self) -> None:
         """Finishes pending saves and releases the manager."""
-        self._manager.close()
+        with self._disk_full_is_one_error(None):
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -604,6 +637,51 @@ def _quiet_absl(quiet: bool):
         yield
     finally:
         logger.setLevel(level)
+
+
+class FailedWriteNoise(logging.Filter):
+    """Drops what orbax's writer tasks print when a full disk stopped a save.
+
+    A save's other writer tasks (on TensorStore) go on failing after the first: each logs
+    the same full disk with a traceback, through absl and asyncio, or prints one of the
+    event loop it is handed back to, which is closed by then. `Checkpointer` reports the
+    full disk once (`DiskFull`). `install` filters those, and only those, until `remove`;
+    used around each save, and by the CLI for the rest of a process whose save failed.
+    """
+
+    def install(self) -> FailedWriteNoise:
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).addFilter(self)
+        self._hooks = sys.excepthook, sys.unraisablehook
+        excepthook, unraisablehook = self._hooks
+
+        def quiet_excepthook(kind, error, tb):
+            if not _abandoned_write(error):
+                excepthook(kind, error, tb)
+
+        def quiet_unraisablehook(info):
+            if not _abandoned_write(info.exc_value):
+                unraisablehook(info)
+
+        sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+        return self
+
+    def remove(self) -> None:
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).removeFilter(self)
+        sys.excepthook, sys.unraisablehook = self._hooks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (
+            _abandoned_write(error) or is_disk_full(Exception(record.getMessage()))
+        )
+
+
+def _abandoned_write(error: BaseException | None) -> bool:
+    return error is not None and (
+        is_disk_full(error) or "Event loop is closed" in str(error)
+    )
 
 
 def _warn(message: str) -> None:

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from jaxcnn import cputune
-from jaxcnn.errors import JaxcnnError, SpecError
+from jaxcnn.errors import DiskFull, JaxcnnError, SpecError, is_disk_full
 from jaxcnn.spec import PRECISIONS
 
 
@@ -743,8 +743,26 @@ def _dispatch(command: Callable[[argparse.Namespace], int], args) -> int:
     except JaxcnnError as e:
         if debug:
             traceback.print_exc()
+        if isinstance(e, DiskFull) and not debug:
+            _quiet_abandoned_writes()
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
-    except Exception:
+    except Exception as e:
+        if is_disk_full(e):  # a run file: what was complete before is intact
+            _quiet_abandoned_writes()
+            print(
+                f"error: the disk is full ({e}); free some space and run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return 2
         traceback.print_exc()
         return 1
+
+
+def _quiet_abandoned_writes() -> None:
+    """The writer tasks of a save that met a full disk may still print on their way
+    out; the error line said what happened (this process ends next)."""
+    from jaxcnn import checkpoint
+
+    checkpoint.FailedWriteNoise().install()

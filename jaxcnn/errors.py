@@ -31,3 +31,33 @@ class Interrupted(JaxcnnError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class DiskFull(JaxcnnError):
+    """The disk filled while a run wrote its files; what was complete before is intact.
+
+    Freeing space and running the same command again resumes from the last complete
+    checkpoint.
+    """
+
+
+_ENOSPC_TEXT = ("No space left on device", "os_error_code='28'", "Disk quota exceeded")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) says the disk is full.
+
+    Python's own writes raise `OSError` with errno ENOSPC or EDQUOT; orbax's writes go
+    through TensorStore, whose errors carry the OS message in their text.
+    """
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in _ENOSPC_TEXT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -407,3 +407,72 @@ def test_a_writer_lock_that_cannot_be_opened_is_a_clear_error(tmp_path):
         JaxcnnError, match=r"cannot open the writer lock .*\.writer\.lock"
     ):
         run_dir.lock_for_writing()
+
+
+# --------------------------------------------------------------------------- disk full
+_TMPFS_SCRIPT = r"""
+set -e
+mount -t tmpfs -o size="$SIZE" tmpfs "$DISK"
+head -c "$BALLAST" /dev/zero > "$DISK/ballast"
+set +e
+"$@" --workdir "$DISK/run" > "$OUT/full.out" 2> "$OUT/full.err"
+echo $? > "$OUT/full.rc"
+cp -r "$DISK/run" "$OUT/after_full"
+rm "$DISK/ballast"
+"$@" --workdir "$DISK/run" > "$OUT/freed.out" 2> "$OUT/freed.err"
+echo $? > "$OUT/freed.rc"
+cp -r "$DISK/run" "$OUT/after_freed"
+"""
+
+
+def _du(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_disk_full_while_checkpointing_is_one_line_and_resumes_exactly(tmp_path):
+    """A tmpfs (in a private mount namespace) with room for the run's files and one
+    checkpoint: the second checkpoint meets a full disk. One error line, exit 2, the
+    first checkpoint intact; with the space freed, the same command resumes and ends
+    exactly where an unconstrained run ends."""
+    if (
+        not shutil.which("unshare")
+        or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode
+    ):
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) for a small tmpfs")
+    command = [sys.executable, "-m", "jaxcnn", "train", "--epochs", "2"]
+    reference = tmp_path / "reference"
+    done = subprocess.run([*command, "--workdir", reference], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    checkpoint = max(_du(p) for p in (reference / "checkpoints").iterdir())
+    run_files = _du(reference) - _du(reference / "checkpoints")
+    size = 8 * 2**20
+    # free: the run's other files and one checkpoint, and half of a second one
+    free = run_files + checkpoint + checkpoint // 2 + 64 * 4096
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    env = {
+        **os.environ,
+        "SIZE": str(size),
+        "BALLAST": str(size - free),
+        "DISK": str(disk),
+        "OUT": str(out),
+    }
+    script = ["unshare", "-rm", "bash", "-c", _TMPFS_SCRIPT, "tmpfs", *command]
+    subprocess.run(script, env=env, check=True, timeout=600)
+
+    assert (out / "full.rc").read_text().strip() == "2"
+    err = (out / "full.err").read_text()
+    assert "Traceback" not in err and "ERROR" not in err, err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "the disk is full" in line and "latest: step 42" in line, line
+    kept = (out / "after_full" / "checkpoints").iterdir()
+    assert [p.name for p in kept if p.name.isdigit()] == ["42"]
+
+    assert (out / "freed.rc").read_text().strip() == "0", (
+        out / "freed.err"
+    ).read_text()
+    assert _records(out / "after_freed") == _records(reference)
+    resumed = json.loads((out / "after_freed" / "summary.json").read_text())
+    fresh = json.loads((reference / "summary.json").read_text())
+    assert resumed["test_accuracy"] == fresh["test_accuracy"]
