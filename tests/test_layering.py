@@ -58,7 +58,6 @@ RANKS = {
     "jaxcnn.train.loop": 8.3,
     "jaxcnn.train.evaluate": 8.4,
     "jaxcnn.train": 8.5,
-    "jaxcnn.replicas": 9,
     "jaxcnn.viz": 10,
     "jaxcnn.sweep.results": 11.0,
     "jaxcnn.sweep.config": 11.1,

@@ -398,7 +398,6 @@ class Worker:
                 run_config,
                 run_dir,
                 seeds=trial_seeds(trial, self.sweep.seeds),
-                replicas=self.sweep.replicas,
                 quiet=self.quiet,
                 dataset=self._dataset(run_config),
                 on_epoch=on_epoch,

@@ -466,7 +466,7 @@ def summarize(
     best_epoch: int | None,
     compile_seconds: float,
 ) -> dict[str, Any]:
-    """The summary.json fields every training path reports (fit and replicas)."""
+    """The summary.json fields of a finished run."""
     static = shapes.infer(spec)
     test_loss, test_correct, test_count = test
     speeds = [r["images_per_second"] for r in history]
