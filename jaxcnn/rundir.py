@@ -440,7 +440,8 @@ def _safe_name(name: str) -> str:
 
 
 class WriterLock:
-    """An exclusive `flock` on a run directory's `.writer.lock`, held until `release`.
+    """An exclusive `flock` on a run directory's `.writer.lock`: a context manager, held
+    until its block ends (or `release`).
 
     The file keeps the holder's pid, host, start time and command line as JSON, so the
     next process refused the lock can say who holds it.
@@ -578,7 +579,8 @@ class RunDir:
                 _check_writable(directory)
 
     def lock_for_writing(self) -> WriterLock:
-        """Takes the directory's writer lock (call `prepare` first); release it when done.
+        """Takes the directory's writer lock (call `prepare` first), held while a
+        `with` block uses it.
 
         Raises:
           JaxcnnError: another live process holds it (the message names its pid and

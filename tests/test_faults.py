@@ -314,11 +314,11 @@ _HOLD_WRITER_LOCK = """
     from jaxcnn import rundir
     run_dir = rundir.RunDir(sys.argv[1])
     run_dir.prepare()
-    lock = run_dir.lock_for_writing()
-    print("locked", flush=True)
-    if sys.argv[2] == "die":
-        os._exit(9)  # killed while training: the kernel drops its lock
-    time.sleep(600)
+    with run_dir.lock_for_writing():
+        print("locked", flush=True)
+        if sys.argv[2] == "die":
+            os._exit(9)  # killed while training: the kernel drops its lock
+        time.sleep(600)
 """
 
 

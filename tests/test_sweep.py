@@ -233,13 +233,20 @@ def test_without_seeds_the_table_has_no_intervals():
 
 # --------------------------------------------------------------------------- imports
 SWEEP_DIR = pathlib.Path(sweep.__file__).parent
-# Each module may import only those before it; results.py is the leaf.
+# Each module may import only those before it; results.py imports none of them.
 SWEEP_ORDER = [
+    "status",
+    "optuna_api",
     "results",
     "config",
     "plan",
     "storage",
     "trial",
+    "queueing",
+    "identity",
+    "liveness",
+    "datasets",
+    "execute",
     "worker",
     "run",
     "report",
@@ -410,13 +417,13 @@ def test_random_search_and_pruning(tmp_path, monkeypatch):
 
 
 def test_seeds_report_mean_std_and_interval_and_grow_without_retraining(tmp_path):
-    one = _sweep([{"model.filters": 4}], replicas="sequential")
+    one = _sweep([{"model.filters": 4}])
     (first,) = sweep.run_sweep(one, tmp_path, quiet=True)
     trial_dir = tmp_path / "trials" / first["trial"]
     seed0 = (trial_dir / "metrics.jsonl").read_text()
     # The same sweep with two seeds trains only seed 1; seed 0 is read back.
     (row,) = sweep.run_sweep(
-        _sweep([{"model.filters": 4}], seeds=2, replicas="sequential"),
+        _sweep([{"model.filters": 4}], seeds=2),
         tmp_path,
         quiet=True,
     )
@@ -526,7 +533,7 @@ def test_a_changed_base_is_refused_with_what_changed_and_restart_starts_afresh(
 
 
 def test_a_failure_while_setting_up_leaves_no_trial_running(tmp_path, monkeypatch):
-    from jaxcnn.sweep import worker
+    from jaxcnn.sweep import queueing
 
     s = _sweep([{"model.filters": 4}], name="setup")
     real = storage.flock
@@ -548,7 +555,7 @@ def test_a_failure_while_setting_up_leaves_no_trial_running(tmp_path, monkeypatc
     monkeypatch.setattr(storage, "flock", real)
     (row,) = sweep.run_sweep(s, tmp_path, quiet=True)
     assert row["status"] == "ok"
-    assert worker.trial_seeds(study.get_trials()[-1]) == 1
+    assert queueing.trial_seeds(study.get_trials()[-1]) == 1
 
 
 # --------------------------------------------------------------------------- bad input
@@ -814,38 +821,77 @@ def test_three_concurrent_workers_run_every_trial_once(tmp_path):
         assert len(lines) == epochs
 
 
-def test_a_sweep_with_vmapped_seeds_records_plain_numbers(tmp_path):
+def test_every_seed_of_a_trial_is_one_fit_of_the_training_loop(tmp_path, monkeypatch):
+    from jaxcnn import train
+
+    real, fitted = train.fit, []
+
+    def spy(config, workdir, **kwargs):
+        fitted.append((config.train.seed, pathlib.Path(workdir)))
+        return real(config, workdir, **kwargs)
+
+    monkeypatch.setattr(train, "fit", spy)
     s = sweep.Sweep(
-        name="vmap",
+        name="seeds",
         base=BASE.override("train.epochs", 1),
         points=({"model.filters": 4},),
         seeds=2,
-        replicas="vmap",
     )
     (row,) = sweep.run_sweep(s, tmp_path, quiet=True)  # Optuna stores it as JSON
     assert row["status"] == "ok" and row["seeds"] == 2, row.get("error")
+    trial_dir = tmp_path / "trials" / row["trial"]
+    assert fitted == [(0, trial_dir), (1, trial_dir / "seed1")]
+    summaries = [
+        json.loads((d / "summary.json").read_text())
+        for d in (trial_dir, trial_dir / "seed1")
+    ]
+    assert [x["best_epoch"] for x in summaries] == [1, 1]
+    accs = [x["test_accuracy"] for x in summaries]
+    assert row["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
     assert type(row["test_accuracy_mean"]) is float and row["test_accuracy_ci95"] >= 0
+    assert "replicas" not in row
 
 
-def test_vmapped_seeds_equal_separate_runs(tmp_path):
-    from jaxcnn import data, replicas, train
-
-    config = BASE.override("train.epochs", 2)
-    ds = data.load_dataset(config.data, input_shape=(8, 8, 1))
-    runs = replicas.fit_replicas(config, tmp_path / "vmap", 2, dataset=ds)
-    for i, (summary, history) in enumerate(runs):
-        alone = train.fit(
-            config.override("train.seed", i),
-            tmp_path / f"seed{i}",
-            quiet=True,
-            dataset=ds,
+def test_sweep_files_that_name_replicas_still_load(tmp_path):
+    saved = sorted(
+        (pathlib.Path(__file__).parents[1] / "experiments" / "results").rglob(
+            "sweep.json"
         )
-        for ours, theirs in zip(history, alone.history, strict=True):
-            for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-                assert ours[name] == pytest.approx(theirs[name], rel=1e-4, abs=1e-5)
-        assert summary["seed"] == i and summary["total_params"] == alone.total_params
-    # Different seeds really are different replicas.
-    assert runs[0][1][0]["train_loss"] != runs[1][1][0]["train_loss"]
+    )
+    assert saved, "the committed sweep results hold sweep.json files"
+    for path in saved:
+        assert "replicas" in json.loads(path.read_text())
+        assert sweep.load_sweep(path.parent).seeds >= 1
+    old = {**_sweep([{"model.filters": 4}], name="old").to_dict(), "replicas": "vmap"}
+    (tmp_path / "sweep.json").write_text(json.dumps(old))
+    loaded = sweep.load_sweep(tmp_path)
+    assert loaded == _sweep([{"model.filters": 4}], name="old")
+    assert "replicas" not in loaded.to_dict()
+
+
+def test_a_sweep_that_sets_replicas_is_told_it_was_removed(tmp_path, capsys):
+    path = _grid_file(tmp_path, '"model.filters" = [4]')
+    path.write_text(
+        path.read_text().replace("[sweep]\n", '[sweep]\nreplicas = "vmap"\n')
+    )
+    with pytest.raises(SpecError, match=r"\[sweep\]: the setting 'replicas'.*removed"):
+        sweep.load_sweep(path)
+    err = _cli_error(capsys, str(path), "--workdir", str(tmp_path / "w"))
+    assert "seeds of a trial always run one after another" in err
+    assert "delete the setting" in err
+    module = tmp_path / "exp.py"
+    module.write_text(
+        "from jaxcnn import spec\n"
+        "SETTINGS = {'seeds': 2, 'replicas': 'auto'}\n"
+        "def base(smoke=False):\n    return spec.RunConfig()\n"
+        "def sweep():\n    return [{'model.filters': 4}]\n"
+    )
+    with pytest.raises(SpecError, match="experiment 'exp': SETTINGS: the setting"):
+        sweep.load_sweep(module)
+    with pytest.raises(TypeError, match="replicas"):
+        sweep.Sweep(
+            name="x", base=BASE, points=({"model.filters": 4},), replicas="vmap"
+        )
 
 
 def _journal_with_trials(sweep_dir: pathlib.Path, trials: int) -> pathlib.Path:

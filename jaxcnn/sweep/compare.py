@@ -30,6 +30,7 @@ from typing import Any
 
 from jaxcnn import rundir
 from jaxcnn.sweep import report, results
+from jaxcnn.sweep.status import TrialStatus
 
 Point = tuple[Any, ...]
 
@@ -70,7 +71,11 @@ def matched(
 
 
 def _ok(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["status"] == "ok" and r.get(report.METRIC) is not None]
+    return [
+        r
+        for r in rows
+        if r["status"] == TrialStatus.OK and r.get(report.METRIC) is not None
+    ]
 
 
 def _separated(a, b) -> bool:

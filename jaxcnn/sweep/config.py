@@ -151,8 +151,6 @@ class Sweep:
         successive halving); "none" trains every trial to the end.
       seeds: train each trial with this many seeds (train.seed, +1, ...) and report
         mean, std and a 95 % interval of every metric.
-      replicas: how seeds > 1 run: "auto" (the faster one for the backend), "vmap"
-        (one compiled program, replicas.py) or "sequential" (one fit per seed).
       seed: the sampler's seed.
     """
 
@@ -164,7 +162,6 @@ class Sweep:
     trials: int = 0
     pruner: Literal["none", "median", "asha"] = "none"
     seeds: int = 1
-    replicas: Literal["auto", "vmap", "sequential"] = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -181,10 +178,6 @@ class Sweep:
             (
                 self.pruner in PRUNERS,
                 f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}",
-            ),
-            (
-                self.replicas in ("auto", "vmap", "sequential"),
-                f"replicas must be auto, vmap or sequential, got {self.replicas!r}",
             ),
             (self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}"),
             (
@@ -217,13 +210,15 @@ class Sweep:
             "trials": self.trials,
             "pruner": self.pruner,
             "seeds": self.seeds,
-            "replicas": self.replicas,
             "seed": self.seed,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Sweep:
         data = dict(data)
+        # sweep.json files and Optuna studies written by jaxcnn before seeds always ran
+        # as one `fit` each name how they ran; the key no longer chooses anything.
+        data.pop("replicas", None)
         base = data.pop("base", {})
         base = base.to_dict() if isinstance(base, RunConfig) else base
         if isinstance(base.get("model"), Mapping) and base["model"].get("spec") is None:
@@ -259,7 +254,7 @@ def changes(old: Sweep, new: Sweep) -> list[str]:
     """What differs between two versions of one sweep that its finished trials would not
     match: the name, the base config, the sampler and (random / tpe) the search space.
 
-    Grid points, seeds, trials, pruner, replicas and the sampler's seed may change: a
+    Grid points, seeds, trials, pruner and the sampler's seed may change: a
     sweep grows by running only the points (or seeds) it has not run yet.
     """
     out = (
@@ -335,7 +330,6 @@ _SWEEP_KEYS = (
     "trials",
     "pruner",
     "seeds",
-    "replicas",
     "seed",
     "grid",
     "points",
@@ -396,6 +390,7 @@ def load_sweep(
 def _from_table(table: Mapping[str, Any], smoke: bool, default_name: str) -> Sweep:
     table = dict(table)
     settings = dict(table.pop("sweep", {}))
+    _refuse_removed(settings, "[sweep]")
     unknown = set(settings) - set(_SWEEP_KEYS)
     if unknown:
         raise SpecError(
@@ -426,6 +421,23 @@ def _from_module(module: Any, smoke: bool, default_name: str | None = None) -> S
     takes_smoke = "smoke" in inspect.signature(sweep_fn).parameters
     points = sweep_fn(smoke=smoke) if takes_smoke else sweep_fn()
     settings = dict(getattr(module, "SETTINGS", {}))
+    _refuse_removed(settings, f"experiment {name!r}: SETTINGS")
     settings.setdefault("name", name)
     search = getattr(module, "SEARCH", {})
     return Sweep(base=base, points=tuple(points), search=search, **settings)
+
+
+def _refuse_removed(settings: Mapping[str, Any], where: str) -> None:
+    """Raises on a sweep setting jaxcnn no longer has, saying what to do instead.
+
+    Raises:
+      SpecError: `settings` sets `replicas` (seeds once could run as one vmapped
+        program; every seed is now its own `fit`, one after another).
+    """
+    if "replicas" in settings:
+        raise SpecError(
+            f"{where}: the setting 'replicas' = {settings['replicas']!r} was removed: "
+            "the seeds of a trial always run one after another, each a full `fit` "
+            "(resumable per seed, with the same checkpoints and metrics as a single "
+            "run); delete the setting and keep `seeds`"
+        )

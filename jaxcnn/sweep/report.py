@@ -27,6 +27,7 @@ import numpy as np
 from jaxcnn import metrics, rundir
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.sweep import results
+from jaxcnn.sweep.status import TrialStatus
 
 DATA_AXES = ("data.dataset", "model.input_shape")
 METRIC = "test_accuracy"
@@ -110,7 +111,9 @@ def tie_marks(
 def _ranked(rows: Sequence[dict[str, Any]], by_dataset: bool) -> list[list[dict]]:
     """The ok trials best first (by mean test accuracy), in one list or one per
     dataset."""
-    ok = [r for r in rows if r["status"] == "ok" and r.get(METRIC) is not None]
+    ok = [
+        r for r in rows if r["status"] == TrialStatus.OK and r.get(METRIC) is not None
+    ]
     groups = group_by_dataset(ok).values() if by_dataset else [ok]
     return [sorted(g, key=lambda r: -interval(r)[0]) for g in groups]
 
@@ -302,7 +305,7 @@ def heatmap_panels(
                 continue
             i = strides.index(r["model.stride"])
             j = filters.index(r["model.filters"])
-            if r["status"] == "ok" and r.get(METRIC) is not None:
+            if r["status"] == TrialStatus.OK and r.get(METRIC) is not None:
                 grid[i, j], halves[i, j] = interval(r)
             else:
                 marks[i, j] = r["status"]
@@ -408,7 +411,9 @@ def write_report(sweep_dir: str | os.PathLike, *, figures: bool = True) -> str:
 
 
 def _write(sweep_dir: pathlib.Path, rows: list[dict[str, Any]], figures: bool) -> str:
-    ok = [r for r in rows if r["status"] == "ok" and r.get(METRIC) is not None]
+    ok = [
+        r for r in rows if r["status"] == TrialStatus.OK and r.get(METRIC) is not None
+    ]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -423,7 +428,9 @@ def _write(sweep_dir: pathlib.Path, rows: list[dict[str, Any]], figures: bool) -
         + ")"
     )
     table = ranked_table(rows)
-    invalid = [r for r in rows if r["status"] in ("invalid", "failed")]
+    invalid = [
+        r for r in rows if r["status"] in (TrialStatus.INVALID, TrialStatus.FAILED)
+    ]
     reasons = "\n".join(
         f"- `{r['trial']}` ({r['status']}): {r['error']}" for r in invalid
     )

@@ -18,7 +18,6 @@ from typing import Any
 from jaxcnn import rundir
 from jaxcnn.errors import JaxcnnError
 
-STATUSES = ("ok", "invalid", "failed", "pruned", "running", "pending")
 RESULT_COLUMNS = (
     "dataset",
     "params",

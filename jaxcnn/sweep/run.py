@@ -26,7 +26,7 @@ from typing import Any
 
 from jaxcnn import errors, rundir
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.sweep import config, results, worker
+from jaxcnn.sweep import config, results, status, worker
 from jaxcnn.sweep import storage as storage_lib
 from jaxcnn.train import preemption
 
@@ -187,7 +187,7 @@ def run_sweep(
         _run_workers(command, workers, sweep.name)
     rows = results.read_results(sweep_dir)
     if not quiet:
-        counts = {s: sum(r["status"] == s for r in rows) for s in results.STATUSES}
+        counts = {s: sum(r["status"] == s for r in rows) for s in status.ROW_STATUSES}
         print(
             f"sweep {sweep.name}: "
             + ", ".join(f"{n} {s}" for s, n in counts.items() if n)

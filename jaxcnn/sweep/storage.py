@@ -1,12 +1,12 @@
-"""Optuna storage and liveness: the journal file or database URL, the study's sampler and
-pruner, locks, re-enqueueing trials of dead workers, and reading the study into rows.
+"""Optuna storage: the journal file or database URL, the study's sampler and pruner, the
+file lock and retry copy that liveness.py builds on, and reading the study into rows.
 
-Liveness: on one machine a worker holds an flock on `trials/<key>/.lock` while it runs
-the trial; a RUNNING trial whose lock is free belongs to a dead worker and is failed and
-re-enqueued. With an RDB URL (PostgreSQL, SQLite) Optuna's heartbeat does the same across
-machines; a worker records a heartbeat as soon as it pops a trial, so one that dies while
-setting it up is noticed too. The re-enqueued copy uses the same run directory, so `fit`
-resumes from its last checkpoint; completed trials are never run again.
+Liveness (liveness.py): on one machine a worker holds an flock on `trials/<key>/.lock`
+while it runs the trial; a RUNNING trial whose lock is free belongs to a dead worker and
+is failed and re-enqueued. With an RDB URL (PostgreSQL, SQLite) Optuna's heartbeat does
+the same across machines; a worker records a heartbeat as soon as it pops a trial, so one
+that dies while setting it up is noticed too. The re-enqueued copy uses the same run
+directory, so `fit` resumes from its last checkpoint; completed trials are never run again.
 
 Accepted `--storage` values: a journal file path, or a URL whose scheme is one of
 URL_SCHEMES (sqlite:///PATH.db, postgresql://..., mysql://...); anything else, a missing
@@ -32,6 +32,7 @@ from typing import Any
 
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.sweep import config, results
+from jaxcnn.sweep.status import TrialStatus
 
 HEARTBEAT_SECONDS = 20  # RDB storages: a worker silent for GRACE_SECONDS is dead
 GRACE_SECONDS = 90
@@ -273,17 +274,17 @@ def collect_rows(
     import optuna
 
     state_status = {
-        optuna.trial.TrialState.WAITING: "pending",
-        optuna.trial.TrialState.RUNNING: "running",
-        optuna.trial.TrialState.COMPLETE: "ok",
-        optuna.trial.TrialState.PRUNED: "pruned",
-        optuna.trial.TrialState.FAIL: "failed",
+        optuna.trial.TrialState.WAITING: TrialStatus.PENDING,
+        optuna.trial.TrialState.RUNNING: TrialStatus.RUNNING,
+        optuna.trial.TrialState.COMPLETE: TrialStatus.OK,
+        optuna.trial.TrialState.PRUNED: TrialStatus.PRUNED,
+        optuna.trial.TrialState.FAIL: TrialStatus.FAILED,
     }
     latest: dict[str, Any] = {}
     order: list[str] = []
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("key")
-        if key is None or t.user_attrs.get("status") == "duplicate":
+        if key is None or t.user_attrs.get("status") == TrialStatus.DUPLICATE:
             continue
         if key not in latest:
             order.append(key)
@@ -297,14 +298,15 @@ def collect_rows(
     for key in order:
         t = latest[key]
         attrs = t.user_attrs
-        status = attrs.get("status") or state_status.get(t.state, "failed")
+        status = attrs.get("status") or state_status.get(t.state, TrialStatus.FAILED)
         if t.state == optuna.trial.TrialState.FAIL and status not in (
-            "invalid",
-            "failed",
+            TrialStatus.INVALID,
+            TrialStatus.FAILED,
         ):
-            status = "failed"
+            status = TrialStatus.FAILED
+        status = TrialStatus(status).value  # the stored string, or the state's
         error = attrs.get("error")
-        if status == "failed" and error is None:
+        if status == TrialStatus.FAILED and error is None:
             error = "the worker running this trial died (retries exhausted)"
         result = attrs.get("result") or {}
         row: dict[str, Any] = {"trial": key, "status": status, "error": error or ""}

@@ -1,10 +1,9 @@
-"""One trial: `train.fit` in its run directory, or K seeds (sequential fits or one
-vmapped program, `replicas.fit_replicas`) aggregated into mean, std and 95 % interval.
+"""One trial: `train.fit` in its run directory, or K seeds (one `fit` each, one after
+another) aggregated into mean, std and 95 % interval.
 
-Seed 0 trains in the trial's run directory and seed i > 0 in its `seed<i>/` (the vmapped
-mode writes every seed's metrics to `seed<i>/`). A sequential seed already trained to
-the end with the same config is read back, not retrained, so a trial that gains seeds
-trains only the new ones.
+Seed 0 trains in the trial's run directory and seed i > 0 in its `seed<i>/`. A seed
+already trained to the end with the same config is read back, not retrained, so a trial
+that gains seeds trains only the new ones.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def run_trial(
     run_dir: pathlib.Path,
     *,
     seeds: int = 1,
-    replicas: str = "auto",
     quiet: bool = True,
     dataset: Any = None,
     on_epoch: Any = None,
@@ -53,14 +51,6 @@ def run_trial(
     `<metric>_mean`, `_std` and `_ci95` (95 % half width, Student t) over the seeds, and
     the plain metric is the mean.
     """
-    mode = replicas if replicas != "auto" else default_replicas_mode()
-    if seeds > 1 and mode == "vmap":
-        from jaxcnn import replicas as replicas_lib
-
-        runs = replicas_lib.fit_replicas(
-            config, run_dir, seeds, quiet=quiet, dataset=dataset, on_epoch=on_epoch
-        )
-        return aggregate([_record(s, h) for s, h in runs], mode)
     records = []
     for i in range(seeds):
         seeded = (
@@ -80,7 +70,7 @@ def run_trial(
             )
             done = fitted.summary, fitted.history
         records.append(_record(*done))
-    return records[0] if seeds == 1 else aggregate(records, "sequential")
+    return records[0] if seeds == 1 else aggregate(records)
 
 
 def finished_run(
@@ -99,16 +89,6 @@ def finished_run(
         return None
 
 
-def default_replicas_mode(backend: str | None = None) -> str:
-    """How seeds > 1 run by default: "sequential" on every backend.
-
-    K sequential fits resume per seed, and on CPU they keep up with the vmapped program
-    (whose compile dominates short runs); replicas="vmap" forces the vmapped one.
-    """
-    del backend
-    return "sequential"
-
-
 def _record(
     summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
@@ -120,11 +100,10 @@ def _record(
     return out
 
 
-def aggregate(records: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
+def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean, std and 95 % half width of each numeric metric over seed records."""
     out: dict[str, Any] = dict(records[0])
     out["seeds"] = len(records)
-    out["replicas"] = mode
     for name, value in records[0].items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue

@@ -8,6 +8,7 @@ that epoch from its start and ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -124,7 +125,7 @@ def fit(
     workdir = workdir or rundir.default_workdir(config)
     step.enable_compilation_cache()
     run = _open_run(config, rundir.RunDir(workdir), restart, quiet)
-    try:
+    with run.lock or contextlib.nullcontext():
         _load(run, dataset)
         steps, schedule = _build_state(run)
         with checkpoint.Checkpointer(
@@ -133,9 +134,6 @@ def fit(
             history, stopped_early = _train(run, steps, schedule, ckpt, on_epoch)
             final_model = steps.model()
             summary = _finish(run, steps, ckpt, history, stopped_early)
-    finally:
-        if run.lock is not None:
-            run.lock.release()
     return FitResult(summary, final_model, config, run.spec, run.run_dir.path, history)
 
 
@@ -150,24 +148,25 @@ def _open_run(
     """
     primary = distributed.is_primary()
     lock = None
-    try:
-        if primary:
-            run_dir.prepare()
-            lock = run_dir.lock_for_writing()
-        resume = run_dir.resumes(config, restart) if primary else False
-    except JaxcnnError:
-        if lock is not None:
-            lock.release()
-        distributed.broadcast_from_primary(-1)  # the others stop too, not wait
-        raise
-    status = distributed.broadcast_from_primary(int(resume))
-    if status < 0:
-        raise JaxcnnError(
-            f"process 0 refused workdir {run_dir.path}; its error message says why"
-        )
-    if primary and not status:
-        run_dir.clear()
-    distributed.barrier("jaxcnn:workdir")
+    with contextlib.ExitStack() as held:  # the writer lock, until fit holds it
+        try:
+            if primary:
+                run_dir.prepare()
+                lock = held.enter_context(run_dir.lock_for_writing())
+            resume = run_dir.resumes(config, restart) if primary else False
+        except JaxcnnError:
+            held.close()
+            distributed.broadcast_from_primary(-1)  # the others stop too, not wait
+            raise
+        status = distributed.broadcast_from_primary(int(resume))
+        if status < 0:
+            raise JaxcnnError(
+                f"process 0 refused workdir {run_dir.path}; its error message says why"
+            )
+        if primary and not status:
+            run_dir.clear()
+        distributed.barrier("jaxcnn:workdir")
+        held.pop_all()
     return _Run(config, run_dir, bool(status), primary, quiet or not primary, lock)
 
 
@@ -467,7 +466,7 @@ def summarize(
     best_epoch: int | None,
     compile_seconds: float,
 ) -> dict[str, Any]:
-    """The summary.json fields every training path reports (fit and replicas)."""
+    """The summary.json fields of a finished run."""
     static = shapes.infer(spec)
     test_loss, test_correct, test_count = test
     speeds = [r["images_per_second"] for r in history]

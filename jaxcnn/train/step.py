@@ -2,7 +2,7 @@
 
 `train_step` and `eval_step` are the only definitions of what one optimiser step and one
 evaluation batch compute. `fit` runs them through `Steps` (k steps per compiled call on the
-run's `Layout`), `replicas` vmaps them over K seeds, and the benchmarks time `Steps`.
+run's `Layout`) and the benchmarks time `Steps`.
 
 State is the pytree of `nnx.split((model, optimizer))`; a graph def (train or eval mode)
 turns it back into modules inside compiled code only, so a call costs one dispatch.
