@@ -49,7 +49,7 @@ def test_summary_shows_the_training_memory_estimate(capsys):
     assert code == 0
     line = shapes.format_memory(shapes.memory_estimate(summary, 128), 128)
     assert line in out.splitlines()  # after the table, before the recipes
-    assert line.startswith("Training memory at batch size 128 (estimate): 19.9 MiB")
+    assert line.startswith("Training memory at batch size 128 (estimate): 58.0 MiB")
     code, out, _ = _run(
         capsys, "summary", "keras_mnist", "--json", "--batch-size", "32"
     )

@@ -188,6 +188,45 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
         train.fit(config, tmp_path / "run", quiet=True)
 
 
+def test_an_eval_batch_larger_than_its_split_is_cut_to_the_split(tmp_path):
+    """train.eval_batch_size=10**8 once padded every evaluation batch to 10**8 images
+    (23.8 GiB) and died allocating them; the batch is the split at most."""
+    workdir = tmp_path / "run"
+    train.fit(_digits(**{"train.epochs": 1, "train.eval_batch_size": 10**8}), workdir)
+    reference = tmp_path / "reference"
+    train.fit(_digits(**{"train.epochs": 1}), reference, quiet=True)
+    (huge,), (usual,) = _records(workdir), _records(reference)
+    assert huge["val_accuracy"] == usual["val_accuracy"]
+    assert huge["train_loss"] == usual["train_loss"]
+
+
+def test_an_eval_batch_that_cannot_fit_is_refused_naming_one_that_does(
+    tmp_path, monkeypatch
+):
+    from jaxcnn import memory, models, shapes
+
+    config = _digits(**{"train.epochs": 1, "train.eval_batch_size": 512})
+    summary = shapes.infer(models.preset(config.model.name))
+    train_needs = shapes.memory_estimate(summary, config.train.batch_size)["total"]
+    val_needs = shapes.eval_memory_estimate(summary, 150)["total"]  # digits: 150 val
+    assert val_needs > train_needs  # so a limit between them stops evaluation only
+    monkeypatch.setattr(
+        memory, "device_memory_bytes", lambda: (train_needs + val_needs) // 2
+    )
+    with pytest.raises(
+        JaxcnnError, match=r"batch of 150 images .*use train.eval_batch_size <= \d+"
+    ):
+        train.fit(config, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_random_crop_larger_than_a_quarter_of_the_image_is_refused(tmp_path):
+    config = _digits(**{"train.epochs": 1, "data.augment_crop": 3})  # 8x8 digits
+    with pytest.raises(JaxcnnError, match=r"augment_crop=3 .* 8x8 .*use 0 to 2"):
+        train.fit(config, tmp_path / "run", quiet=True)
+    train.fit(_digits(**{"train.epochs": 1, "data.augment_crop": 2}), tmp_path / "ok")
+
+
 @pytest.mark.parametrize(
     "model, dataset, expected",
     [

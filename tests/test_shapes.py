@@ -363,16 +363,42 @@ def _small():
 
 
 def test_memory_estimate_by_hand():
+    # the largest activation: the conv's 144 values; its patches: 6 * 6 * (3 * 3 * 1)
     estimate = shapes.memory_estimate(_small(), 2)
     assert estimate == {
         "params": 1490 * 4,
         "gradients": 1490 * 4,
         "optimizer_state": 2 * 1490 * 4,
         "activations": 2 * 218 * 4,
-        "total": 4 * 1490 * 4 + 2 * 218 * 4,
+        "backward": 2 * 2 * 144 * 4,
+        "workspace": 2 * 324 * 4,
+        "total": 4 * 1490 * 4 + 2 * 218 * 4 + 4 * 144 * 4 + 2 * 324 * 4,
     }
     sgd = shapes.memory_estimate(_small(), 3, optimizer_slots=0)
     assert sgd["optimizer_state"] == 0 and sgd["activations"] == 3 * 218 * 4
+
+
+def test_eval_memory_estimate_by_hand():
+    # live at once: the conv's input and output (64 + 144), then its patches (324)
+    estimate = shapes.eval_memory_estimate(_small(), 5)
+    assert estimate == {
+        "params": 1490 * 4,
+        "activations": 5 * 208 * 4,
+        "workspace": 5 * 324 * 4,
+        "total": 1490 * 4 + 5 * 208 * 4 + 5 * 324 * 4,
+    }
+
+
+def test_an_eval_batch_that_cannot_fit_names_the_largest_that_does():
+    summary = _small()
+    limit = shapes.eval_memory_estimate(summary, 100)["total"]
+    assert shapes.check_eval_fits(summary, 100, limit)["total"] == limit
+    with pytest.raises(
+        SpecError, match=r"batch of 100,000 images .*eval_batch_size <= 100\b"
+    ):
+        shapes.check_eval_fits(summary, 100_000, limit)
+    with pytest.raises(SpecError, match="parameters alone do not fit"):
+        shapes.check_eval_fits(summary, 1, 1000)
 
 
 def test_memory_estimate_counts_batch_norm_statistics_as_params_only():
@@ -397,9 +423,10 @@ def test_check_fits_returns_the_estimate_or_names_what_is_too_big():
         shapes.check_fits(summary, 2, estimate["total"] - 1)
     message = str(excinfo.value)
     for text in (
-        "model 'custom' needs about 25.0 KiB per training step at batch size 2",
-        "params 5.8 KiB, gradients 5.8 KiB, optimizer state 11.6 KiB, activations 1.7 KiB",
-        "over the 25.0 KiB one device can hold",
+        "model 'custom' needs about 29.8 KiB per training step at batch size 2",
+        "params 5.8 KiB, gradients 5.8 KiB, optimizer state 11.6 KiB, activations 1.7 "
+        "KiB, backward 2.2 KiB, workspace 2.5 KiB",
+        "over the 29.8 KiB one device can hold",
         "the largest activation is layer 0 (conv 3x3 valid), 6x6x4 per example",
         "Use a smaller batch size",
     ):

@@ -57,6 +57,16 @@ def source_for(
     return StreamedBatches(split, cfg.batch_size, cfg.seed, num_processes)
 
 
+def eval_batch_size(cfg: TrainConfig, split: data.Split | data.StreamSplit) -> int:
+    """`train.eval_batch_size`, at most the split's examples rounded up to a multiple of
+    the devices: a larger batch would hold nothing but padding."""
+    import jax
+
+    devices = jax.device_count()
+    whole = -(-split.num_examples // devices) * devices
+    return max(min(cfg.eval_batch_size, whole), devices)
+
+
 class ResidentBatches:
     """A split held on the devices; each step gathers its rows there by index.
 

@@ -16,7 +16,7 @@ from flax import nnx
 from jaxcnn import data, metrics, transfer
 from jaxcnn.errors import DataError
 from jaxcnn.spec import Precision
-from jaxcnn.train import step
+from jaxcnn.train import batches, step
 
 
 def evaluate(
@@ -52,7 +52,7 @@ def evaluate(
     chosen = {"train": ds.train, "val": ds.val}.get(split, ds.test)
     steps = step.Steps(run.model, run.optimizer, run.config)
     (loss, correct, count), labels, predictions = steps.evaluate(
-        chosen.batches(run.config.train.eval_batch_size)
+        chosen.batches(batches.eval_batch_size(run.config.train, chosen))
     )
     confusion = metrics.confusion_matrix(labels, predictions, ds.num_classes)
     return {

@@ -183,6 +183,7 @@ def _load(run: _Run, dataset: data.Dataset | None) -> None:
             f"dataset {dataset.name!r} yields {dataset.image_shape} images but the model "
             f"takes {spec.input_shape}"
         )
+    step.check_augment_crop(config.data.augment_crop, spec.input_shape)
     if run.resume:  # the checkpoints belong to this model, trained on these files
         run.run_dir.check_spec(spec)  # e.g. a spec file edited in place
         data.check_fingerprint(run.run_dir.read().dataset, dataset)
@@ -200,12 +201,17 @@ def _load(run: _Run, dataset: data.Dataset | None) -> None:
 def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
     """Model, optimiser (transfer and freezing included) and their compiled steps."""
     cfg = run.config.train
+    summary, limit = shapes.infer(run.spec), memory.device_memory_bytes()
     shapes.check_fits(  # refuse what cannot fit before anything is allocated
-        shapes.infer(run.spec),
+        summary,
         cfg.batch_size // jax.device_count(),
-        memory.device_memory_bytes(),
+        limit,
         optimizer_slots=spec_lib.OPTIMIZER_SLOTS[run.config.optim.optimizer],
     )
+    for split in (run.dataset.val, run.dataset.test):
+        shapes.check_eval_fits(
+            summary, batches.eval_batch_size(cfg, split) // jax.device_count(), limit
+        )
     model = models.build_run_model(run.spec, cfg)
     if cfg.init_from and not run.resume:
         for note in transfer.init_from_run(
@@ -380,7 +386,7 @@ def _epoch(loop: _Loop, epoch: int, position: _Position, history) -> dict:
             f"learning rate (now optim.lr={run.config.optim.lr}) or set optim.clip_norm=1.0"
         )
     (val_loss, val_correct, val_count), _, _ = steps.evaluate(
-        run.dataset.val.batches(cfg.eval_batch_size)
+        run.dataset.val.batches(batches.eval_batch_size(cfg, run.dataset.val))
     )
     record = {
         "epoch": epoch + 1,
@@ -427,7 +433,9 @@ def _finish(run: _Run, steps, ckpt, history, stopped_early: bool) -> dict[str, A
         nnx.replace_by_pure_dict(steps.state, best.state)
         best_step = best.step  # another one when that checkpoint proved unusable
     (test_loss, test_correct, test_count), _, _ = steps.evaluate(
-        run.dataset.test.batches(run.config.train.eval_batch_size)
+        run.dataset.test.batches(
+            batches.eval_batch_size(run.config.train, run.dataset.test)
+        )
     )
     summary = summarize(
         run.spec,

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn import data, optim
+from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import RunConfig
 from jaxcnn.train import sharding
 
@@ -45,6 +46,23 @@ class StepOptions:
             config.optim.label_smoothing,
             config.data.augment_crop,
             config.data.augment_flip,
+        )
+
+
+def check_augment_crop(crop: int, image_shape: tuple[int, ...]) -> None:
+    """Refuses a random-crop padding that would leave most crops mostly padding.
+
+    The crop pads by `crop` pixels and cuts an image-sized window at a random offset,
+    shifting the image by up to `crop` pixels each way. A quarter of the smaller side
+    keeps at least three quarters of each axis in every crop (4 on 32 px, CIFAR's
+    usual); beyond it, training sees shifted-out, mostly empty images.
+    """
+    limit = min(image_shape[:2]) // 4
+    if crop > limit:
+        raise JaxcnnError(
+            f"data.augment_crop={crop} shifts the {image_shape[0]}x{image_shape[1]} "
+            f"images by up to {crop} pixels, so many crops would be mostly padding; "
+            f"use 0 to {limit} (a quarter of the smaller side)"
         )
 
 
@@ -287,6 +305,30 @@ class Steps:
         )
         self.state, sums = self._get("train", fn, args, donate=(0,))(*args)
         return sums
+
+    def compile_train(self, batch_size: int, input_shape: tuple[int, ...]) -> None:
+        """Compiles the train call for `steps_per_call` batches of `batch_size` images of
+        `input_shape` given per step (streamed data), without running it: `memory`
+        then reports XLA's analysis of it."""
+        k = self.k or 1
+        replicated = self.layout.replicated
+
+        def spec(shape, dtype, sharding=replicated):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+        batches = self.layout.by_step_batch
+        args = (
+            self.state,
+            spec((k, batch_size, *input_shape), np.float32, batches),
+            spec((k, batch_size), np.int32, batches),
+            None,
+            spec((), np.int32),
+            spec((), np.int32),
+            spec((3,), np.float32),
+            self.key,
+        )
+        fn = functools.partial(train_steps, self.train_graph, self.options, self.rolled)
+        self._get("train", fn, args, donate=(0,))
 
     def evaluate(self, batches: Iterable[data.Batch]):
         """([loss sum, correct, count], labels, predictions) over the real examples.
