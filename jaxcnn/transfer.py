@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcnn import checkpoint, models, optim, rundir
+from jaxcnn import checkpoint, data, models, optim, rundir
 from jaxcnn.errors import CheckpointError, SpecError
 from jaxcnn.spec import (
     BranchesSpec,
@@ -286,7 +286,8 @@ def init_from_run(
     values = sum(int(np.prod(new[path].shape)) for path in copied)
     notes = [
         f"initialised {len(copied)} weight arrays ({values:,} values) from {run_dir} "
-        f"(best checkpoint: step {source.step}, epoch {source.epoch})"
+        f"(best checkpoint: step {source.step}, epoch {source.epoch})",
+        *_source_data_notes(run_dir),
     ]
     if kept:
         reason = (
@@ -302,6 +303,25 @@ def init_from_run(
     if unused:
         notes.append(f"weights of the run not used by this model: {_listing(unused)}")
     return notes
+
+
+def _source_data_notes(run_dir: pathlib.Path) -> list[str]:
+    """A warning when the folder the source run trained on changed or went away since:
+    the weights no longer describe those files (TFDS datasets are versioned)."""
+    record = rundir.RunDir(run_dir).read().dataset
+    folder, saved = record.get("folder"), record.get("fingerprint")
+    if not folder or saved is None:
+        return []
+    now = data.folder_fingerprint(folder)
+    if now == saved:
+        return []
+    what = (
+        "is gone" if now is None else "changed (a file was added, removed or modified)"
+    )
+    return [
+        f"warning: the folder {folder} that {run_dir} trained on {what} since; its "
+        f"weights are those of the files as they were"
+    ]
 
 
 def _check_source(run_dir: pathlib.Path, spec: ModelSpec) -> ModelSpec:

@@ -631,3 +631,24 @@ def test_eval_reads_the_folder_the_run_trained_on_from_anywhere(
     err = capsys.readouterr().err
     assert err.startswith(f"warning: the images of folder {record['folder']} changed")
     assert err.count("\n") == 1
+
+
+def test_init_from_a_run_whose_folder_changed_since_warns(
+    digits_folder, tmp_path, capsys
+):
+    source = tmp_path / "source"
+    train.fit(digits_run(digits_folder, tmp_path), source, quiet=True)
+    fine_tune = digits_run(digits_folder, tmp_path, **{"train.init_from": str(source)})
+    train.fit(fine_tune, tmp_path / "same", quiet=True)
+    assert "warning" not in capsys.readouterr().err
+    changed = digits_folder / "0" / "00000.png"
+    original, stat = changed.read_bytes(), changed.stat()
+    try:
+        png(changed, np.zeros((8, 8), np.uint8))
+        train.fit(fine_tune, tmp_path / "changed", quiet=True)
+    finally:
+        changed.write_bytes(original)
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    err = capsys.readouterr().err
+    assert f"warning: the folder {digits_folder.resolve()} that {source} trained" in err
+    assert "changed (a file was added, removed or modified) since" in err

@@ -15,6 +15,7 @@ read as a folder dataset by accident.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 from jaxcnn.data import catalog, folders
@@ -52,6 +53,7 @@ __all__ = [
     "convert_images",
     "dataset_info",
     "epoch_permutation",
+    "folder_fingerprint",
     "load_dataset",
     "normalize",
     "prepare",
@@ -108,6 +110,15 @@ def prepare_dataset(
     need no preparation (`load_dataset` decodes and caches them)."""
     if not _is_folder(name):
         catalog.prepare_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
+
+
+def folder_fingerprint(path: str | os.PathLike) -> str | None:
+    """The fingerprint a run records for folder dataset `path` (every image file's
+    path, size and modification time; nothing is decoded), or None when `path` is no
+    longer a directory."""
+    if not os.path.isdir(path):
+        return None
+    return folders.fingerprint(path)
 
 
 def dataset_info(

@@ -230,6 +230,11 @@ def _root(name: str) -> pathlib.Path:
     return root
 
 
+def fingerprint(root: str | os.PathLike) -> str:
+    """sha256 of every image file's (path, size, mtime) under folder dataset `root`."""
+    return _scan(pathlib.Path(root)).fingerprint
+
+
 def _scan(root: pathlib.Path) -> _Scan:
     """Lists the folder: layout, classes, image files, problems and the fingerprint."""
     train = root / "train"

@@ -217,7 +217,9 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
         for note in transfer.init_from_run(
             model, run.spec, cfg.init_from, new_head=cfg.new_head
         ):
-            if not run.quiet:
+            if note.startswith("warning:") and run.primary:
+                print(note, file=sys.stderr)
+            elif not run.quiet:
                 print(note)
     steps_per_epoch = run.source.steps_per_epoch
     tx, schedule = optim.make_optimizer(
