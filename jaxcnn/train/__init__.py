@@ -1,7 +1,7 @@
 """Training: the train/eval steps (`step`), where batches come from (`batches`), the
 device layout (`sharding`), fit() as phases (`loop`), and evaluate/predict (`evaluate`)."""
 
-from jaxcnn.train.evaluate import evaluate, predict
+from jaxcnn.train.evaluate import Predictor, evaluate, predict
 from jaxcnn.train.loop import FitResult, fit, resolve_spec
 from jaxcnn.train.step import (
     Steps,
@@ -13,6 +13,7 @@ from jaxcnn.transfer import Restored, restore
 
 __all__ = [
     "FitResult",
+    "Predictor",
     "Restored",
     "Steps",
     "default_steps_per_dispatch",

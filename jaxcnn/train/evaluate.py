@@ -80,54 +80,75 @@ def predict(
     Returns one dict per input: `source`, and either `top` (list of {class, name,
     probability}) or `error` for a file that could not be read (one bad file does not
     stop the others); `notes` when reading changed the image (16-bit, transparency).
+    Restores the checkpoint on every call: to classify batch after batch, build a
+    `Predictor` once.
     """
-    run = transfer.restore(workdir, which)
-    results, arrays, where = [], [], []
-    for item in images:
-        source, array, notes, error = _read_image(item)
-        results.append({"source": source})
-        if notes:
-            results[-1]["notes"] = list(notes)
-        if error is not None:
-            results[-1]["error"] = error
-            continue
-        arrays.append(array)
-        where.append(len(results) - 1)
-    if not arrays:
+    return Predictor(workdir, which)(images, top_k=top_k)
+
+
+class Predictor:
+    """A run's checkpoint, restored once, classifying images call after call.
+
+    ``Predictor(workdir)(images)`` returns what `predict` returns. The forward pass
+    compiles once per chunk size (the call's image count, at most
+    `train.eval_batch_size`; a call's last chunk is padded to it), so calls of one size
+    run at the compiled rate.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, which: str | int = "best"):
+        run = transfer.restore(workdir, which)
+        self.spec, self.dataset = run.spec, run.dataset
+        self.chunk = run.config.train.eval_batch_size
+        graph, state = nnx.split(run.model)
+        self._state = state
+
+        @jax.jit
+        def probabilities(state, images):
+            return jax.nn.softmax(nnx.merge(graph, state)(images), axis=-1)
+
+        self._probabilities = probabilities
+
+    def __call__(
+        self, images: Sequence[str | os.PathLike | np.ndarray], *, top_k: int = 3
+    ) -> list[dict[str, Any]]:
+        results, arrays, where = [], [], []
+        for item in images:
+            source, array, notes, error = _read_image(item)
+            results.append({"source": source})
+            if notes:
+                results[-1]["notes"] = list(notes)
+            if error is not None:
+                results[-1]["error"] = error
+                continue
+            arrays.append(array)
+            where.append(len(results) - 1)
+        if not arrays:
+            return results
+        probs = self.probabilities(
+            _model_input(arrays, self.spec.input_shape, self.dataset)
+        )
+        names, k = self.dataset["class_names"], min(top_k, probs.shape[1])
+        for row, i in zip(probs, where, strict=True):
+            results[i]["top"] = [
+                {"class": int(c), "name": names[c], "probability": float(row[c])}
+                for c in np.argsort(-row)[:k]
+            ]
         return results
-    x = _model_input(arrays, run.spec.input_shape, run.dataset)
-    probs = _probabilities(run.model, x, run.config.train.eval_batch_size)
-    names, k = run.dataset["class_names"], min(top_k, probs.shape[1])
-    for row, i in zip(probs, where, strict=True):
-        results[i]["top"] = [
-            {"class": int(c), "name": names[c], "probability": float(row[c])}
-            for c in np.argsort(-row)[:k]
-        ]
-    return results
 
-
-@nnx.jit
-def _softmax(model: nnx.Module, images: jax.Array) -> jax.Array:
-    return jax.nn.softmax(model(images), axis=-1)
-
-
-def _probabilities(model: nnx.Module, x: np.ndarray, chunk: int) -> np.ndarray:
-    """softmax(model(x)), [n, num_classes], in chunks of at most `chunk` images.
-
-    One compiled call serves every chunk (the last is padded to the same shape; the
-    model is in eval mode, so padding rows change nothing else), and later calls with
-    a model of the same structure reuse it: memory stays bounded and many images run
-    at the compiled rate rather than op by op.
-    """
-    size = min(chunk, len(x))
-    out = []
-    for start in range(0, len(x), size):
-        part = x[start : start + size]
-        pad = size - len(part)
-        if pad:
-            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-        out.append(np.asarray(_softmax(model, jnp.asarray(part)))[: size - pad])
-    return np.concatenate(out)
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """softmax(model(x)) of model inputs x [n, H, W, C] (already converted and
+        normalised), [n, num_classes], in chunks of at most `train.eval_batch_size`."""
+        size, out = min(len(x), self.chunk), []
+        for start in range(0, len(x), size):
+            part = x[start : start + size]
+            pad = size - len(part)
+            if pad:
+                part = np.concatenate(
+                    [part, np.zeros((pad, *part.shape[1:]), part.dtype)]
+                )
+            probs = self._probabilities(self._state, jnp.asarray(part))
+            out.append(np.asarray(probs)[: size - pad])
+        return np.concatenate(out)
 
 
 def _read_image(item) -> tuple[str, np.ndarray | None, tuple[str, ...], str | None]:
