@@ -14,6 +14,7 @@ input.
 """
 
 import json
+import math
 import sys
 
 sys.modules.setdefault("triton", None)  # see tests/test_interop.py
@@ -134,6 +135,23 @@ def test_cli_imports_resnet18_at_224(tmp_path):
     _check_run(tmp_path / "r", net, _pixels(224))
 
 
+@pytest.mark.slow
+def test_resnet50_from_timm_safetensors(tmp_path):
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet50", pretrained=False).eval()
+    _randomise_batch_norm(net)
+    path = tmp_path / "resnet50.safetensors"
+    safetensors_torch.save_file(net.state_dict(), str(path))
+    importer.import_weights(path, "resnet50", tmp_path / "r", input_shape=(64, 64, 3))
+    record = json.loads((tmp_path / "r" / "config.json").read_text())["dataset"]
+    config = net.pretrained_cfg
+    assert record["resize"] == math.floor(224 / config["crop_pct"])
+    assert tuple(record["mean"]) == config["mean"]
+    _check_run(tmp_path / "r", net, _pixels(64))
+
+
 def test_inception_v3_predicts_as_torchvision_prepares():
     record = imagenet.preprocessing("inception_v3", "torchvision")
     assert record["resize"] == 342 and record["channels"] == "rgb"
@@ -199,3 +217,23 @@ def test_densenet_published_names_are_renamed_as_torchvision_does(tmp_path):
 def test_every_imagenet_preset_imports_from_torchvision():
     for name in models.IMAGENET_PRESETS:
         assert (name, "torchvision") in mapping.LAYOUTS, name
+
+
+def test_readme_table_names_every_layout():
+    """The README's table of presets and sources is `mapping.LAYOUTS`, row by row."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Pre-trained ImageNet networks\n", 1)[1].split("\n## ", 1)[
+        0
+    ]
+    rows = [line for line in section.splitlines() if re.match(r"\| `\w+` \|", line)]
+    table = set()
+    for row in rows:
+        preset, _, sources = (c.strip() for c in row.strip("|").split("|"))
+        for source in ("torchvision", "timm", "Keras"):
+            if f"{source} `" in sources:
+                table.add((preset.strip("`"), source.lower()))
+    assert table == set(mapping.LAYOUTS)
+    assert {p for p, _ in table} == set(models.IMAGENET_PRESETS)
