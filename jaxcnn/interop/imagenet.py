@@ -53,6 +53,11 @@ _BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
     ("googlenet", "torchvision"): _HALF,
     # torchvision's Inception_V3_Weights transform: resize 342, crop 299
     ("inception_v3", "torchvision"): {**_HALF, "resize": 342},
+    # timm's ResNet weights (resnet*.a1_in1k): crop_pct 0.95, so a shorter side of
+    # floor(224 / 0.95); timm resizes bicubically, predict bilinearly
+    ("resnet18", "timm"): {"resize": 235},
+    ("resnet34", "timm"): {"resize": 235},
+    ("resnet50", "timm"): {"resize": 235},
 }
 
 

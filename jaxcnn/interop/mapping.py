@@ -545,6 +545,9 @@ LAYOUTS: dict[tuple[str, str], Callable] = {
     ("inception_v3", "torchvision"): torchvision_inception_v3,
     ("vgg16", "timm"): timm_vgg,
     ("vgg16_bn", "timm"): timm_vgg,
+    ("resnet18", "timm"): torchvision_resnet,  # timm's ResNets keep torchvision's names
+    ("resnet34", "timm"): torchvision_resnet,
+    ("resnet50", "timm"): torchvision_resnet,
     ("vgg16", "keras"): None,  # Keras: layers matched by kind and order (keras_entries)
 }
 
