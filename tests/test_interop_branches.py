@@ -136,6 +136,20 @@ def test_cli_imports_resnet18_at_224(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_says_it_left_out_googlenets_auxiliary_heads(tmp_path, capsys):
+    _, path = _torchvision("googlenet", tmp_path)
+    workdir = tmp_path / "r"
+    assert (
+        cli.main(
+            ["import", str(path), "--arch", "googlenet", "--workdir", str(workdir)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "left out the file's 20 tensors of the auxiliary heads (aux1, aux2)" in out
+
+
+@pytest.mark.slow
 def test_resnet50_from_timm_safetensors(tmp_path):
     timm = pytest.importorskip("timm")
     safetensors_torch = pytest.importorskip("safetensors.torch")

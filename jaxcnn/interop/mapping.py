@@ -15,6 +15,12 @@ jaxcnn's paths are `<type>_<index>/<name>` (`conv_0/kernel`, `norm_1/scale`,
   beta, moving_mean, moving_variance are scale, bias, mean, var (`num_batches_tracked`
   plays no part in inference and is not imported).
 
+* The branch-block networks (ResNet, SqueezeNet, MobileNet v2, GoogLeNet, DenseNet,
+  Inception v3) take torchvision's module names, derived by walking the spec in the
+  order torchvision registers its modules; GoogLeNet's and Inception v3's auxiliary
+  heads are left out (`AUXILIARY`), published DenseNet files' older names renamed
+  (`RENAMES`).
+
 `LAYOUTS` says which presets each source's names cover.
 """
 
