@@ -305,16 +305,19 @@ def _dense_layer(growth: int, bn_size: int) -> BranchesSpec:
     return BranchesSpec(branches=((), new))
 
 
-def densenet121(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
-    """DenseNet-121 (Huang et al. 2017) as torchvision builds it: 7,978,856
-    parameters."""
-    growth, bn_size = 32, 4
+def _densenet(
+    name: str,
+    blocks: tuple[int, ...],
+    input_shape: Shape3,
+    num_classes: int,
+    growth: int = 32,
+    bn_size: int = 4,
+) -> ModelSpec:
     layers: list[LayerSpec] = [
-        *_conv_bn(64, 7, 2, 3),
+        *_conv_bn(2 * growth, 7, 2, 3),
         PoolSpec(pool="max", window=3, stride=2, padding=1),
     ]
-    channels = 64
-    blocks = (6, 12, 24, 16)
+    channels = 2 * growth
     for b, count in enumerate(blocks):
         layers += [_dense_layer(growth, bn_size) for _ in range(count)]
         channels += count * growth
@@ -332,7 +335,18 @@ def densenet121(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> Mode
         GlobalPoolSpec(pool="avg"),
         DenseSpec(units=num_classes),
     ]
-    return ModelSpec(input_shape, num_classes, tuple(layers), name="densenet121")
+    return ModelSpec(input_shape, num_classes, tuple(layers), name=name)
+
+
+def densenet121(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
+    """DenseNet-121 (Huang et al. 2017) as torchvision builds it: 7,978,856
+    parameters."""
+    return _densenet("densenet121", (6, 12, 24, 16), input_shape, num_classes)
+
+
+def densenet201(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
+    """DenseNet-201 as torchvision builds it: 20,013,928 parameters."""
+    return _densenet("densenet201", (6, 12, 48, 32), input_shape, num_classes)
 
 
 # --------------------------------------------------------------------------- Inception v3
@@ -471,5 +485,6 @@ PRESETS: dict[str, Callable[..., ModelSpec]] = {
     "mobilenet_v2": mobilenet_v2,
     "googlenet": googlenet,
     "densenet121": densenet121,
+    "densenet201": densenet201,
     "inception_v3": inception_v3,
 }

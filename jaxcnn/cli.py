@@ -369,6 +369,12 @@ def _cmd_import(args) -> int:
         f"imported {done.arrays} weight arrays ({done.values:,} values) of "
         f"{args.arch} from {done.source_file} ({done.source}) into {done.workdir}"
     )
+    if done.left_out:
+        print(
+            f"left out the file's {len(done.left_out)} tensors of the auxiliary heads "
+            f"({', '.join(sorted({n.split('.')[0] for n in done.left_out}))}), which "
+            f"only train"
+        )
     return 0
 
 

@@ -354,8 +354,8 @@ PRESETS.update(
     architectures.PRESETS
 )  # ResNet, GoogLeNet, ... (jaxcnn/architectures.py)
 # The presets of published ImageNet networks (224x224x3 input, 299x299x3 for Inception
-# v3; 1000 classes). jaxcnn.interop imports the published weights of vgg16, vgg16_bn and
-# alexnet.
+# v3; 1000 classes). jaxcnn.interop imports the published weights of each
+# (`jaxcnn.interop.LAYOUTS`).
 IMAGENET_PRESETS: tuple[str, ...] = (
     "vgg16",
     "vgg16_bn",

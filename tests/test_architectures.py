@@ -25,6 +25,7 @@ PUBLISHED = {
     "mobilenet_v2": 3_504_872,
     "googlenet": 6_624_904,
     "densenet121": 7_978_856,
+    "densenet201": 20_013_928,
     "inception_v3": 23_834_568,
 }
 # the feature map each network pools globally at its input size (torchvision's too)
@@ -36,6 +37,7 @@ LAST_MAP = {
     "mobilenet_v2": (7, 7, 1280),
     "googlenet": (7, 7, 1024),
     "densenet121": (7, 7, 1024),
+    "densenet201": (7, 7, 1920),
     "inception_v3": (8, 8, 2048),  # at 299x299
 }
 
@@ -63,9 +65,9 @@ def _torchvision_model(name):
 
 @pytest.mark.parametrize(
     "name",
-    [  # torchvision initialises DenseNet-121 slowly (~10 s)
+    [  # torchvision initialises DenseNets slowly (~10 s)
         pytest.param(n, marks=pytest.mark.slow)
-        if n in ("densenet121", "inception_v3")
+        if n in ("densenet121", "densenet201", "inception_v3")
         else n
         for n in sorted(PUBLISHED)
     ],
@@ -80,6 +82,7 @@ def test_counts_and_pooled_map_equal_the_installed_torchvision(name):
         "squeezenet1_1": lambda m: m.classifier[2],  # the ReLU after the class conv
         "mobilenet_v2": lambda m: m.features,
         "densenet121": lambda m: m.features,
+        "densenet201": lambda m: m.features,
     }.get(name)
     seen = {}
 

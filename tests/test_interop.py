@@ -491,6 +491,15 @@ def test_published_files_are_torchvisions_and_keras():
         ("vgg16", tv.VGG16_Weights.IMAGENET1K_V1),
         ("vgg16_bn", tv.VGG16_BN_Weights.IMAGENET1K_V1),
         ("alexnet", tv.AlexNet_Weights.IMAGENET1K_V1),
+        ("resnet18", tv.ResNet18_Weights.IMAGENET1K_V1),
+        ("resnet34", tv.ResNet34_Weights.IMAGENET1K_V1),
+        ("resnet50", tv.ResNet50_Weights.IMAGENET1K_V1),
+        ("squeezenet1_1", tv.SqueezeNet1_1_Weights.IMAGENET1K_V1),
+        ("mobilenet_v2", tv.MobileNet_V2_Weights.IMAGENET1K_V1),
+        ("googlenet", tv.GoogLeNet_Weights.IMAGENET1K_V1),
+        ("densenet121", tv.DenseNet121_Weights.IMAGENET1K_V1),
+        ("densenet201", tv.DenseNet201_Weights.IMAGENET1K_V1),
+        ("inception_v3", tv.Inception_V3_Weights.IMAGENET1K_V1),
     ]:
         entry = download.PUBLISHED[arch, "torchvision"]
         assert entry.url == weights.url

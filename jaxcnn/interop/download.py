@@ -55,6 +55,51 @@ PUBLISHED: dict[tuple[str, str], Published] = {
         "sha256",
         "7be5be79",
     ),
+    ("resnet18", "torchvision"): Published(
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        "sha256",
+        "f37072fd",
+    ),
+    ("resnet34", "torchvision"): Published(
+        "https://download.pytorch.org/models/resnet34-b627a593.pth",
+        "sha256",
+        "b627a593",
+    ),
+    ("resnet50", "torchvision"): Published(
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "sha256",
+        "0676ba61",
+    ),
+    ("squeezenet1_1", "torchvision"): Published(
+        "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+        "sha256",
+        "b8a52dc0",
+    ),
+    ("mobilenet_v2", "torchvision"): Published(
+        "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        "sha256",
+        "b0353104",
+    ),
+    ("googlenet", "torchvision"): Published(
+        "https://download.pytorch.org/models/googlenet-1378be20.pth",
+        "sha256",
+        "1378be20",
+    ),
+    ("densenet121", "torchvision"): Published(
+        "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+        "sha256",
+        "a639ec97",
+    ),
+    ("densenet201", "torchvision"): Published(
+        "https://download.pytorch.org/models/densenet201-c1103571.pth",
+        "sha256",
+        "c1103571",
+    ),
+    ("inception_v3", "torchvision"): Published(
+        "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+        "sha256",
+        "0cc3c7bd",
+    ),
     ("vgg16", "keras"): Published(
         "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
         "vgg16_weights_tf_dim_ordering_tf_kernels.h5",

@@ -44,6 +44,28 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 }
 
 
+# torchvision's published GoogLeNet and Inception v3 were trained on input normalised
+# with mean 0.5 and std 0.5; built with those weights they take ImageNet-normalised
+# input and convert it first (`transform_input=True`). The presets have no such step,
+# so an imported run records the normalisation the weights were trained with.
+_HALF = {"mean": [0.5] * 3, "std": [0.5] * 3}
+_BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
+    ("googlenet", "torchvision"): _HALF,
+    # torchvision's Inception_V3_Weights transform: resize 342, crop 299
+    ("inception_v3", "torchvision"): {**_HALF, "resize": 342},
+    # timm's ResNet weights (resnet*.a1_in1k): crop_pct 0.95, so a shorter side of
+    # floor(224 / 0.95); timm resizes bicubically, predict bilinearly
+    ("resnet18", "timm"): {"resize": 235},
+    ("resnet34", "timm"): {"resize": 235},
+    ("resnet50", "timm"): {"resize": 235},
+}
+
+
+def preprocessing(arch: str, source: str) -> dict[str, Any]:
+    """How `predict` prepares an image for `arch`'s weights from `source`."""
+    return {**PREPROCESSING[source], **_BY_ARCH.get((arch, source), {})}
+
+
 @functools.cache
 def class_names() -> tuple[str, ...]:
     """The 1000 ImageNet class names, by class id ("tench", "goldfish", ...)."""

@@ -37,6 +37,7 @@ class Imported:
     source: str
     arrays: int  # weight arrays imported (batch-norm statistics included)
     values: int  # numbers in them
+    left_out: tuple[str, ...] = ()  # the file's auxiliary-head tensors, not imported
 
 
 def import_weights(
@@ -46,6 +47,7 @@ def import_weights(
     *,
     source: str | None = None,
     kernels: Kernels = "auto",
+    input_shape: tuple[int, int, int] | None = None,
 ) -> Imported:
     """Reads a weight file of `arch` and writes it as a jaxcnn run directory.
 
@@ -56,6 +58,9 @@ def import_weights(
       workdir: the run directory to write; must not hold a run already.
       source: "torchvision", "timm" or "keras"; default: from the file's suffix.
       kernels: the run's `train.kernels` ("auto", "xla", "fast").
+      input_shape: (H, W, C) to build the preset for instead of its published input
+        (224x224x3; 299x299x3 for Inception v3), e.g. to fine-tune on small images;
+        the networks that end in a global pool take the same weights at any size.
 
     Returns:
       Imported: the run directory and what went in.
@@ -83,15 +88,18 @@ def import_weights(
         )
     run_dir = rundir.RunDir(workdir)
     _check_empty(run_dir)
-    preprocessing = imagenet.PREPROCESSING[source]
+    preprocessing = imagenet.preprocessing(arch, source)
+    args = {} if input_shape is None else {"input_shape": list(input_shape)}
     config = RunConfig(
-        model=ModelConfig(name=arch),
+        model=ModelConfig(name=arch, args=args),
         data=DataConfig(dataset="imagenet2012", test_split="validation"),
         optim=OptimConfig(optimizer="sgd"),
         train=TrainConfig(epochs=1, kernels=kernels),
     )
     spec = models.load_spec(config.model)
-    tensors = readers.read_weights(file, source)
+    tensors, left_out = mapping.prepare(
+        arch, source, readers.read_weights(file, source)
+    )
     shapes_ = _weight_shapes(spec, config.train)
     entries = mapping.entries_for(spec, arch, source, shapes_, tensors)
     arrays = mapping.convert(
@@ -101,7 +109,7 @@ def import_weights(
     model, optimizer = transfer.build_run_state(config, spec)
     _assign(model, arrays)
     run_dir.prepare()
-    record = _dataset_record(spec, file, source, preprocessing)
+    record = _dataset_record(spec, file, source, preprocessing, left_out)
     run_dir.write_config(config, spec, record)
     _save(run_dir, model, optimizer, file, source)
     return Imported(
@@ -111,6 +119,7 @@ def import_weights(
         source,
         len(arrays),
         sum(int(a.size) for a in arrays.values()),
+        tuple(left_out),
     )
 
 
@@ -162,15 +171,22 @@ def _assign(model, arrays: dict[str, Any]) -> None:
         var.set_value(jnp.asarray(arrays["/".join(map(str, path))]))
 
 
-def _dataset_record(spec, file, source, preprocessing) -> dict[str, Any]:
+def _dataset_record(spec, file, source, preprocessing, left_out) -> dict[str, Any]:
     """config.json's dataset record: what predict needs to prepare an image."""
+    notes = [f"weights imported from {file} ({source})"]
+    if left_out:
+        heads = sorted({name.split(".")[0] for name in left_out})
+        notes.append(
+            f"left out {len(left_out)} tensors of the auxiliary heads "
+            f"({', '.join(heads)}), which only train"
+        )
     return {
         "name": "imagenet2012",
         "num_classes": spec.num_classes,
         "class_names": list(imagenet.class_names()),
         "image_shape": list(spec.input_shape),
         **preprocessing,
-        "notes": [f"weights imported from {file} ({source})"],
+        "notes": notes,
         "fingerprint": None,
     }
 

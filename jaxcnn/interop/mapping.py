@@ -15,12 +15,19 @@ jaxcnn's paths are `<type>_<index>/<name>` (`conv_0/kernel`, `norm_1/scale`,
   beta, moving_mean, moving_variance are scale, bias, mean, var (`num_batches_tracked`
   plays no part in inference and is not imported).
 
+* The branch-block networks (ResNet, SqueezeNet, MobileNet v2, GoogLeNet, DenseNet,
+  Inception v3) take torchvision's module names, derived by walking the spec in the
+  order torchvision registers its modules; GoogLeNet's and Inception v3's auxiliary
+  heads are left out (`AUXILIARY`), published DenseNet files' older names renamed
+  (`RENAMES`).
+
 `LAYOUTS` says which presets each source's names cover.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -30,13 +37,17 @@ from jaxcnn.errors import CheckpointError, SpecError
 from jaxcnn.interop import readers
 from jaxcnn.spec import (
     ActivationSpec,
+    BranchesSpec,
     ConvSpec,
     DenseSpec,
     DropoutSpec,
     FlattenSpec,
+    GlobalPoolSpec,
+    LayerSpec,
     ModelSpec,
     NormSpec,
     PoolSpec,
+    ResidualSpec,
 )
 
 Shape = tuple[int, ...]
@@ -175,14 +186,403 @@ def timm_vgg(spec, shapes_) -> list[Entry]:
     return _sequential(spec, shapes_, head)
 
 
+# --------------------------------------------------------------------------- branch nets
+# The networks of jaxcnn/architectures.py. `_units` lists a layer table's conv, batch-
+# norm and dense modules in the order torchvision registers its own (a residual block's
+# body, then its projection and the projection's batch norm; branches in order), and a
+# network's naming walks the spec to give each its torchvision module name.
+@dataclasses.dataclass(frozen=True)
+class _Unit:
+    path: str  # jaxcnn's module path: residual_4/conv_0, branches_3/b1/norm_4
+    kind: str  # "conv", "norm" or "dense"
+    act: bool = False  # an activation layer follows it in its table
+
+
+def _units(layers: Sequence, prefix: str, shapes_: Mapping[str, Shape]) -> list[_Unit]:
+    out: list[_Unit] = []
+    for i, layer in enumerate(layers):
+        act = i + 1 < len(layers) and isinstance(layers[i + 1], ActivationSpec)
+        out += _layer_units(layer, f"{prefix}{layer.type}_{i}", act, shapes_)
+    return out
+
+
+def _layer_units(layer, path: str, act: bool, shapes_) -> list[_Unit]:
+    if isinstance(layer, ConvSpec):
+        return [_Unit(path, "conv", act or layer.activation != "identity")]
+    if isinstance(layer, NormSpec) and layer.norm == "batch":
+        return [_Unit(path, "norm", act)]
+    if isinstance(layer, DenseSpec):
+        return [_Unit(path, "dense", act)]
+    if isinstance(layer, ResidualSpec):
+        out = _units(layer.layers, f"{path}/", shapes_)
+        if f"{path}/proj/kernel" in shapes_:
+            out.append(_Unit(f"{path}/proj", "conv"))
+        if f"{path}/proj_norm/scale" in shapes_:
+            out.append(_Unit(f"{path}/proj_norm", "norm"))
+        return out
+    if isinstance(layer, BranchesSpec):
+        return [
+            u
+            for b, branch in enumerate(layer.branches)
+            for u in _units(branch, f"{path}/b{b}/", shapes_)
+        ]
+    if isinstance(layer, PoolSpec | GlobalPoolSpec | ActivationSpec | DropoutSpec):
+        return []
+    raise SpecError(f"layer {path} ({layer.type}) has no place in torchvision's layout")
+
+
+_TORCH_NORM = ("weight", "bias", "running_mean", "running_var")
+
+
+def _named(pairs: Sequence[tuple[str, _Unit]], shapes_) -> list[Entry]:
+    """Entries for (torchvision module name, unit) pairs."""
+    entries: list[Entry] = []
+    for name, unit in pairs:
+        prefix = f"{name}."
+        if unit.kind == "norm":
+            entries += _norm_entries(prefix, unit.path, shapes_, _TORCH_NORM)
+        else:
+            layout = "oihw" if unit.kind == "conv" else "linear"
+            entries += _weight_entries(prefix, unit.path, shapes_, layout)
+    return entries
+
+
+def _conv_bn_names(units: Sequence[_Unit], name: str) -> list[tuple[str, _Unit]]:
+    """torchvision's BasicConv2d: a conv and its batch norm as `name.conv`, `name.bn`."""
+    kinds = [u.kind for u in units]
+    if kinds != ["conv", "norm"]:
+        raise SpecError(
+            f"{', '.join(u.path for u in units)}: torchvision's {name} is a conv and a "
+            f"batch norm, the spec has {', '.join(kinds)}"
+        )
+    return [(f"{name}.conv", units[0]), (f"{name}.bn", units[1])]
+
+
+def _top_units(spec: ModelSpec, shapes_) -> list[tuple[int, LayerSpec, list[_Unit]]]:
+    """Each top-level layer with its units; a unit's `act` sees the next top layer."""
+    out = []
+    for i, layer in enumerate(spec.layers):
+        act = i + 1 < len(spec.layers) and isinstance(
+            spec.layers[i + 1], ActivationSpec
+        )
+        out.append((i, layer, _layer_units(layer, f"{layer.type}_{i}", act, shapes_)))
+    return out
+
+
+def torchvision_resnet(spec, shapes_) -> list[Entry]:
+    """torchvision's `resnet*`: conv1, bn1, layer<s>.<b>.conv<n> / bn<n> /
+    downsample.0 / downsample.1, fc. A stage starts at the first block and at each
+    block with a projection."""
+    pairs, stage, block, convs, norms = [], 0, 0, 0, 0
+    for i, layer, units in _top_units(spec, shapes_):
+        if isinstance(layer, ResidualSpec):
+            if stage == 0 or f"residual_{i}/proj/kernel" in shapes_:
+                stage, block = stage + 1, 0
+            where = f"layer{stage}.{block}"
+            n = {"conv": 0, "norm": 0}
+            for u in units:
+                if u.path.endswith("/proj"):
+                    pairs.append((f"{where}.downsample.0", u))
+                elif u.path.endswith("/proj_norm"):
+                    pairs.append((f"{where}.downsample.1", u))
+                else:
+                    n[u.kind] += 1
+                    torch = "conv" if u.kind == "conv" else "bn"
+                    pairs.append((f"{where}.{torch}{n[u.kind]}", u))
+            block += 1
+            continue
+        for u in units:
+            if u.kind == "dense":
+                pairs.append(("fc", u))
+            elif u.kind == "conv":
+                convs += 1
+                pairs.append((f"conv{convs}", u))
+            else:
+                norms += 1
+                pairs.append((f"bn{norms}", u))
+    return _named(pairs, shapes_)
+
+
+def torchvision_squeezenet(spec, shapes_) -> list[Entry]:
+    """torchvision's `squeezenet1_1`: features.<k> (a fire module's squeeze, expand1x1
+    and expand3x3), then classifier.1 (the 1x1 conv after the dropout); every layer
+    takes one index and a fused activation another."""
+    pairs, area, k = [], "features", 0
+    layers = spec.layers
+    for i, layer, units in _top_units(spec, shapes_):
+        if isinstance(layer, DropoutSpec):
+            area, k = "classifier", 1
+            continue
+        if (
+            isinstance(layer, ConvSpec)
+            and i + 1 < len(layers)
+            and isinstance(layers[i + 1], BranchesSpec)
+        ):
+            pairs.append((f"{area}.{k}.squeeze", units[0]))
+        elif isinstance(layer, BranchesSpec):
+            if [u.kind for u in units] != ["conv", "conv"]:
+                raise SpecError(f"branches_{i} is not a fire module's two expansions")
+            pairs += [
+                (f"{area}.{k}.expand1x1", units[0]),
+                (f"{area}.{k}.expand3x3", units[1]),
+            ]
+            k += 1
+        elif isinstance(layer, ConvSpec):
+            pairs.append((f"{area}.{k}", units[0]))
+            k += 1 + (layer.activation != "identity")
+        elif not isinstance(layer, GlobalPoolSpec):
+            k += 1
+    return _named(pairs, shapes_)
+
+
+def torchvision_mobilenet_v2(spec, shapes_) -> list[Entry]:
+    """torchvision's `mobilenet_v2`: features.0 (conv, bn), the inverted residual
+    blocks features.<k>.conv.<j>, features.<last> (conv, bn), classifier.1. A block is
+    a residual, or (where it keeps no skip) the conv-bn pairs up to the first without
+    an activation, its linear projection."""
+    groups: list[list[_Unit]] = []  # conv-bn pairs, by torchvision module
+    open_: list[_Unit] = []
+    head: list[_Unit] = []
+    for _i, layer, units in _top_units(spec, shapes_):
+        if isinstance(layer, ResidualSpec):
+            groups.append(units)
+            continue
+        for u in units:
+            if u.kind == "dense":
+                head.append(u)
+            elif not groups and not open_ and u.kind == "conv":
+                groups.append([u])  # the stem
+            elif len(groups) == 1 and len(groups[0]) == 1:
+                groups[0].append(u)  # the stem's batch norm
+            else:
+                open_.append(u)
+                if u.kind == "norm" and not u.act:
+                    groups.append(open_)
+                    open_ = []
+    pairs = []
+    for k, group in enumerate(groups):
+        if k == 0:
+            pairs += [(f"features.0.{j}", u) for j, u in enumerate(group)]
+            continue
+        for j in range(0, len(group), 2):  # conv-bn-act pairs, then conv, bn
+            if j + 2 < len(group):
+                pairs += [
+                    (f"features.{k}.conv.{j // 2}.{m}", group[j + m]) for m in (0, 1)
+                ]
+            else:
+                pairs += [
+                    (f"features.{k}.conv.{j // 2 + m}", group[j + m]) for m in (0, 1)
+                ]
+    last = len(groups)
+    pairs += [(f"features.{last}.{j}", u) for j, u in enumerate(open_)]
+    pairs += [("classifier.1", u) for u in head]
+    return _named(pairs, shapes_)
+
+
+def torchvision_googlenet(spec, shapes_) -> list[Entry]:
+    """torchvision's `googlenet`: conv1..conv3 (BasicConv2d: .conv, .bn), the
+    inception modules inception<stage><letter> (the stage counts the pools before
+    it) with branch<n>[.<j>], fc. The auxiliary heads (aux1, aux2) only train."""
+    pairs, stem, pools, stage, letter = [], [], 0, 0, 0
+    for i, layer, units in _top_units(spec, shapes_):
+        if isinstance(layer, PoolSpec):
+            pools += 1
+        elif isinstance(layer, BranchesSpec):
+            if pools + 1 != stage:
+                stage, letter = pools + 1, 0
+            where = f"inception{stage}{'abcdefgh'[letter]}"
+            letter += 1
+            for b, branch in enumerate(layer.branches):
+                modules = _branch_modules(branch, f"branches_{i}/b{b}/", shapes_)
+                for j, module in enumerate(modules):
+                    if module:
+                        name = f"{where}.branch{b + 1}"
+                        if len(modules) > 1:
+                            name += f".{j}"
+                        pairs += _conv_bn_names(module, name)
+        else:
+            stem += units
+    for u in stem:
+        if u.kind == "dense":
+            pairs.append(("fc", u))
+    convs = [u for u in stem if u.kind != "dense"]
+    for j in range(0, len(convs), 2):
+        pairs += _conv_bn_names(convs[j : j + 2], f"conv{j // 2 + 1}")
+    return _named(pairs, shapes_)
+
+
+def _branch_modules(branch, prefix, shapes_) -> list[list[_Unit]]:
+    """A branch as torchvision's Sequential sees it: each conv with its batch norm
+    (and activation) one module, each pool one (with no units)."""
+    modules: list[list[_Unit]] = []
+    for i, layer in enumerate(branch):
+        if isinstance(layer, PoolSpec):
+            modules.append([])
+        elif isinstance(layer, ConvSpec):
+            modules.append([_Unit(f"{prefix}conv_{i}", "conv")])
+        elif isinstance(layer, NormSpec):
+            modules[-1].append(_Unit(f"{prefix}norm_{i}", "norm"))
+        elif isinstance(layer, BranchesSpec):
+            for b, inner in enumerate(layer.branches):
+                modules += _branch_modules(
+                    inner, f"{prefix}branches_{i}/b{b}/", shapes_
+                )
+    return modules
+
+
+# Inception v3's module kinds, told apart by their number of BasicConv2d modules, and
+# the torchvision names of those modules in order. B and D halve the map size and
+# start a stage (Mixed_6a, Mixed_7a).
+_INCEPTION_V3 = {
+    7: ("A", ("branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1",
+              "branch3x3dbl_2", "branch3x3dbl_3", "branch_pool")),
+    4: ("B", ("branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3")),
+    10: ("C", ("branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3",
+               "branch7x7dbl_1", "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4",
+               "branch7x7dbl_5", "branch_pool")),
+    6: ("D", ("branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2",
+              "branch7x7x3_3", "branch7x7x3_4")),
+    9: ("E", ("branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b",
+              "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3a", "branch3x3dbl_3b",
+              "branch_pool")),
+}  # fmt: skip
+_INCEPTION_V3_STEM = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+)
+
+
+def torchvision_inception_v3(spec, shapes_) -> list[Entry]:
+    """torchvision's `inception_v3`: Conv2d_1a_3x3 ... Conv2d_4a_3x3, Mixed_5b ...
+    Mixed_7c (BasicConv2d modules named per module kind), fc. The auxiliary head
+    (AuxLogits) only trains."""
+    pairs, stem, head = [], [], []
+    stage, letter = 5, 1
+    for i, layer, units in _top_units(spec, shapes_):
+        if not isinstance(layer, BranchesSpec):
+            stem += [u for u in units if u.kind != "dense"]
+            head += [u for u in units if u.kind == "dense"]
+            continue
+        modules = [
+            m
+            for b, branch in enumerate(layer.branches)
+            for m in _branch_modules(branch, f"branches_{i}/b{b}/", shapes_)
+            if m
+        ]
+        if len(modules) not in _INCEPTION_V3:
+            raise SpecError(
+                f"branches_{i}: {len(modules)} conv modules is no Inception v3 module"
+            )
+        kind, names = _INCEPTION_V3[len(modules)]
+        if kind in "BD":
+            stage, letter = stage + 1, 0
+        where = f"Mixed_{stage}{'abcdefgh'[letter]}"
+        letter += 1
+        for name, module in zip(names, modules, strict=True):
+            pairs += _conv_bn_names(module, f"{where}.{name}")
+    if len(stem) != 2 * len(_INCEPTION_V3_STEM):
+        raise SpecError(f"model {spec.name!r} has no Inception v3 stem")
+    for j, name in enumerate(_INCEPTION_V3_STEM):
+        pairs += _conv_bn_names(stem[2 * j : 2 * j + 2], name)
+    pairs += [("fc", u) for u in head]
+    return _named(pairs, shapes_)
+
+
+def torchvision_densenet(spec, shapes_) -> list[Entry]:
+    """torchvision's `densenet*`: features.conv0, features.norm0, then
+    features.denseblock<b>.denselayer<l>.norm1 / conv1 / norm2 / conv2, between blocks
+    features.transition<b>.norm / conv, features.norm5, classifier."""
+    pairs, block, layer_n, after_block = [], 0, 0, False
+    tops = _top_units(spec, shapes_)
+    for n, (_i, layer, units) in enumerate(tops):
+        if isinstance(layer, BranchesSpec):
+            if not after_block:
+                block, layer_n = block + 1, 0
+            layer_n += 1
+            where = f"features.denseblock{block}.denselayer{layer_n}"
+            count = {"conv": 0, "norm": 0}
+            for u in units:
+                count[u.kind] += 1
+                pairs.append((f"{where}.{u.kind}{count[u.kind]}", u))
+            after_block = True
+            continue
+        after_block = False
+        for u in units:
+            if u.kind == "dense":
+                pairs.append(("classifier", u))
+            elif block == 0:
+                pairs.append((f"features.{u.kind}0", u))
+            elif any(isinstance(t[1], BranchesSpec) for t in tops[n:]):
+                pairs.append((f"features.transition{block}.{u.kind}", u))
+            else:
+                pairs.append(("features.norm5", u))
+    return _named(pairs, shapes_)
+
+
+def densenet_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """torchvision's published DenseNet files name a dense layer's modules `norm.1`,
+    `conv.2`, ...; torchvision renames them `norm1`, `conv2` when it loads them."""
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|"
+        r"running_mean|running_var))$"
+    )
+    out = {}
+    for name, value in tensors.items():
+        match = pattern.match(name)
+        out[match.group(1) + match.group(2) if match else name] = value
+    return out
+
+
 LAYOUTS: dict[tuple[str, str], Callable] = {
     ("vgg16", "torchvision"): torchvision_sequential,
     ("vgg16_bn", "torchvision"): torchvision_sequential,
     ("alexnet", "torchvision"): torchvision_sequential,
+    ("resnet18", "torchvision"): torchvision_resnet,
+    ("resnet34", "torchvision"): torchvision_resnet,
+    ("resnet50", "torchvision"): torchvision_resnet,
+    ("squeezenet1_1", "torchvision"): torchvision_squeezenet,
+    ("mobilenet_v2", "torchvision"): torchvision_mobilenet_v2,
+    ("googlenet", "torchvision"): torchvision_googlenet,
+    ("densenet121", "torchvision"): torchvision_densenet,
+    ("densenet201", "torchvision"): torchvision_densenet,
+    ("inception_v3", "torchvision"): torchvision_inception_v3,
     ("vgg16", "timm"): timm_vgg,
     ("vgg16_bn", "timm"): timm_vgg,
+    ("resnet18", "timm"): torchvision_resnet,  # timm's ResNets keep torchvision's names
+    ("resnet34", "timm"): torchvision_resnet,
+    ("resnet50", "timm"): torchvision_resnet,
     ("vgg16", "keras"): None,  # Keras: layers matched by kind and order (keras_entries)
 }
+
+# Tensors of a source's file that the preset leaves out by design: the auxiliary
+# classifier heads of GoogLeNet and Inception v3, which only train (torchvision's
+# published files hold them). They are not imported, and the run's notes say so.
+AUXILIARY: dict[tuple[str, str], tuple[str, ...]] = {
+    ("googlenet", "torchvision"): ("aux1.", "aux2."),
+    ("inception_v3", "torchvision"): ("AuxLogits.",),
+}
+# Older names a source's published files use, renamed as the source renames them.
+RENAMES: dict[tuple[str, str], Callable] = {
+    ("densenet121", "torchvision"): densenet_names,
+    ("densenet201", "torchvision"): densenet_names,
+}
+
+
+def prepare(
+    arch: str, source: str, tensors: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The file's tensors under the names the layout uses, less the auxiliary heads'
+    (`AUXILIARY`), and the names of those left out."""
+    rename = RENAMES.get((arch, source))
+    tensors = rename(tensors) if rename else dict(tensors)
+    auxiliary = AUXILIARY.get((arch, source), ())
+    left_out = [n for n in tensors if n.startswith(auxiliary)] if auxiliary else []
+    for name in left_out:
+        del tensors[name]
+    return tensors, left_out
 
 
 def supported() -> str:

@@ -1,0 +1,253 @@
+"""torchvision's ResNet, SqueezeNet, MobileNet v2, GoogLeNet, DenseNet and Inception v3
+state dicts imported into the branch-block presets, checked against torchvision.
+
+Each network is built by torchvision with random weights and batch-norm statistics
+moved away from their defaults, saved as a state dict (.pth), imported with
+`import_weights` at a small input size (the presets end in a global pool, so the
+weights are the same at any size; the ceil-mode pools are padded for that size) and
+restored as `jaxcnn predict` restores it. Both compute logits of two real MNIST
+digits in eval mode, jaxcnn with kernels="auto" and "xla": within 1e-4 of the largest
+|logit|. jaxcnn's input is normalised as the imported run's config.json says;
+torchvision's GoogLeNet and Inception v3 are built with `transform_input=True`, as
+torchvision builds them with their published weights, and take ImageNet-normalised
+input.
+"""
+
+import json
+import math
+import sys
+
+sys.modules.setdefault("triton", None)  # see tests/test_interop.py
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from jaxcnn import cli, data, models, transfer  # noqa: E402
+from jaxcnn.errors import CheckpointError  # noqa: E402
+from jaxcnn.interop import imagenet, importer, mapping  # noqa: E402
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from test_interop_oracle import _read_mnist  # noqa: E402
+
+CASES = [  # the sizes tests/test_architectures.py uses
+    ("resnet18", 64),
+    ("resnet34", 64),
+    ("resnet50", 64),
+    ("squeezenet1_1", 67),  # ceil-mode pools at an odd size
+    ("mobilenet_v2", 64),
+    ("googlenet", 67),
+    ("densenet121", 64),
+    ("densenet201", 64),
+    ("inception_v3", 75),
+]
+TRANSFORMS_INPUT = {"googlenet", "inception_v3"}
+
+
+def _pixels(size):
+    """Two MNIST digits as [2, size, size, 3] RGB in [0, 1]."""
+    images, _ = _read_mnist(2)
+    x, _ = data.convert_images(images, (size, size, 3))
+    return x
+
+
+def _randomise_batch_norm(net):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                c = module.num_features
+                module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                module.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(c, generator=generator) - 0.5)
+
+
+def _torchvision(name, folder):
+    """The torchvision network (eval mode) and its state dict saved in `folder`."""
+    torch.manual_seed(0)
+    kwargs = {"transform_input": True} if name in TRANSFORMS_INPUT else {}
+    net = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    _randomise_batch_norm(net)
+    path = folder / f"{name}.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def _torch_logits(net, x):
+    with torch.no_grad():
+        return net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+@nnx.jit
+def _forward(model, x):
+    return model(x)
+
+
+def _check_run(workdir, net, pixels):
+    run = transfer.restore(workdir)
+    theirs = data.normalize(pixels, imagenet.PREPROCESSING["torchvision"])
+    reference = _torch_logits(net, theirs)
+    x = data.normalize(pixels, run.dataset)
+    scale = np.abs(reference).max()
+    assert scale > 0
+    for kernels in ("auto", "xla"):
+        models.set_kernels(run.model, kernels)
+        got = np.asarray(_forward(run.model, x))
+        error = np.abs(got - reference).max() / scale
+        assert error <= 1e-4, (kernels, error)
+
+
+@pytest.mark.slow  # 50-80 s each on 2 shared cores: compiling both kernel choices
+@pytest.mark.parametrize("name, size", CASES)
+def test_logits_equal_torchvisions(name, size, tmp_path):
+    net, path = _torchvision(name, tmp_path)
+    done = importer.import_weights(
+        path, name, tmp_path / "run", input_shape=(size, size, 3)
+    )
+    assert done.values == sum(
+        v.numel()
+        for k, v in net.state_dict().items()
+        if "num_batches" not in k and k not in done.left_out
+    )
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    if name in TRANSFORMS_INPUT:  # the auxiliary heads are left out, and noted
+        assert done.left_out and all(
+            n.startswith(("aux1.", "aux2.", "AuxLogits.")) for n in done.left_out
+        )
+        assert any("auxiliary heads" in note for note in record["notes"])
+        assert record["mean"] == [0.5] * 3 and record["std"] == [0.5] * 3
+    else:
+        assert done.left_out == ()
+        assert record["mean"] == list(imagenet.IMAGENET_MEAN)
+    _check_run(tmp_path / "run", net, _pixels(size))
+
+
+@pytest.mark.slow
+def test_cli_imports_resnet18_at_224(tmp_path):
+    net, path = _torchvision("resnet18", tmp_path)
+    code = cli.main(
+        ["import", str(path), "--arch", "resnet18", "--workdir", str(tmp_path / "r")]
+    )
+    assert code == 0
+    _check_run(tmp_path / "r", net, _pixels(224))
+
+
+@pytest.mark.slow
+def test_cli_says_it_left_out_googlenets_auxiliary_heads(tmp_path, capsys):
+    _, path = _torchvision("googlenet", tmp_path)
+    workdir = tmp_path / "r"
+    assert (
+        cli.main(
+            ["import", str(path), "--arch", "googlenet", "--workdir", str(workdir)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "left out the file's 20 tensors of the auxiliary heads (aux1, aux2)" in out
+
+
+@pytest.mark.slow
+def test_resnet50_from_timm_safetensors(tmp_path):
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet50", pretrained=False).eval()
+    _randomise_batch_norm(net)
+    path = tmp_path / "resnet50.safetensors"
+    safetensors_torch.save_file(net.state_dict(), str(path))
+    importer.import_weights(path, "resnet50", tmp_path / "r", input_shape=(64, 64, 3))
+    record = json.loads((tmp_path / "r" / "config.json").read_text())["dataset"]
+    config = net.pretrained_cfg
+    assert record["resize"] == math.floor(224 / config["crop_pct"])
+    assert tuple(record["mean"]) == config["mean"]
+    _check_run(tmp_path / "r", net, _pixels(64))
+
+
+def test_inception_v3_predicts_as_torchvision_prepares():
+    record = imagenet.preprocessing("inception_v3", "torchvision")
+    assert record["resize"] == 342 and record["channels"] == "rgb"
+    weights = torchvision.models.Inception_V3_Weights.IMAGENET1K_V1
+    transform = weights.transforms()
+    assert (transform.resize_size, transform.crop_size) == ([342], [299])
+    assert models.preset("inception_v3").input_shape == (299, 299, 3)
+
+
+def test_a_mismatched_file_names_the_tensor_and_both_shapes(tmp_path):
+    """A ResNet-50 file is no ResNet-18: its first bottleneck conv is 1x1, not 3x3."""
+    torch.manual_seed(0)
+    path = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError) as caught:
+        importer.import_weights(path, "resnet18", tmp_path / "run")
+    message = str(caught.value)
+    assert (
+        "tensor 'layer1.0.conv1.weight' has shape (64, 64, 1, 1) in the file but "
+        "resnet18 needs (64, 64, 3, 3) (jaxcnn's residual_4/conv_0/kernel "
+        "(3, 3, 64, 64))" in message
+    )
+    assert "'layer1.0.conv3.weight'" in message  # left over
+    assert not (tmp_path / "run").exists()
+
+
+def test_resnet34_file_as_resnet18_lists_the_extra_blocks(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError, match="has no place for: 'layer1.2.conv1"):
+        importer.import_weights(path, "resnet18", tmp_path / "run")
+
+
+def test_densenet_published_names_are_renamed_as_torchvision_does(tmp_path):
+    """torchvision's published DenseNet files say `norm.1`, `conv.2` in dense layers."""
+    import re
+
+    torch.manual_seed(0)
+    state = {  # the published files predate num_batches_tracked
+        k: v
+        for k, v in torchvision.models.densenet121(weights=None).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    old = {
+        re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+        for k, v in state.items()
+    }
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old
+    renamed, left_out = mapping.prepare(
+        "densenet121", "torchvision", {k: v.numpy() for k, v in old.items()}
+    )
+    assert left_out == [] and list(renamed) == list(state)
+    spec = models.preset("densenet121", input_shape=(64, 64, 3))
+    shapes_ = importer._weight_shapes(spec, importer.TrainConfig())
+    entries = mapping.entries_for(spec, "densenet121", "torchvision", shapes_, renamed)
+    arrays = mapping.convert(
+        entries, renamed, shapes_, file="f", arch="densenet121", source="torchvision"
+    )
+    assert len(arrays) == len(shapes_)
+
+
+def test_every_imagenet_preset_imports_from_torchvision():
+    for name in models.IMAGENET_PRESETS:
+        assert (name, "torchvision") in mapping.LAYOUTS, name
+
+
+def test_readme_table_names_every_layout():
+    """The README's table of presets and sources is `mapping.LAYOUTS`, row by row."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Pre-trained ImageNet networks\n", 1)[1].split("\n## ", 1)[
+        0
+    ]
+    rows = [line for line in section.splitlines() if re.match(r"\| `\w+` \|", line)]
+    table = set()
+    for row in rows:
+        preset, _, sources = (c.strip() for c in row.strip("|").split("|"))
+        for source in ("torchvision", "timm", "Keras"):
+            if f"{source} `" in sources:
+                table.add((preset.strip("`"), source.lower()))
+    assert table == set(mapping.LAYOUTS)
+    assert {p for p, _ in table} == set(models.IMAGENET_PRESETS)
