@@ -6,10 +6,10 @@ On the 10,000 MNIST test images (raw files in $JAXCNN_SHARED_DATA or ../shared/d
 read with numpy), for keras_mnist trained for one epoch on 6,000 MNIST images (the
 weights do not change the speed), at batch 1 and batch 256:
 
-- `jaxcnn.predict` (what `jaxcnn predict` runs): one call per batch, each restoring
-  the checkpoint and converting the images (uint8 in), as the command does per
-  invocation. At batch 1 only the first 100 images (100 restores) are timed; a third
-  row gives all images to one call (one restore; predict runs them in compiled chunks
+- `jaxcnn.train.Predictor` (a run restored once; what `jaxcnn predict` runs for its
+  files): one call per batch, each converting the images (uint8 in) and running the
+  compiled forward pass; setup is the restore and the first call's compile. A third
+  row gives all images to one `jaxcnn.train.predict` call (one restore; compiled chunks
   of the run's eval batch size, 1,000).
 - the restored model under `jax.jit` (of `nnx.merge(graphdef, state)(x)`, the way to
   serve it from Python): predict without the restore, the image conversion and
@@ -50,7 +50,6 @@ import numpy as np  # noqa: E402
 
 BATCHES = (1, 256)
 PASSES = 3
-PREDICT_BATCH1_IMAGES = 100  # each predict() call restores the checkpoint
 
 
 def _best_rate(run, images: int) -> float:
@@ -115,17 +114,17 @@ def rows_for(workdir, images_u8, images_f32, tmp) -> list[dict]:
         )
         print(f"  {name:28s} batch {batch:4d}: {rate:10,.0f} img/s", flush=True)
 
-    # jaxcnn predict: restore + convert + forward, per call
+    # jaxcnn's Predictor: restored once, then convert + forward per call
     for batch in BATCHES:
-        count = PREDICT_BATCH1_IMAGES if batch == 1 else n
-        parts = _chunks(images_u8[:count], batch)
+        parts = _chunks(images_u8, batch)
         t0 = time.perf_counter()
-        train.predict(workdir, list(parts[0]))
+        predictor = train.Predictor(workdir)
+        predictor(list(parts[0]))
         setup = time.perf_counter() - t0
         rate = _best_rate(
-            lambda parts=parts: [train.predict(workdir, list(p)) for p in parts], count
+            lambda parts=parts, p=predictor: [p(list(x)) for x in parts], n
         )
-        row("jaxcnn predict", batch, rate, setup, count, "restores per call")
+        row("jaxcnn Predictor", batch, rate, setup, n, "restored once, uint8 in")
     rate = _best_rate(lambda: train.predict(workdir, list(images_u8)), n)
     row("jaxcnn predict", n, rate, 0.0, n, "one call: one restore, chunks of 1,000")
 

@@ -118,6 +118,7 @@ SMALL_ARCHITECTURES = {
     "mobilenet_v2": (64, 64, 3),  # relu6, depthwise convs, linear residuals
     "googlenet": (64, 64, 3),
     "densenet121": (64, 64, 3),
+    "densenet201": (64, 64, 3),
     "inception_v3": (75, 75, 3),  # average pools that count their padding
 }
 
