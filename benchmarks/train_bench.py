@@ -31,6 +31,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import bench_common  # noqa: E402
 import step_bench  # noqa: E402
 
 
@@ -93,10 +94,8 @@ def run_rounds(args, ref_tree: pathlib.Path | None, scratch: pathlib.Path) -> li
 
 
 def report(args, rows: list) -> dict:
-    def median(key_a, key_b=None):
-        if key_b is None:
-            return statistics.median(r[key_a] for r in rows)
-        return statistics.median(r[key_a] / r[key_b] for r in rows)
+    def pair(a, b):
+        return bench_common.paired([r[a] for r in rows], [r[b] for r in rows])
 
     out = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -104,11 +103,13 @@ def report(args, rows: list) -> dict:
         "ref": args.ref,
         "cpu": cpu_record(),
         "rounds": rows,
-        "median_images_per_s": {k: median(k) for k in rows[0]},
-        "median_ratio_train_over_step": median("train", "step"),
+        "median_images_per_s": {
+            k: statistics.median(r[k] for r in rows) for k in rows[0]
+        },
+        "median_ratio_train_over_step": pair("train", "step")["median"],
     }
     if args.ref:
-        out["median_ratio_this_over_ref"] = median("train", "train_ref")
+        out["median_ratio_this_over_ref"] = pair("train", "train_ref")["median"]
     return out
 
 
