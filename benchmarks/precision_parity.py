@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import machine_info  # noqa: E402
 
-from jaxcnn import data, metrics  # noqa: E402
+from jaxcnn import data, metrics, rundir  # noqa: E402
 
 EPOCHS = {"mnist": 5, "fashion_mnist": 8}
 PRECISIONS = ("float32", "bfloat16")
@@ -54,7 +54,7 @@ def run(workdir: pathlib.Path, dataset: str, precision: str, seed: int) -> dict:
              "--workdir", str(workdir), "--quiet"],
             check=True,
         )  # fmt: skip
-    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    records = rundir.read_metrics(workdir)
     losses = [r[k] for r in records for k in ("train_loss", "val_loss") if k in r]
     result = json.loads(summary.read_text())
     return {

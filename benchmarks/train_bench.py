@@ -34,6 +34,8 @@ sys.path.insert(0, str(HERE))
 import bench_common  # noqa: E402
 import step_bench  # noqa: E402
 
+from jaxcnn import rundir  # noqa: E402
+
 
 def cpu_record() -> dict:
     """CPU model, family/model numbers and whether it has AVX512-BF16."""
@@ -62,8 +64,7 @@ def train_epoch_speed(tree: pathlib.Path, args, workdir: pathlib.Path) -> float:
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(tree))
     subprocess.run(cmd, env=env, check=True, cwd=tree, capture_output=True, text=True)
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])["images_per_second"]
+    return rundir.read_metrics(workdir)[-1]["images_per_second"]
 
 
 def step_speed(window: float) -> float:

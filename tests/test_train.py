@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import train
+from jaxcnn import rundir, train
 from jaxcnn.errors import CheckpointError, DataError, TrainingError
 from jaxcnn.spec import RunConfig
 
@@ -49,8 +49,7 @@ def test_default_train_reaches_95_percent_on_embedded_digits(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["dataset"] == "digits"
     assert summary["test_accuracy"] >= 0.95
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = rundir.read_metrics(workdir)
     assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
     for key in (
         "epoch",
