@@ -62,6 +62,25 @@ def tfds_dir(shared_data) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def digits_config():
+    """The run config of `digits_run`: the embedded digits default, 3 epochs, standardised."""
+    from jaxcnn.spec import RunConfig
+
+    return RunConfig().override("train.epochs", 3).override("data.standardize", True)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory, digits_config) -> pathlib.Path:
+    """A finished run of `digits_config`, trained once per session (two checkpoints kept,
+    the newest the best). Tests only read it; copy it to change it."""
+    from jaxcnn import train
+
+    workdir = tmp_path_factory.mktemp("digits_run")
+    train.fit(digits_config, workdir, quiet=True)
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def as_nobody() -> list[str]:
     """The prefix that runs a command as `nobody` when the tests run as root (root's
     permission override would hide a read-only directory); [] otherwise. Skips when that

@@ -472,17 +472,6 @@ def _tree_snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ real runs of fit
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 3-epoch run of the embedded digits default (two checkpoints kept)."""
-    from jaxcnn import train
-    from jaxcnn.spec import RunConfig
-
-    workdir = tmp_path_factory.mktemp("digits")
-    train.fit(RunConfig().override("train.epochs", 3), workdir, quiet=True)
-    return workdir
-
-
 @pytest.fixture
 def run_copy(digits_run, tmp_path):
     """A copy of `digits_run` to damage; (workdir, older step, newest step)."""
@@ -578,16 +567,15 @@ def test_damaged_newest_checkpoint_of_a_real_run_is_skipped(run_copy, capsys, ho
 
 
 def test_resume_falls_back_past_a_truncated_checkpoint_and_ends_identical(
-    run_copy, digits_run, tmp_path, capsys
+    run_copy, digits_run, digits_config, tmp_path, capsys
 ):
     from jaxcnn import train
-    from jaxcnn.spec import RunConfig
 
     workdir, older, newest = run_copy
     _damage(workdir / "checkpoints" / str(newest), "truncate")
     intact = tmp_path / "intact"
     shutil.copytree(digits_run, intact)
-    config = RunConfig().override("train.epochs", 4)
+    config = digits_config.override("train.epochs", 4)
     resumed = train.fit(config, workdir, quiet=True)
     err = capsys.readouterr().err
     assert f"checkpoint step {newest}" in err and f"using step {older} instead" in err
@@ -619,15 +607,14 @@ def _pure_state_of(workdir):
     return nnx.to_pure_dict(state)
 
 
-def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy):
+def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy, digits_config):
     from jaxcnn import cli, train
-    from jaxcnn.spec import RunConfig
 
     workdir, older, newest = run_copy
     _damage(workdir / "checkpoints" / str(newest), "overwrite")
     _damage(workdir / "checkpoints" / str(older), "meta")
     with pytest.raises(CheckpointError) as info:
-        train.fit(RunConfig().override("train.epochs", 4), workdir, quiet=True)
+        train.fit(digits_config.override("train.epochs", 4), workdir, quiet=True)
     message = str(info.value)
     assert message.startswith(f"no usable checkpoint in {workdir / 'checkpoints'}")
     assert f"step {older}: its meta file" in message

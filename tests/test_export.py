@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxcnn import cli, export, models
 from jaxcnn.errors import CheckpointError
-from jaxcnn.spec import ModelSpec, RunConfig
+from jaxcnn.spec import ModelSpec
 
 onnx = pytest.importorskip("onnx", reason="pip install 'jaxcnn[export]'")
 ort = pytest.importorskip("onnxruntime", reason="pip install 'jaxcnn[export]'")
@@ -368,17 +368,6 @@ def test_a_backbone_is_refused():
 
 
 # --------------------------------------------------------------------------- runs
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 1-epoch run of the embedded digits default, on standardised data."""
-    from jaxcnn import train
-
-    workdir = tmp_path_factory.mktemp("run")
-    config = RunConfig().override("train.epochs", 1).override("data.standardize", True)
-    train.fit(config, workdir, quiet=True)
-    return workdir
-
-
 def _listing(folder: pathlib.Path) -> dict[str, float]:
     return {
         str(p.relative_to(folder)): p.stat().st_mtime_ns

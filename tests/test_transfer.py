@@ -241,17 +241,6 @@ def test_head_prefix_is_last_top_level_dense():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 1-epoch run of the embedded digits default."""
-    from jaxcnn import train
-
-    workdir = tmp_path_factory.mktemp("pretrain")
-    config = RunConfig().override("train.epochs", 1)
-    train.fit(config, workdir, quiet=True)
-    return workdir
-
-
 @pytest.mark.slow
 def test_fine_tune_through_cli_keeps_frozen_weights_bit_identical(digits_run, tmp_path):
     from jaxcnn import cli, train

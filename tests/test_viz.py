@@ -333,17 +333,6 @@ def test_cli_viz_edges(tmp_path, capsys):
     check_png(tmp_path / "e.png")
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 2-epoch run of the embedded digits default."""
-    from jaxcnn import train
-    from jaxcnn.spec import RunConfig
-
-    workdir = tmp_path_factory.mktemp("run")
-    train.fit(RunConfig().override("train.epochs", 2), workdir, quiet=True)
-    return workdir
-
-
 @pytest.mark.slow
 def test_cli_viz_figures_of_a_trained_run(digits_run, tmp_path, capsys):
     from jaxcnn import cli, train
