@@ -32,11 +32,11 @@ import subprocess
 import sys
 import time
 
+from jaxcnn.data.catalog import shared_data_dir
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 CASES = ("tfds", "folder_first", "folder", "folder_stream", "tfds_stream")
 
 

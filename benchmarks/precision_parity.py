@@ -33,13 +33,14 @@ sys.path.insert(0, str(HERE.parent))
 import machine_info  # noqa: E402
 
 from jaxcnn import data, metrics, rundir  # noqa: E402
+from jaxcnn.data.catalog import shared_data_dir  # noqa: E402
 
 EPOCHS = {"mnist": 5, "fashion_mnist": 8}
 PRECISIONS = ("float32", "bfloat16")
 DATA_DIR = os.environ.get(
     "JAXCNN_DATA_DIR", str(pathlib.Path.home() / ".cache" / "jaxcnn" / "tfds")
 )
-SHARED = HERE.parents[1] / "shared" / "data"
+SHARED = shared_data_dir()
 
 
 def run(workdir: pathlib.Path, dataset: str, precision: str, seed: int) -> dict:

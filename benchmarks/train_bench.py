@@ -35,6 +35,7 @@ import bench_common  # noqa: E402
 import step_bench  # noqa: E402
 
 from jaxcnn import rundir  # noqa: E402
+from jaxcnn.data.catalog import shared_data_dir  # noqa: E402
 
 
 def cpu_record() -> dict:
@@ -164,7 +165,7 @@ def main(argv=None) -> None:
             str(pathlib.Path.home() / ".cache/jaxcnn-tests/tfds"),
         ),
     )
-    p.add_argument("--manual-dir", default=str(REPO.parent / "shared/data/mnist"))
+    p.add_argument("--manual-dir", default=str(shared_data_dir() / "mnist"))
     p.add_argument("--name", default="train_bench")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:

@@ -20,12 +20,10 @@ import sys
 from typing import Any
 
 from jaxcnn import RunConfig
+from jaxcnn.data.catalog import shared_data_dir
 from jaxcnn.errors import SpecError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 DATA_DIR = os.environ.get(
     "JAXCNN_DATA_DIR", str(pathlib.Path.home() / ".cache" / "jaxcnn" / "tfds")
 )

@@ -11,17 +11,15 @@ import jax
 import pytest
 
 from jaxcnn import cputune
+from jaxcnn.data.catalog import shared_data_dir
 
 # The suite owns its process: the settings the jaxcnn command runs with (before JAX
 # starts), and strict numpy rank promotion.
 cputune.apply()
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout holds the raw MNIST / Fashion-MNIST files (CI has it).
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 # Built TFDS datasets live outside the repo and survive between sessions.
 TFDS_CACHE = pathlib.Path(
     os.environ.get(
