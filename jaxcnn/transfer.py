@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn import checkpoint, models, optim, rundir
-from jaxcnn.errors import CheckpointError, SpecError
+from jaxcnn.errors import CheckpointError, SpecError, listing
 from jaxcnn.spec import (
     BranchesSpec,
     ConvSpec,
@@ -357,6 +357,4 @@ def _check_fit(run_dir, old_spec, spec, old, new, kept, head) -> None:
 
 
 def _listing(paths: Sequence[str]) -> str:
-    shown = ", ".join(paths[:_MAX_LISTED])
-    more = len(paths) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
+    return listing(paths, _MAX_LISTED)

@@ -59,6 +59,20 @@ def tfds_dir(shared_data) -> pathlib.Path:
     return TFDS_CACHE
 
 
+def _snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    """`snapshot(directory)`: every path under it with its size and modification time,
+    to assert that a reader (or a refused run) changed nothing there."""
+    return _snapshot
+
+
 @pytest.fixture(scope="session")
 def digits_config():
     """The run config of `digits_run`: the embedded digits default, 3 epochs, standardised."""

@@ -368,13 +368,6 @@ def test_a_backbone_is_refused():
 
 
 # --------------------------------------------------------------------------- runs
-def _listing(folder: pathlib.Path) -> dict[str, float]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_mtime_ns
-        for p in sorted(folder.rglob("*"))
-    }
-
-
 def _digits_images(n: int) -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -382,16 +375,18 @@ def _digits_images(n: int) -> np.ndarray:
     return np.round(pixels * (255 / 16)).astype(np.uint8)[..., None]
 
 
-def test_cli_exports_a_run_that_predicts_as_jaxcnn_does(digits_run, tmp_path, capsys):
+def test_cli_exports_a_run_that_predicts_as_jaxcnn_does(
+    digits_run, tmp_path, capsys, snapshot
+):
     from jaxcnn import train
 
-    before = _listing(digits_run)
+    before = snapshot(digits_run)
     out_onnx, out_hlo = tmp_path / "digits.onnx", tmp_path / "digits.stablehlo"
     base = ["export", "--workdir", str(digits_run)]
     assert cli.main([*base, "--format", "onnx", "-o", str(out_onnx)]) == 0
     assert cli.main([*base, "--format", "stablehlo", "-o", str(out_hlo)]) == 0
     assert f"wrote {out_hlo}, {out_hlo}.json" in capsys.readouterr().out
-    assert _listing(digits_run) == before  # a reader of the run directory
+    assert snapshot(digits_run) == before  # a reader of the run directory
 
     proto = onnx.load(out_onnx)
     props = {p.key: p.value for p in proto.metadata_props}

@@ -57,7 +57,7 @@ import numpy as np
 
 from jaxcnn import spec
 from jaxcnn.data import arrays, images
-from jaxcnn.errors import DataError
+from jaxcnn.errors import DataError, listing
 from jaxcnn.spec import DataConfig
 
 log = logging.getLogger(__name__)
@@ -521,9 +521,7 @@ def _good_rows(
 
 
 def _listing(problems: list[tuple[str, str]]) -> str:
-    shown = "; ".join(f"{rel}: {why}" for rel, why in problems[:_LISTED])
-    more = len(problems) - _LISTED
-    return shown + (f"; and {more} more" if more > 0 else "")
+    return listing([f"{rel}: {why}" for rel, why in problems], _LISTED, sep="; ")
 
 
 def _relabel(scan: _Scan, classes: list[int]) -> np.ndarray:
