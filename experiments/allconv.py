@@ -1,8 +1,8 @@
 """Pooling vs strided convolution as the downsampler, at equal depth and parameter count.
 
-python experiments/allconv.py --workdir runs/allconv   (or: jaxcnn sweep experiments/allconv.py)
-JAXCNN_BUDGET=long python experiments/allconv.py --workdir runs/allconv-long
-python experiments/allconv.py --smoke                  finishes in seconds (digits)
+python -m experiments.allconv --workdir runs/allconv   (or: jaxcnn sweep experiments/allconv.py)
+JAXCNN_BUDGET=long python -m experiments.allconv --workdir runs/allconv-long
+python -m experiments.allconv --smoke                  finishes in seconds (digits)
 
 The question of Springenberg et al., "Striving for Simplicity: The All Convolutional Net"
 (2014): is max pooling needed, or can a convolution learn to downsample? Two stages of
@@ -40,14 +40,9 @@ on Fashion-MNIST. The paper (on CIFAR) found strided costing a little and All-CN
 matching or beating max pooling.
 """
 
-import pathlib
-import sys
+from jaxcnn import RunConfig, spec
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
-
-from jaxcnn import RunConfig, spec  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "allconv", "seeds": 6}
 # JAXCNN_BUDGET -> epochs and training images (the first N of the train split)

@@ -1,10 +1,10 @@
 """The full filters x stride x pooling grid on MNIST and Fashion-MNIST, 3 seeds per point.
 
-python experiments/grid.py --workdir runs/grid          (or: jaxcnn sweep experiments/grid.py)
-JAXCNN_BUDGET=long python experiments/grid.py --workdir runs/grid-long
-JAXCNN_BUDGET=full python experiments/grid.py --workdir runs/grid-full
+python -m experiments.grid --workdir runs/grid          (or: jaxcnn sweep experiments/grid.py)
+JAXCNN_BUDGET=long python -m experiments.grid --workdir runs/grid-long
+JAXCNN_BUDGET=full python -m experiments.grid --workdir runs/grid-full
 jaxcnn sweep compare runs/grid runs/grid-long           does the ranking hold?
-python experiments/grid.py --smoke                      finishes in seconds (digits)
+python -m experiments.grid --smoke                      finishes in seconds (digits)
 2 datasets x 3 filter counts x 3 strides x 3 pooling choices (54 points; the 12 stride-3
 + pooling points shrink the map below the pool window and are recorded invalid at no
 cost), simple_cnn of depth 2, 3 seeds per point (mean and 95 % interval; the report
@@ -21,12 +21,7 @@ by 3 seeds; stride 2 without pooling and 32 filters ties the best point on both
 datasets at the long budget with 1/14 of its parameters.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "grid", "seeds": 3}
 

@@ -1,7 +1,7 @@
 """Pooling kinds, window and stride, and global pooling vs flatten.
 
-python experiments/pooling.py --workdir runs/pooling   (or: jaxcnn sweep experiments/pooling.py)
-python experiments/pooling.py --smoke                  finishes in seconds (digits)
+python -m experiments.pooling --workdir runs/pooling   (or: jaxcnn sweep experiments/pooling.py)
+python -m experiments.pooling --smoke                  finishes in seconds (digits)
 ~2 min on 2 CPU cores (Zen 5, 2026-12-02; one seed per point): max / avg / sum / lp /
 geometric / harmonic pooling x window 2, 3 (stride = window) on MNIST / Fashion-MNIST,
 plus two file specs that differ only in the head: global average pooling vs flatten
@@ -18,12 +18,10 @@ longer training (experiments/allconv.py trains such networks for 3-6 epochs).
 """
 
 import pathlib
-import sys
+
+from . import _common
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import _common  # noqa: E402
 
 SETTINGS = {"name": "pooling"}
 KINDS = ("max", "avg", "sum", "lp", "geometric", "harmonic")

@@ -1,7 +1,7 @@
 """Transfer learning: MNIST features for Fashion-MNIST, frozen base vs fine-tuned vs scratch.
 
-python experiments/transfer.py --workdir runs/sweeps/transfer   (~4-5 min on 2 CPU cores)
-python experiments/transfer.py --smoke                          seconds (digits -> digits)
+python -m experiments.transfer --workdir runs/sweeps/transfer   (~4-5 min on 2 CPU cores)
+python -m experiments.transfer --smoke                          seconds (digits -> digits)
 
 1. Pre-train keras_mnist (Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10) on the first
    10,000 MNIST training images for 3 epochs (WORKDIR/pretrain, one seed).
@@ -35,12 +35,10 @@ import os
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from jaxcnn import RunConfig
+from jaxcnn.sweep import report
 
-import _common  # noqa: E402
-
-from jaxcnn import RunConfig  # noqa: E402
-from jaxcnn.sweep import report  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "transfer", "seeds": 6}
 # train images -> epochs (fewer images: more epochs, so every run takes 200+ steps)

@@ -502,12 +502,12 @@ def _cmd_sweep(args) -> int:
 def experiment_main(module_file: str, argv: Sequence[str] | None = None) -> int:
     """The command line of an experiments/*.py script: runs its sweep, then the report.
 
-    `python experiments/NAME.py [--smoke] [--workdir DIR] [--storage URL] [--workers N]
+    `python -m experiments.NAME [--smoke] [--workdir DIR] [--storage URL] [--workers N]
     [--quiet] [--no-report]`; returns the exit status, as `main` does.
     """
     name = pathlib.Path(module_file).stem
     parser = argparse.ArgumentParser(
-        prog=f"experiments/{name}.py",
+        prog=f"python -m experiments.{name}",
         description=f"Runs the {name!r} sweep, then its report.",
     )
     parser.add_argument("--smoke", action="store_true", help="a seconds-long version")

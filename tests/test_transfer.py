@@ -281,14 +281,11 @@ def test_cli_transfer_errors_exit_2(digits_run, tmp_path, capsys):
 
 def test_transfer_experiment_points(monkeypatch):
     """Frozen points freeze only convolutions and start from the pre-training run."""
-    import importlib.util
-
     from jaxcnn import train
+    from jaxcnn.sweep.config import load_module
 
     path = pathlib.Path(__file__).parents[1] / "experiments" / "transfer.py"
-    module_spec = importlib.util.spec_from_file_location("exp_transfer", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path)
     monkeypatch.setenv(module.PRETRAINED_ENV, "/runs/x/pretrain")
     for smoke in (True, False):
         points = module.sweep(smoke)
