@@ -629,13 +629,11 @@ def _add_viz(sub, common) -> None:
 def _cmd_viz_featuremaps(args) -> int:
     from jaxcnn import viz
 
-    path, notes = viz.feature_maps_for_run(
-        args.workdir, args.image, args.output, max_channels=args.max_channels
+    return _wrote(
+        *viz.feature_maps_for_run(
+            args.workdir, args.image, args.output, max_channels=args.max_channels
+        )
     )
-    for note in notes:
-        print(f"note: {note}")
-    print(f"wrote {path}")
-    return 0
 
 
 def _cmd_viz_filters(args) -> int:
@@ -648,7 +646,11 @@ def _cmd_viz_filters(args) -> int:
 def _cmd_viz_edges(args) -> int:
     from jaxcnn import viz
 
-    path, notes = viz.edges_for_image(args.image, args.output)
+    return _wrote(*viz.edges_for_image(args.image, args.output))
+
+
+def _wrote(path: pathlib.Path, notes: Sequence[str]) -> int:
+    """Prints how an image was converted and the figure written; exit status 0."""
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {path}")
