@@ -15,7 +15,7 @@ from jaxcnn import data
 from jaxcnn.errors import DataError
 from jaxcnn.spec import DataConfig
 
-# /work/shared/data/README.md
+# the class counts of ../shared/data/README.md (the raw MNIST files)
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
