@@ -20,11 +20,8 @@ python -m experiments.transfer --smoke                          seconds (digits 
 The comparison table (mean ± 95 % interval over the seeds, and which variants are tied
 with the best at each size) goes to WORKDIR/transfer.md and is printed.
 
-Expect (measured with 6 seeds, experiments/results/transfer/README.md): the frozen MNIST
-base, which never saw clothes, trails the best variant by 3-4 points at every size with
-disjoint intervals (0.70 / 0.77 / 0.80 at 250 / 1,000 / 4,000 images); fine-tuning the
-MNIST-initialised network and training from scratch are tied at every size (0.72 / 0.80
-/ 0.84 vs 0.74 / 0.79 / 0.83).
+Expect the frozen MNIST base (it never saw clothes) behind fine-tuning and training from
+scratch at every size. Measured results with 6 seeds: experiments/results/transfer/README.md.
 """
 
 from __future__ import annotations
