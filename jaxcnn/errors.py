@@ -5,9 +5,11 @@ from collections.abc import Sequence
 
 def listing(items: Sequence[str], limit: int, sep: str = ", ") -> str:
     """The first `limit` of `items` joined by `sep`, then "and N more" for the rest: how
-    a message names a bounded number of paths, files or tensors."""
+    a message names a bounded number of paths, files, tensors or differences
+    ("a, b and 3 more"; with sep "; ": "a; b; and 3 more")."""
     more = len(items) - limit
-    return sep.join(items[:limit]) + (f" and {more} more" if more > 0 else "")
+    joiner = " " if sep == ", " else sep
+    return sep.join(items[:limit]) + (f"{joiner}and {more} more" if more > 0 else "")
 
 
 class JaxcnnError(Exception):

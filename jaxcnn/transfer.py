@@ -350,8 +350,7 @@ def _check_fit(run_dir, old_spec, spec, old, new, kept, head) -> None:
     raise CheckpointError(
         f"train.init_from={run_dir}: the run's model {old_spec.name!r} does not fit "
         f"this model {spec.name!r}: "
-        + "; ".join(problems[:5])
-        + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        + listing(problems, 5, sep="; ")
         + f". {hint} (when the class counts differ or with --new-head)"
     )
 

@@ -269,11 +269,9 @@ def _scan(root: pathlib.Path) -> _Scan:
     digest = hashlib.sha256(json.dumps(sorted(stats)).encode()).hexdigest()
     notes = [f"ignored {n} {why}" for why, n in sorted(ignored.items()) if n]
     if special:
-        shown = ", ".join(special[:_LISTED])
-        more = f" and {len(special) - _LISTED} more" if len(special) > _LISTED else ""
         notes.append(
             f"skipped {len(special)} special files, not opened (only regular files are "
-            f"read): {shown}{more}"
+            f"read): {listing(special, _LISTED)}"
         )
     return _Scan(
         root=root,

@@ -24,7 +24,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from jaxcnn.errors import SpecError
+from jaxcnn.errors import SpecError, listing
 from jaxcnn.spec import RunConfig, read_table, resolve
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -291,8 +291,7 @@ def check_unchanged(old: Sweep, new: Sweep, where: str) -> None:
     if found:
         raise SpecError(
             f"{where} holds sweep {old.name!r} with other settings ("
-            + "; ".join(found[:5])
-            + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+            + listing(found, 5, sep="; ")
             + "). A sweep may gain grid points, seeds or trials, but its finished "
             "trials would not match a changed base config, sampler or search space. "
             "Run the changed sweep in another --workdir, or pass --restart to discard "
