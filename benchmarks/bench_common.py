@@ -15,13 +15,29 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 # Synthetic data: this many distinct batches stay resident and are cycled through.
 NUM_BATCHES = 8
 BATCH = 128
+
+
+def paired(ours: Sequence[float], theirs: Sequence[float]) -> dict:
+    """The per-round ratios ours / theirs with their median, min and max.
+
+    Round r of each sequence was measured close together in time, so a drift of the
+    machine's speed cancels in the ratio; the median over rounds is the figure to quote.
+    """
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return {
+        "ratios": ratios,
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+    }
 
 
 def cpu_jiffies() -> tuple[int, int]:

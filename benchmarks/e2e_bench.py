@@ -172,7 +172,9 @@ def worker(framework: str, data_dir: str, max_epochs: int, k: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    from jaxcnn.data.catalog import shared_data_dir
+
+    p.add_argument("--data", default=str(shared_data_dir()))
     p.add_argument("--max-epochs", type=int, default=12)
     p.add_argument("--k", type=int, default=4, help="jaxcnn steps per call")
     p.add_argument("--frameworks", default="jaxcnn,torch_cl,keras_tf")

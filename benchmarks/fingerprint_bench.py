@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import pathlib
 import statistics
 import sys
@@ -93,16 +92,7 @@ def main() -> None:
     for kind in ("stat", "content"):
         s = record[f"{kind}_seconds"]
         lines.append(f"| {kind} | {s:.3f} | {1000 * s / record['files']:.4f} |")
-    lines += [
-        "",
-        "```",
-        " ".join(["python benchmarks/fingerprint_bench.py", *sys.argv[1:]]),
-        "```",
-    ]
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    machine_info.write_result(args.name, record, lines)
 
 
 if __name__ == "__main__":

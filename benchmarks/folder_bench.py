@@ -32,11 +32,13 @@ import subprocess
 import sys
 import time
 
+import machine_info  # benchmarks/machine_info.py, beside this script
+
+from jaxcnn.data.catalog import shared_data_dir
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 CASES = ("tfds", "folder_first", "folder", "folder_stream", "tfds_stream")
 
 
@@ -143,16 +145,7 @@ def write_results(records: dict, build_seconds: float, args) -> None:
             f"{r['images_per_second'] / base:.0%} | {r['test_accuracy']:.4f} | "
             f"{r['peak_rss_mib']:.0f} |"
         )
-    lines += [
-        "",
-        "```",
-        " ".join(["python benchmarks/folder_bench.py", *sys.argv[1:]]),
-        "```",
-    ]
-    out = HERE / "results"
-    (out / f"{args.name}.json").write_text(json.dumps(records, indent=1) + "\n")
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    machine_info.write_result(args.name, records, lines)
 
 
 def main() -> None:

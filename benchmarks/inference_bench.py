@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -47,6 +46,8 @@ sys.path.insert(0, str(REPO))
 import device_check  # noqa: E402  (benchmarks/device_check.py: the raw MNIST reader)
 import machine_info  # noqa: E402
 import numpy as np  # noqa: E402
+
+from jaxcnn.data.catalog import shared_data_dir  # noqa: E402
 
 BATCHES = (1, 256)
 PASSES = 3
@@ -274,9 +275,7 @@ def main(argv=None) -> None:
     p.add_argument("--name", default="inference")
     p.add_argument("--out", type=pathlib.Path, default=HERE / "results")
     args = p.parse_args(argv)
-    data = pathlib.Path(
-        os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-    )
+    data = shared_data_dir()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = pathlib.Path(tmp_dir)
         print("training keras_mnist for one epoch ...", flush=True)

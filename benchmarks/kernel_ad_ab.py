@@ -31,6 +31,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+import bench_common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -120,7 +121,6 @@ def measure(model_name, args, base):
             runners[name](calls)
             dt = time.perf_counter() - t0
             row[name] = dict(ips=calls * args.k * args.batch / dt, load1=load)
-        row["ratio"] = row["current"]["ips"] / row["base"]["ips"]
         rounds.append(row)
         print(model_name, r, {k: v for k, v in row.items()}, flush=True)
     return dict(calls_per_window=calls, rounds=rounds)
@@ -189,12 +189,14 @@ def _markdown(result) -> str:
     ]
     for name, m in result["models"].items():
         rows = m["rounds"]
-        ratios = [r["ratio"] for r in rows]
+        pair = bench_common.paired(
+            [r["current"]["ips"] for r in rows], [r["base"]["ips"] for r in rows]
+        )
         loads = [r[k]["load1"] for r in rows for k in ("base", "current")]
         lines.append(
             f"| {name} | {statistics.median(r['base']['ips'] for r in rows):,.0f} "
             f"| {statistics.median(r['current']['ips'] for r in rows):,.0f} "
-            f"| {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) "
+            f"| {pair['median']:.3f} ({pair['min']:.3f}-{pair['max']:.3f}) "
             f"| {min(loads):.1f}-{max(loads):.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,13 +1,33 @@
-"""What a benchmark records about where it ran: the commit and the CPU."""
+"""What a benchmark records about where it ran (the commit and the CPU), and where."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import platform
 import subprocess
+import sys
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def write_result(name: str, record: Any, lines: list[str]) -> None:
+    """Writes results/NAME.json (`record`) and results/NAME.md (`lines`, then the
+    command that made them), and prints the markdown."""
+    script = pathlib.Path(sys.argv[0]).name
+    lines = [
+        *lines,
+        "",
+        "```",
+        " ".join([f"python benchmarks/{script}", *sys.argv[1:]]),
+    ]
+    lines.append("```")
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def git_commit(repo: pathlib.Path = REPO) -> str:

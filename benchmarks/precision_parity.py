@@ -32,14 +32,15 @@ sys.path.insert(0, str(HERE.parent))
 
 import machine_info  # noqa: E402
 
-from jaxcnn import data, metrics  # noqa: E402
+from jaxcnn import data, metrics, rundir  # noqa: E402
+from jaxcnn.data.catalog import shared_data_dir  # noqa: E402
 
 EPOCHS = {"mnist": 5, "fashion_mnist": 8}
 PRECISIONS = ("float32", "bfloat16")
 DATA_DIR = os.environ.get(
     "JAXCNN_DATA_DIR", str(pathlib.Path.home() / ".cache" / "jaxcnn" / "tfds")
 )
-SHARED = HERE.parents[1] / "shared" / "data"
+SHARED = shared_data_dir()
 
 
 def run(workdir: pathlib.Path, dataset: str, precision: str, seed: int) -> dict:
@@ -54,7 +55,7 @@ def run(workdir: pathlib.Path, dataset: str, precision: str, seed: int) -> dict:
              "--workdir", str(workdir), "--quiet"],
             check=True,
         )  # fmt: skip
-    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    records = rundir.read_metrics(workdir)
     losses = [r[k] for r in records for k in ("train_loss", "val_loss") if k in r]
     result = json.loads(summary.read_text())
     return {

@@ -38,6 +38,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+import bench_common  # noqa: E402
+
 CONTENDED = 0.15  # other processes' cores above which a window is flagged
 MODELS = ("keras_mnist", "vgg_cifar")
 # name -> (worker script, variant argument)
@@ -255,27 +257,16 @@ def _mb(value: int | None) -> float | None:
 
 
 def paired_ratios(results: dict) -> dict:
-    """jaxcnn / peer per round, for every jaxcnn row and peer measured in the run.
-
-    Round r holds one window of each worker, close together in time, so a drift of
-    the machine's speed cancels in the ratio; the median over rounds is reported.
-    """
+    """jaxcnn / peer per round (`bench_common.paired`), for every jaxcnn row and peer
+    measured in the run; round r holds one window of each worker."""
     timed = {n: r for n, r in results.items() if r.get("windows")}
     pairs = {}
     for ours in (n for n in timed if n.startswith("jaxcnn")):
         for peer in (p for p in PEERS if p in timed):
-            ratios = [
-                a["images_per_s"] / b["images_per_s"]
-                for a, b in zip(
-                    timed[ours]["windows"], timed[peer]["windows"], strict=True
-                )
-            ]
-            pairs[f"{ours}/{peer}"] = {
-                "ratios": ratios,
-                "median": statistics.median(ratios),
-                "min": min(ratios),
-                "max": max(ratios),
-            }
+            pairs[f"{ours}/{peer}"] = bench_common.paired(
+                [w["images_per_s"] for w in timed[ours]["windows"]],
+                [w["images_per_s"] for w in timed[peer]["windows"]],
+            )
     return pairs
 
 

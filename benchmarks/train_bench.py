@@ -31,7 +31,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import bench_common  # noqa: E402
 import step_bench  # noqa: E402
+
+from jaxcnn import rundir  # noqa: E402
+from jaxcnn.data.catalog import shared_data_dir  # noqa: E402
 
 
 def cpu_record() -> dict:
@@ -61,8 +65,7 @@ def train_epoch_speed(tree: pathlib.Path, args, workdir: pathlib.Path) -> float:
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(tree))
     subprocess.run(cmd, env=env, check=True, cwd=tree, capture_output=True, text=True)
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])["images_per_second"]
+    return rundir.read_metrics(workdir)[-1]["images_per_second"]
 
 
 def step_speed(window: float) -> float:
@@ -93,10 +96,8 @@ def run_rounds(args, ref_tree: pathlib.Path | None, scratch: pathlib.Path) -> li
 
 
 def report(args, rows: list) -> dict:
-    def median(key_a, key_b=None):
-        if key_b is None:
-            return statistics.median(r[key_a] for r in rows)
-        return statistics.median(r[key_a] / r[key_b] for r in rows)
+    def pair(a, b):
+        return bench_common.paired([r[a] for r in rows], [r[b] for r in rows])
 
     out = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -104,11 +105,13 @@ def report(args, rows: list) -> dict:
         "ref": args.ref,
         "cpu": cpu_record(),
         "rounds": rows,
-        "median_images_per_s": {k: median(k) for k in rows[0]},
-        "median_ratio_train_over_step": median("train", "step"),
+        "median_images_per_s": {
+            k: statistics.median(r[k] for r in rows) for k in rows[0]
+        },
+        "median_ratio_train_over_step": pair("train", "step")["median"],
     }
     if args.ref:
-        out["median_ratio_this_over_ref"] = median("train", "train_ref")
+        out["median_ratio_this_over_ref"] = pair("train", "train_ref")["median"]
     return out
 
 
@@ -162,7 +165,7 @@ def main(argv=None) -> None:
             str(pathlib.Path.home() / ".cache/jaxcnn-tests/tfds"),
         ),
     )
-    p.add_argument("--manual-dir", default=str(REPO.parent / "shared/data/mnist"))
+    p.add_argument("--manual-dir", default=str(shared_data_dir() / "mnist"))
     p.add_argument("--name", default="train_bench")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:

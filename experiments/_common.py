@@ -8,7 +8,7 @@ offline from the raw files in ../shared/data (JAXCNN_SHARED_DATA) into a TFDS da
 Budgets: experiments that call `budget()` train for the budget named by JAXCNN_BUDGET
 (`short`, the default, or `long`; BUDGETS, or the experiment's own table), so a ranking
 can be checked at a second budget:
-`JAXCNN_BUDGET=long python experiments/grid.py --workdir runs/grid-long`. A sweep
+`JAXCNN_BUDGET=long python -m experiments.grid --workdir runs/grid-long`. A sweep
 directory holds one budget (its base config); give each budget its own --workdir.
 """
 
@@ -20,12 +20,10 @@ import sys
 from typing import Any
 
 from jaxcnn import RunConfig
+from jaxcnn.data.catalog import shared_data_dir
 from jaxcnn.errors import SpecError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 DATA_DIR = os.environ.get(
     "JAXCNN_DATA_DIR", str(pathlib.Path.home() / ".cache" / "jaxcnn" / "tfds")
 )
@@ -126,7 +124,7 @@ def prepare(names: list[str]) -> None:
 
 
 def main(module_file: str) -> None:
-    """`python experiments/NAME.py [--smoke] [--workdir DIR]`: prepare data, sweep, report."""
+    """`python -m experiments.NAME [--smoke] [--workdir DIR]`: prepare data, sweep, report."""
     from jaxcnn import cli
 
     prepare(datasets("--smoke" in sys.argv))

@@ -1,8 +1,8 @@
 """Pooling vs strided convolution as the downsampler, at equal depth and parameter count.
 
-python experiments/allconv.py --workdir runs/allconv   (or: jaxcnn sweep experiments/allconv.py)
-JAXCNN_BUDGET=long python experiments/allconv.py --workdir runs/allconv-long
-python experiments/allconv.py --smoke                  finishes in seconds (digits)
+python -m experiments.allconv --workdir runs/allconv   (or: jaxcnn sweep experiments/allconv.py)
+JAXCNN_BUDGET=long python -m experiments.allconv --workdir runs/allconv-long
+python -m experiments.allconv --smoke                  finishes in seconds (digits)
 
 The question of Springenberg et al., "Striving for Simplicity: The All Convolutional Net"
 (2014): is max pooling needed, or can a convolution learn to downsample? Two stages of
@@ -25,29 +25,18 @@ MNIST and Fashion-MNIST, 6 seeds per point (the report ranks by the mean and mar
 variants whose 95 % intervals overlap the best's; 3 seeds left every comparison that
 one budget resolved unresolved at the other), Adam 1e-3, batch 64; budgets
 (JAXCNN_BUDGET, BUDGETS below): short (default) = 3 epochs on the first 12,000 training
-images, long = 6 epochs on the first 24,000. These global-pooling networks learn
-slowly: pool-max reaches ~61 % on MNIST after 2 epochs on 4,000 images but ~89 % after
-3 on 12,000 (one seed), so the grid's short budget would rank noise.
-~12-20 min on 2 CPU cores at the short budget, ~45-50 min at the long one (60 fits;
-measured on a Zen 5 in two halves of 3 seeds: short 17.5 + 5.9 min, long 24 + 26.5 min,
-the slower halves shared with other jobs).
-Expect (measured, experiments/results/allconv/README.md): the same order at both budgets
-on both datasets; the six-layer variants (allconv, convpool) beat the four-layer ones;
-allconv and convpool (equal parameters) are tied, so the All-CNN gain is the extra layer,
-not the learned downsampling; at equal parameters max pooling vs strided convolution is
-tied except on Fashion-MNIST at the short budget (max ahead by 1.5 points); max beats avg
-on Fashion-MNIST. The paper (on CIFAR) found strided costing a little and All-CNN
-matching or beating max pooling.
+images, long = 6 epochs on the first 24,000 (these global-pooling networks learn slowly, so the
+grid's short budget would rank noise).
+~12-20 min on 2 CPU cores at the short budget, ~45-50 min at the long one (60 fits).
+Expect the six-layer variants (allconv, convpool) ahead of the four-layer ones, and
+max pooling level with strided convolution at equal parameters. The paper (on CIFAR)
+found strided costing a little and All-CNN matching or beating max pooling. Measured
+results and their reading: experiments/results/allconv/README.md.
 """
 
-import pathlib
-import sys
+from jaxcnn import RunConfig, spec
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
-
-from jaxcnn import RunConfig, spec  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "allconv", "seeds": 6}
 # JAXCNN_BUDGET -> epochs and training images (the first N of the train split)

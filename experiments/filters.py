@@ -1,21 +1,15 @@
 """Effect of the filter count (width of the first conv stage; it doubles per stage).
 
-python experiments/filters.py --workdir runs/filters   (or: jaxcnn sweep experiments/filters.py)
-python experiments/filters.py --smoke                  finishes in seconds (digits)
+python -m experiments.filters --workdir runs/filters   (or: jaxcnn sweep experiments/filters.py)
+python -m experiments.filters --smoke                  finishes in seconds (digits)
 ~10 min on 2 CPU cores: 8, 16, 32, 64, 128 filters x MNIST / Fashion-MNIST, simple_cnn
 depth 2 with max pooling, 2 epochs on the first 4,000 training images.
-Expect: test accuracy rises steeply from 8 to 32 filters and flattens after (MNIST
-~97-98 %, Fashion ~84-87 %), while parameters and FLOPs grow ~4x per doubling (the
+Expect: test accuracy rises steeply from 8 to 32 filters and flattens after, while parameters and FLOPs grow ~4x per doubling (the
 second stage's conv dominates): the knee of the accuracy-vs-FLOPs Pareto front sits at
 16-32 filters.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "filters"}
 

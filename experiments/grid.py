@@ -1,32 +1,24 @@
 """The full filters x stride x pooling grid on MNIST and Fashion-MNIST, 3 seeds per point.
 
-python experiments/grid.py --workdir runs/grid          (or: jaxcnn sweep experiments/grid.py)
-JAXCNN_BUDGET=long python experiments/grid.py --workdir runs/grid-long
-JAXCNN_BUDGET=full python experiments/grid.py --workdir runs/grid-full
+python -m experiments.grid --workdir runs/grid          (or: jaxcnn sweep experiments/grid.py)
+JAXCNN_BUDGET=long python -m experiments.grid --workdir runs/grid-long
+JAXCNN_BUDGET=full python -m experiments.grid --workdir runs/grid-full
 jaxcnn sweep compare runs/grid runs/grid-long           does the ranking hold?
-python experiments/grid.py --smoke                      finishes in seconds (digits)
+python -m experiments.grid --smoke                      finishes in seconds (digits)
 2 datasets x 3 filter counts x 3 strides x 3 pooling choices (54 points; the 12 stride-3
 + pooling points shrink the map below the pool window and are recorded invalid at no
 cost), simple_cnn of depth 2, 3 seeds per point (mean and 95 % interval; the report
 marks the points tied with the best). Budgets (experiments/_common.py): short (default)
 = 2 epochs on the first 4,000 training images, long = 3 epochs on the first 12,000,
 full = 3 epochs on all 54,000 (validation: the last 6,000 training images; test: the
-full test split). ~4 min on 2 CPU cores at the short budget, 8.5 min at the long one
-(measured on a Zen 5 with little else running); full, by training images, ~30-40 min.
-Expect (measured, experiments/results/grid/README.md): from the short to the long budget no
-separated pair of points reverses (Spearman 0.98-0.99); stride 1 beats stride 2;
-stride 2 + pooling collapses the maps to 1x1 and ranks at the bottom; max pooling is never worse
-than avg (better on Fashion-MNIST at the long budget); only 8 -> 32 filters is resolved
-by 3 seeds; stride 2 without pooling and 32 filters ties the best point on both
-datasets at the long budget with 1/14 of its parameters.
+full test split). ~4 min on 2 CPU cores at the short budget, 8.5 min at the long one; full, by training
+images, ~30-40 min.
+Expect stride 1 ahead of stride 2, stride 2 with pooling (maps collapsed to 1x1) at the
+bottom, and max pooling never behind avg. Measured results at two budgets and their
+reading: experiments/results/grid/README.md.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "grid", "seeds": 3}
 

@@ -1,7 +1,7 @@
 """Strided convolution vs pooling as the down-sampler: stride 1/2/3, with and without pooling.
 
-python experiments/stride.py --workdir runs/stride   (or: jaxcnn sweep experiments/stride.py)
-python experiments/stride.py --smoke                 finishes in seconds (digits)
+python -m experiments.stride --workdir runs/stride   (or: jaxcnn sweep experiments/stride.py)
+python -m experiments.stride --smoke                 finishes in seconds (digits)
 ~8 min on 2 CPU cores: stride 1, 2, 3 x pool max / none x MNIST / Fashion-MNIST,
 simple_cnn depth 2 with 32 filters, 2 epochs on the first 4,000 training images.
 Stride 3 with 2x2 pooling shrinks 28x28 below the second pool window: recorded invalid.
@@ -11,12 +11,7 @@ without pooling keeps large maps, so the flatten->dense layer holds most paramet
 stride 3 loses accuracy from skipped pixels.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
+from . import _common
 
 SETTINGS = {"name": "stride"}
 

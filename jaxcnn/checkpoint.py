@@ -49,7 +49,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 
-from jaxcnn.errors import CheckpointError, DiskFull, TrainingError, is_disk_full
+from jaxcnn.errors import (
+    CheckpointError,
+    DiskFull,
+    TrainingError,
+    is_disk_full,
+    listing,
+)
 
 PyTree = Any
 StepRef = int | Literal["latest", "best"]
@@ -620,10 +626,8 @@ def _reason(error: BaseException) -> str:
 
 
 def _listing(paths: list[str]) -> str:
-    more = len(paths) - _MAX_LISTED
-    shown = ", ".join(paths[:_MAX_LISTED])
     noun = "parameter" if len(paths) == 1 else "parameters"
-    return f"{noun} {shown}" + (f" and {more} more" if more > 0 else "")
+    return f"{noun} {listing(paths, _MAX_LISTED)}"
 
 
 @contextlib.contextmanager

@@ -508,12 +508,12 @@ def _cmd_sweep(args) -> int:
 def experiment_main(module_file: str, argv: Sequence[str] | None = None) -> int:
     """The command line of an experiments/*.py script: runs its sweep, then the report.
 
-    `python experiments/NAME.py [--smoke] [--workdir DIR] [--storage URL] [--workers N]
+    `python -m experiments.NAME [--smoke] [--workdir DIR] [--storage URL] [--workers N]
     [--quiet] [--no-report]`; returns the exit status, as `main` does.
     """
     name = pathlib.Path(module_file).stem
     parser = argparse.ArgumentParser(
-        prog=f"experiments/{name}.py",
+        prog=f"python -m experiments.{name}",
         description=f"Runs the {name!r} sweep, then its report.",
     )
     parser.add_argument("--smoke", action="store_true", help="a seconds-long version")
@@ -635,13 +635,11 @@ def _add_viz(sub, common) -> None:
 def _cmd_viz_featuremaps(args) -> int:
     from jaxcnn import viz
 
-    path, notes = viz.feature_maps_for_run(
-        args.workdir, args.image, args.output, max_channels=args.max_channels
+    return _wrote(
+        *viz.feature_maps_for_run(
+            args.workdir, args.image, args.output, max_channels=args.max_channels
+        )
     )
-    for note in notes:
-        print(f"note: {note}")
-    print(f"wrote {path}")
-    return 0
 
 
 def _cmd_viz_filters(args) -> int:
@@ -654,7 +652,11 @@ def _cmd_viz_filters(args) -> int:
 def _cmd_viz_edges(args) -> int:
     from jaxcnn import viz
 
-    path, notes = viz.edges_for_image(args.image, args.output)
+    return _wrote(*viz.edges_for_image(args.image, args.output))
+
+
+def _wrote(path: pathlib.Path, notes: Sequence[str]) -> int:
+    """Prints how an image was converted and the figure written; exit status 0."""
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {path}")

@@ -1,5 +1,16 @@
 """The user-facing error types: anything raised as a JaxcnnError is the user's to fix."""
 
+from collections.abc import Sequence
+
+
+def listing(items: Sequence[str], limit: int, sep: str = ", ") -> str:
+    """The first `limit` of `items` joined by `sep`, then "and N more" for the rest: how
+    a message names a bounded number of paths, files, tensors or differences
+    ("a, b and 3 more"; with sep "; ": "a; b; and 3 more")."""
+    more = len(items) - limit
+    joiner = " " if sep == ", " else sep
+    return sep.join(items[:limit]) + (f"{joiner}and {more} more" if more > 0 else "")
+
 
 class JaxcnnError(Exception):
     """A usage, config or data problem. The CLI prints the message and exits 2."""

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxcnn import checkpoint
-from jaxcnn.errors import CheckpointError, DataError, JaxcnnError
+from jaxcnn.errors import CheckpointError, DataError, JaxcnnError, listing
 from jaxcnn.spec import ModelSpec, RunConfig
 
 CONFIG = "config.json"
@@ -409,8 +409,7 @@ def check_identity(
     if diff:
         raise CheckpointError(
             f"{where} was written by another run ("
-            + "; ".join(diff[:5])
-            + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+            + listing(diff, 5, sep="; ")
             + "): it was copied in from elsewhere. Remove that step's directory, or "
             "evaluate it in the run directory it came from"
         )

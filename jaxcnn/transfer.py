@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn import checkpoint, data, models, optim, rundir
-from jaxcnn.errors import CheckpointError, SpecError
+from jaxcnn.errors import CheckpointError, SpecError, listing
 from jaxcnn.spec import (
     BranchesSpec,
     ConvSpec,
@@ -370,13 +370,10 @@ def _check_fit(run_dir, old_spec, spec, old, new, kept, head) -> None:
     raise CheckpointError(
         f"train.init_from={run_dir}: the run's model {old_spec.name!r} does not fit "
         f"this model {spec.name!r}: "
-        + "; ".join(problems[:5])
-        + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        + listing(problems, 5, sep="; ")
         + f". {hint} (when the class counts differ or with --new-head)"
     )
 
 
 def _listing(paths: Sequence[str]) -> str:
-    shown = ", ".join(paths[:_MAX_LISTED])
-    more = len(paths) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
+    return listing(paths, _MAX_LISTED)

@@ -118,14 +118,19 @@ def edge_responses(image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def load_image(
-    path: str | os.PathLike, input_shape: Sequence[int] | None = None
+    path: str | os.PathLike,
+    input_shape: Sequence[int] | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Reads a PNG/JPEG (any size) as float32 in [0, 1].
+    """Reads an image file (any size) as float32 in [0, 1], decoded and converted as
+    `predict` does (`data.read_image`: 16-bit scaling, transparency; `data.prepare`).
 
     Args:
       path: the image file.
       input_shape: (H, W, C) to convert to (resize and channels, as the data pipeline
-        does); None keeps the size and returns grayscale [H, W].
+        does); None returns grayscale [H, W], shrunk to EDGE_MAX_SIDE on its longest side.
+      record: the run's dataset record (config.json), for an imported network's resize
+        and centre crop; None resizes straight to `input_shape`.
 
     Returns:
       (image [H, W, C] (or [H, W] without input_shape), notes stating each conversion).
@@ -133,35 +138,19 @@ def load_image(
     Raises:
       DataError: the file cannot be read as an image.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    from jaxcnn.data import images
-
-    images.check_regular_file(path)  # never opens a FIFO or a device
-    try:
-        with Image.open(path) as img:
-            mode, size = img.mode, img.size
-            if input_shape is None:
-                gray = img.convert("L")
-                notes = [] if mode == "L" else [f"{mode} image converted to grayscale"]
-                if max(size) > EDGE_MAX_SIDE:
-                    gray.thumbnail((EDGE_MAX_SIDE, EDGE_MAX_SIDE))
-                    notes.append(
-                        f"resized from {size[0]}x{size[1]} to "
-                        f"{gray.size[0]}x{gray.size[1]} (longest side {EDGE_MAX_SIDE})"
-                    )
-                return np.asarray(gray, np.float32) / 255.0, notes
-            array = np.asarray(
-                img.convert("L" if mode in ("L", "I", "1", "P") else "RGB")
-            )
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
     from jaxcnn import data
 
-    if array.ndim == 2:
-        array = array[:, :, None]
-    converted, notes = data.convert_images(array[None], tuple(input_shape))
-    return converted[0], [f"{path}: {mode} image {size[1]}x{size[0]}", *notes]
+    pixels, read_notes = data.read_image(path)  # never opens a FIFO or a device
+    h, w, c = pixels.shape
+    notes = [f"{path}: image {h}x{w}, {c} channel{'s' if c > 1 else ''}", *read_notes]
+    if input_shape is not None:
+        target = tuple(int(d) for d in input_shape)
+        notes += data.images.conversion_notes(pixels.shape, target)
+        return data.prepare(pixels, target, record or {}), notes
+    scale = min(1.0, EDGE_MAX_SIDE / max(h, w))
+    target = (max(1, round(h * scale)), max(1, round(w * scale)), 1)
+    notes += data.images.conversion_notes(pixels.shape, target)
+    return data.convert_images(pixels[None], target)[0][0, :, :, 0], notes
 
 
 # --------------------------------------------------------------------------- drawing
@@ -635,7 +624,7 @@ def feature_maps_for_run(
     from jaxcnn import train
 
     run = train.restore(workdir, which)
-    image, notes = load_image(image_path, run.spec.input_shape)
+    image, notes = load_image(image_path, run.spec.input_shape, run.dataset)
     maps = feature_maps(run.model, run.spec, _standardize(image, run.dataset))
     maps[0] = ("input", image)  # show the image as converted, not standardised
     if run.dataset.get("mean") is not None:

@@ -11,17 +11,15 @@ import jax
 import pytest
 
 from jaxcnn import cputune
+from jaxcnn.data.catalog import shared_data_dir
 
 # The suite owns its process: the settings the jaxcnn command runs with (before JAX
 # starts), and strict numpy rank promotion.
 cputune.apply()
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout holds the raw MNIST / Fashion-MNIST files (CI has it).
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 # Built TFDS datasets live outside the repo and survive between sessions.
 TFDS_CACHE = pathlib.Path(
     os.environ.get(
@@ -59,6 +57,39 @@ def tfds_dir(shared_data) -> pathlib.Path:
                 name, data_dir=str(TFDS_CACHE), manual_dir=str(shared_data / name)
             )
     return TFDS_CACHE
+
+
+def _snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    """`snapshot(directory)`: every path under it with its size and modification time,
+    to assert that a reader (or a refused run) changed nothing there."""
+    return _snapshot
+
+
+@pytest.fixture(scope="session")
+def digits_config():
+    """The run config of `digits_run`: the embedded digits default, 3 epochs, standardised."""
+    from jaxcnn.spec import RunConfig
+
+    return RunConfig().override("train.epochs", 3).override("data.standardize", True)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory, digits_config) -> pathlib.Path:
+    """A finished run of `digits_config`, trained once per session (two checkpoints kept,
+    the newest the best). Tests only read it; copy it to change it."""
+    from jaxcnn import train
+
+    workdir = tmp_path_factory.mktemp("digits_run")
+    train.fit(digits_config, workdir, quiet=True)
+    return workdir
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,13 @@
 """The raw MNIST test files in ../shared/data/mnist, read without TFDS (tests only)."""
 
 import gzip
-import os
-import pathlib
 import struct
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXCNN_SHARED_DATA", REPO.parent / "shared" / "data")
-)
+from jaxcnn.data.catalog import shared_data_dir
+
+SHARED_DATA = shared_data_dir()
 
 
 def read_mnist(n: int):

@@ -441,7 +441,7 @@ def test_async_save_is_durable_after_wait(tmp_path):
     _assert_trees_equal(restored, _small_state(1.0))
 
 
-def test_read_only_checkpointer_creates_removes_and_saves_nothing(tmp_path):
+def test_read_only_checkpointer_creates_removes_and_saves_nothing(tmp_path, snapshot):
     directory = tmp_path / "ckpt"
     with checkpoint.Checkpointer(directory) as ckpt:
         ckpt.save(
@@ -449,7 +449,7 @@ def test_read_only_checkpointer_creates_removes_and_saves_nothing(tmp_path):
         )
     unfinished = directory / "2.orbax-checkpoint-tmp"  # a save another process is doing
     (unfinished / "state").mkdir(parents=True)
-    before = _tree_snapshot(directory)
+    before = snapshot(directory)
     with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
         assert ckpt.all_steps() == [1]
         restored, meta, step = ckpt.restore("latest", _small_state())
@@ -457,32 +457,13 @@ def test_read_only_checkpointer_creates_removes_and_saves_nothing(tmp_path):
             ckpt.save(3, _small_state(3.0), metrics={}, meta={"epoch": 3})
     assert (step, meta) == (1, {"epoch": 1})
     _assert_trees_equal(restored, _small_state(1.0))
-    assert _tree_snapshot(directory) == before
+    assert snapshot(directory) == before
     with checkpoint.Checkpointer(tmp_path / "missing", read_only=True) as ckpt:
         assert ckpt.all_steps() == []
     assert not (tmp_path / "missing").exists()
 
 
-def _tree_snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
-    """Every path under `directory` with its size and modification time."""
-    return {
-        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(directory.rglob("*"))
-    }
-
-
 # ------------------------------------------------------------------ real runs of fit
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 3-epoch run of the embedded digits default (two checkpoints kept)."""
-    from jaxcnn import train
-    from jaxcnn.spec import RunConfig
-
-    workdir = tmp_path_factory.mktemp("digits")
-    train.fit(RunConfig().override("train.epochs", 3), workdir, quiet=True)
-    return workdir
-
-
 @pytest.fixture
 def run_copy(digits_run, tmp_path):
     """A copy of `digits_run` to damage; (workdir, older step, newest step)."""
@@ -578,16 +559,15 @@ def test_damaged_newest_checkpoint_of_a_real_run_is_skipped(run_copy, capsys, ho
 
 
 def test_resume_falls_back_past_a_truncated_checkpoint_and_ends_identical(
-    run_copy, digits_run, tmp_path, capsys
+    run_copy, digits_run, digits_config, tmp_path, capsys
 ):
     from jaxcnn import train
-    from jaxcnn.spec import RunConfig
 
     workdir, older, newest = run_copy
     _damage(workdir / "checkpoints" / str(newest), "truncate")
     intact = tmp_path / "intact"
     shutil.copytree(digits_run, intact)
-    config = RunConfig().override("train.epochs", 4)
+    config = digits_config.override("train.epochs", 4)
     resumed = train.fit(config, workdir, quiet=True)
     err = capsys.readouterr().err
     assert f"checkpoint step {newest}" in err and f"using step {older} instead" in err
@@ -619,15 +599,14 @@ def _pure_state_of(workdir):
     return nnx.to_pure_dict(state)
 
 
-def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy):
+def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy, digits_config):
     from jaxcnn import cli, train
-    from jaxcnn.spec import RunConfig
 
     workdir, older, newest = run_copy
     _damage(workdir / "checkpoints" / str(newest), "overwrite")
     _damage(workdir / "checkpoints" / str(older), "meta")
     with pytest.raises(CheckpointError) as info:
-        train.fit(RunConfig().override("train.epochs", 4), workdir, quiet=True)
+        train.fit(digits_config.override("train.epochs", 4), workdir, quiet=True)
     message = str(info.value)
     assert message.startswith(f"no usable checkpoint in {workdir / 'checkpoints'}")
     assert f"step {older}: its meta file" in message
@@ -636,7 +615,9 @@ def test_no_usable_checkpoint_in_a_real_run_is_a_clear_error(run_copy):
     assert cli.main(["eval", "--workdir", str(workdir)]) == 2
 
 
-def test_readers_change_nothing_in_a_run_directory(run_copy, tmp_path, capsys):
+def test_readers_change_nothing_in_a_run_directory(
+    run_copy, tmp_path, capsys, snapshot
+):
     """eval, predict, viz and a transfer's restore, started while the run saves: the
     save in progress (an orbax temporary directory) and every other file stay as they
     are."""
@@ -646,7 +627,7 @@ def test_readers_change_nothing_in_a_run_directory(run_copy, tmp_path, capsys):
     unfinished = workdir / "checkpoints" / f"{newest + 1}.orbax-checkpoint-tmp"
     (unfinished / "state").mkdir(parents=True)
     (unfinished / "state" / "part").write_bytes(b"being written")
-    before = _tree_snapshot(workdir)
+    before = snapshot(workdir)
     image = _digit_png(tmp_path / "digit.png")
     assert cli.main(["eval", "--workdir", str(workdir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == newest
@@ -655,4 +636,4 @@ def test_readers_change_nothing_in_a_run_directory(run_copy, tmp_path, capsys):
     assert cli.main(["viz", "filters", "--workdir", str(workdir), "-o", str(out)]) == 0
     assert transfer.restore(workdir, "latest").step == newest
     assert "warning" not in capsys.readouterr().err
-    assert _tree_snapshot(workdir) == before
+    assert snapshot(workdir) == before

@@ -1,5 +1,6 @@
 """Data layer: the embedded digits builder, real MNIST, batching, augmentation, conversions, errors."""
 
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from jaxcnn import data
 from jaxcnn.errors import DataError
 from jaxcnn.spec import DataConfig
 
-# /work/shared/data/README.md
+# the class counts of ../shared/data/README.md (the raw MNIST files)
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -427,3 +428,15 @@ def test_parallel_prepare_builds_once(tmp_path):
         data.catalog._is_prepared(builder)
         and builder.info.splits["train"].num_examples == 1500
     )
+
+
+def test_shared_data_dir_is_the_env_folder_else_beside_the_checkout(
+    monkeypatch, tmp_path
+):
+    from jaxcnn.data.catalog import shared_data_dir
+
+    monkeypatch.setenv("JAXCNN_SHARED_DATA", str(tmp_path))
+    assert shared_data_dir() == tmp_path
+    monkeypatch.delenv("JAXCNN_SHARED_DATA")
+    checkout = pathlib.Path(data.__file__).resolve().parents[2]
+    assert shared_data_dir() == checkout.parent / "shared" / "data"

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn import cli, distributed
+from jaxcnn import cli, distributed, rundir
 from jaxcnn.errors import JaxcnnError
 
 WORKER = pathlib.Path(__file__).with_name("dist_worker.py")
@@ -149,8 +149,7 @@ def test_two_processes_train_digits_like_one_process(tmp_path, devices):
     assert curve[-1][3] > 0.8  # it learned
 
     # Only process 0 wrote the run files; the checkpoint restores in one process.
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert [r["epoch"] for r in rundir.read_metrics(workdir)] == [1, 2]
     summary = json.loads((workdir / "summary.json").read_text())
     assert (summary["num_processes"], summary["num_devices"]) == (2, 2 * devices)
     from flax import nnx
@@ -170,8 +169,7 @@ def test_two_processes_train_digits_like_one_process(tmp_path, devices):
         env=_env(1), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert more.returncode == 0, more.stderr[-3000:]
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert [r["epoch"] for r in rundir.read_metrics(workdir)] == [1, 2, 3]
 
 
 @pytest.mark.slow

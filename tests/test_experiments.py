@@ -9,6 +9,7 @@ import pytest
 
 from jaxcnn import cli, models, shapes, sweep
 from jaxcnn.errors import SpecError
+from jaxcnn.sweep.config import load_module
 
 EXPERIMENTS = sorted(
     p
@@ -32,7 +33,7 @@ def test_the_experiments_exist():
 @pytest.mark.parametrize("smoke", [True, False], ids=["smoke", "full"])
 def test_experiment_builds_every_spec(path, smoke):
     doc = ast.get_docstring(ast.parse(path.read_text()))
-    assert f"python experiments/{path.name}" in doc and "--smoke" in doc
+    assert f"python -m experiments.{path.stem}" in doc and "--smoke" in doc
     assert "min on 2 CPU cores" in doc and "Expect" in doc
     s = sweep.load_sweep(path, smoke=smoke)
     assert s.name == path.stem
@@ -89,13 +90,8 @@ def test_experiment_main_runs_the_sweep_then_the_report(tmp_path, capsys):
 
 
 def _module(name: str):
-    import importlib.util
-
     path = EXPERIMENTS[0].parent / f"{name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return load_module(path)
 
 
 @pytest.mark.parametrize(
@@ -186,3 +182,38 @@ def test_transfer_smoke_runs_with_seeds(tmp_path, capsys):
         if line.startswith("| 100 ") or line.startswith("| 300 ")
     ]
     assert len(rows) == 6 and all(" ± " in r and "| 6 |" in r for r in rows)
+
+
+def test_a_sweep_file_in_a_package_folder_imports_its_siblings(tmp_path):
+    """load_module imports a file of a package folder as a submodule (relative imports
+    resolve, as under `python -m`), afresh each call, without touching sys.path."""
+    import sys
+
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "_shared.py").write_text("EPOCHS = 3\n")
+    (folder / "one.py").write_text("from . import _shared\n\nVALUE = _shared.EPOCHS\n")
+    path_before = list(sys.path)
+    first, second = load_module(folder / "one.py"), load_module(folder / "one.py")
+    assert first.VALUE == second.VALUE == 3 and first is not second
+    assert sys.path == path_before
+    (tmp_path / "alone.py").write_text("from . import _shared\n")
+    with pytest.raises(ImportError):  # no package folder: no parent to import from
+        load_module(tmp_path / "alone.py")
+
+
+def test_experiment_scripts_run_as_modules_of_the_experiments_package():
+    import subprocess
+    import sys
+
+    repo = EXPERIMENTS[0].parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.grid", "--smoke", "--help"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: python -m experiments.grid" in done.stdout

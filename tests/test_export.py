@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxcnn import cli, export, models
 from jaxcnn.errors import CheckpointError
-from jaxcnn.spec import ModelSpec, RunConfig
+from jaxcnn.spec import ModelSpec
 
 onnx = pytest.importorskip("onnx", reason="pip install 'jaxcnn[export]'")
 ort = pytest.importorskip("onnxruntime", reason="pip install 'jaxcnn[export]'")
@@ -369,24 +369,6 @@ def test_a_backbone_is_refused():
 
 
 # --------------------------------------------------------------------------- runs
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 1-epoch run of the embedded digits default, on standardised data."""
-    from jaxcnn import train
-
-    workdir = tmp_path_factory.mktemp("run")
-    config = RunConfig().override("train.epochs", 1).override("data.standardize", True)
-    train.fit(config, workdir, quiet=True)
-    return workdir
-
-
-def _listing(folder: pathlib.Path) -> dict[str, float]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_mtime_ns
-        for p in sorted(folder.rglob("*"))
-    }
-
-
 def _digits_images(n: int) -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -394,16 +376,18 @@ def _digits_images(n: int) -> np.ndarray:
     return np.round(pixels * (255 / 16)).astype(np.uint8)[..., None]
 
 
-def test_cli_exports_a_run_that_predicts_as_jaxcnn_does(digits_run, tmp_path, capsys):
+def test_cli_exports_a_run_that_predicts_as_jaxcnn_does(
+    digits_run, tmp_path, capsys, snapshot
+):
     from jaxcnn import train
 
-    before = _listing(digits_run)
+    before = snapshot(digits_run)
     out_onnx, out_hlo = tmp_path / "digits.onnx", tmp_path / "digits.stablehlo"
     base = ["export", "--workdir", str(digits_run)]
     assert cli.main([*base, "--format", "onnx", "-o", str(out_onnx)]) == 0
     assert cli.main([*base, "--format", "stablehlo", "-o", str(out_hlo)]) == 0
     assert f"wrote {out_hlo}, {out_hlo}.json" in capsys.readouterr().out
-    assert _listing(digits_run) == before  # a reader of the run directory
+    assert snapshot(digits_run) == before  # a reader of the run directory
 
     proto = onnx.load(out_onnx)
     props = {p.key: p.value for p in proto.metadata_props}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import train
+from jaxcnn import rundir, train
 from jaxcnn.errors import JaxcnnError, TrainingError
 from jaxcnn.spec import RunConfig
 
@@ -29,9 +29,11 @@ def _params(model) -> dict:
 
 
 def _records(workdir) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
     timing = ("epoch_seconds", "images_per_second")
-    return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+    return [
+        {k: v for k, v in r.items() if k not in timing}
+        for r in rundir.read_metrics(workdir)
+    ]
 
 
 def _run_script(body: str, *args, env=None):

@@ -29,6 +29,7 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxcnn import cli, data, models, transfer  # noqa: E402
+from jaxcnn.data.catalog import shared_data_dir  # noqa: E402
 from jaxcnn.interop import imagenet, importer  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -36,12 +37,7 @@ pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-SHARED_DATA = pathlib.Path(
-    os.environ.get(
-        "JAXCNN_SHARED_DATA",
-        pathlib.Path(__file__).resolve().parents[2] / "shared" / "data",
-    )
-)
+SHARED_DATA = shared_data_dir()
 
 
 def _read_mnist(n: int, offset: int = 0):

@@ -34,7 +34,6 @@ a real MNIST batch at initialisation, where exact zeros before a ReLU matter.
 import dataclasses
 import functools
 import os
-import pathlib
 import typing
 
 os.environ["KERAS_BACKEND"] = "tensorflow"  # before keras is first imported
@@ -103,13 +102,7 @@ NEAR_TIE_KERNELS = {
 }
 BATCH = 8
 
-# the raw MNIST files, found as tests/conftest.py finds them
-SHARED_DATA = pathlib.Path(
-    os.environ.get(
-        "JAXCNN_SHARED_DATA",
-        pathlib.Path(__file__).resolve().parents[2] / "shared" / "data",
-    )
-)
+SHARED_DATA = mnist_files.SHARED_DATA  # the raw MNIST files
 
 
 # --------------------------------------------------------------------------- running

@@ -6,6 +6,7 @@ inside functions included). A new module must be given its rank here.
 
 import ast
 import pathlib
+import re
 
 import jaxcnn
 
@@ -144,3 +145,48 @@ def test_the_check_sees_an_upward_import(tmp_path):
     tree = ast.parse("from jaxcnn import train\nimport jaxcnn.cli\n")
     assert _imports(tree, "jaxcnn.layers") == {"jaxcnn.train", "jaxcnn.cli"}
     assert _rank("jaxcnn.train") > _rank("jaxcnn.layers")
+
+
+# --------------------------------------------------------------------------- README
+def _layout_rows() -> list[str]:
+    """The rows of README.md's Layout table, top (imports most) to bottom."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def _layout_modules(rows: list[str]) -> dict[str, int]:
+    """{module: index of the README row naming it}: `name.py` or `package/` in a row's
+    first cell, and a package's modules as `name.py` or `name` anywhere in its row."""
+    found = {}
+    for index, row in enumerate(rows):
+        first = row.split("|")[1]
+        names = re.findall(r"`([\w/.]+)`", row)
+        for token in re.findall(r"`([\w/.]+)`", first):
+            if token.endswith(".py"):
+                found[f"jaxcnn.{token[:-3]}"] = index
+            elif token.endswith("/"):
+                package = f"jaxcnn.{token[:-1]}"
+                found[package] = index
+                for name in names:
+                    found.setdefault(f"{package}.{name.removesuffix('.py')}", index)
+    return found
+
+
+def test_readme_layout_names_every_module_in_rank_order():
+    rows = _layout_rows()
+    listed = _layout_modules(rows)
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")} - {
+        "jaxcnn",
+        "jaxcnn.__main__",
+    }
+    missing = sorted(m for m in modules if m not in listed)
+    assert not missing, f"README's Layout table lacks {missing}"
+    stale = sorted(m for m in listed if m.count(".") == 1 and m not in modules)
+    assert not stale, f"README's Layout table names modules that do not exist: {stale}"
+    for a in modules:
+        for b in modules:
+            if listed[a] < listed[b]:  # a is listed above b: it may import b, not back
+                assert _rank(a) >= _rank(b), (
+                    f"README lists {a} (rank {_rank(a)}) above {b} (rank {_rank(b)})"
+                )

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from jaxcnn import rundir
+
 
 def _jaxcnn(devices: int, *args) -> subprocess.CompletedProcess:
     """Runs the jaxcnn CLI in a process with `devices` fake CPU devices."""
@@ -38,10 +40,9 @@ def _train(workdir, devices: int, epochs: int, *extra):
 
 
 def _curve(workdir):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [
         (r["train_loss"], r["val_loss"], r["val_accuracy"])
-        for r in map(json.loads, lines)
+        for r in rundir.read_metrics(workdir)
     ]
 
 

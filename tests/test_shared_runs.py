@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import train
+from jaxcnn import rundir, train
 from jaxcnn.errors import CheckpointError
 from jaxcnn.spec import RunConfig
 
@@ -62,9 +62,11 @@ def _wait_for(path: pathlib.Path, process: subprocess.Popen, seconds=300) -> Non
 
 
 def _records(workdir) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
     timing = ("epoch_seconds", "images_per_second")
-    return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+    return [
+        {k: v for k, v in r.items() if k not in timing}
+        for r in rundir.read_metrics(workdir)
+    ]
 
 
 def _params(workdir) -> dict:

@@ -643,3 +643,11 @@ def test_fuzzed_set_items_fail_only_with_jaxcnn_errors(base, key, value):
         shapes.infer(models.load_spec(config.model))
     except JaxcnnError:
         pass
+
+
+def test_messages_name_a_bounded_list_and_count_the_rest():
+    from jaxcnn.errors import listing
+
+    assert listing(["a", "b"], 5) == "a, b"
+    assert listing(["a", "b", "c", "d"], 2) == "a, b and 2 more"
+    assert listing(["x: bad", "y: bad", "z: bad"], 1, sep="; ") == "x: bad; and 2 more"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn import train
+from jaxcnn import rundir, train
 from jaxcnn.errors import CheckpointError, DataError, TrainingError
 from jaxcnn.spec import RunConfig
 
@@ -49,8 +49,7 @@ def test_default_train_reaches_95_percent_on_embedded_digits(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["dataset"] == "digits"
     assert summary["test_accuracy"] >= 0.95
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = rundir.read_metrics(workdir)
     assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
     for key in (
         "epoch",
@@ -148,10 +147,8 @@ _CACHE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_compilation_cache_entries_are_zstandard_frames(tmp_path):
-    """jaxcnn's dependencies let JAX compress cache entries with zstandard, far faster
-    to write than its zlib fallback (benchmarks/results/cache_zstd.md, cache_zlib.md)."""
-    cache = tmp_path / "xla"
+def _compile_with_cache(cache: pathlib.Path) -> str:
+    """Runs _CACHE_SCRIPT in a fresh process with its cache in `cache`; its stderr."""
     done = subprocess.run(
         [sys.executable, "-c", _CACHE_SCRIPT, str(cache)],
         capture_output=True,
@@ -159,6 +156,14 @@ def test_compilation_cache_entries_are_zstandard_frames(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_compilation_cache_entries_are_zstandard_frames(tmp_path):
+    """jaxcnn's dependencies let JAX compress cache entries with zstandard, far faster
+    to write than its zlib fallback (benchmarks/results/cache_zstd.md, cache_zlib.md)."""
+    cache = tmp_path / "xla"
+    _compile_with_cache(cache)
     entries = [p for p in cache.iterdir() if p.name.startswith("jit_")]
     assert entries, sorted(p.name for p in cache.iterdir())
     for entry in entries:
@@ -168,22 +173,11 @@ def test_compilation_cache_entries_are_zstandard_frames(tmp_path):
 def test_truncated_compilation_cache_entry_is_removed_once_and_rewritten(tmp_path):
     """JAX warns about an unreadable entry on every run and never replaces it."""
     cache = tmp_path / "xla"
-
-    def run():
-        done = subprocess.run(
-            [sys.executable, "-c", _CACHE_SCRIPT, str(cache)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stderr
-
-    run()
+    _compile_with_cache(cache)
     entry = max(cache.glob("jit_*-cache"), key=lambda p: p.stat().st_size)
     size = entry.stat().st_size
     os.truncate(entry, size // 2)  # what a process killed while writing leaves
-    err = run()
+    err = _compile_with_cache(cache)
     assert f"removed the unreadable compilation cache entry {entry}" in err
     assert "Error reading persistent compilation cache" not in err
     assert entry.stat().st_size == size  # written again by that run's compile

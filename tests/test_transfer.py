@@ -241,17 +241,6 @@ def test_head_prefix_is_last_top_level_dense():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 1-epoch run of the embedded digits default."""
-    from jaxcnn import train
-
-    workdir = tmp_path_factory.mktemp("pretrain")
-    config = RunConfig().override("train.epochs", 1)
-    train.fit(config, workdir, quiet=True)
-    return workdir
-
-
 @pytest.mark.slow
 def test_fine_tune_through_cli_keeps_frozen_weights_bit_identical(digits_run, tmp_path):
     from jaxcnn import cli, train
@@ -292,14 +281,11 @@ def test_cli_transfer_errors_exit_2(digits_run, tmp_path, capsys):
 
 def test_transfer_experiment_points(monkeypatch):
     """Frozen points freeze only convolutions and start from the pre-training run."""
-    import importlib.util
-
     from jaxcnn import train
+    from jaxcnn.sweep.config import load_module
 
     path = pathlib.Path(__file__).parents[1] / "experiments" / "transfer.py"
-    module_spec = importlib.util.spec_from_file_location("exp_transfer", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path)
     monkeypatch.setenv(module.PRETRAINED_ENV, "/runs/x/pretrain")
     for smoke in (True, False):
         points = module.sweep(smoke)

@@ -113,12 +113,55 @@ def test_load_image_converts_any_size_and_states_it(tmp_path):
     image, notes = viz.load_image(tmp_path / "photo.jpg", (28, 28, 1))
     assert image.shape == (28, 28, 1) and image.dtype == np.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
-    assert "RGB image 50x40" in notes[0] and len(notes) >= 2
+    assert notes[0].endswith("photo.jpg: image 50x40, 3 channels")
+    assert (
+        "RGB->grayscale (luminance)" in notes
+        and "resized 50x40 -> 28x28 (bilinear)" in notes
+    )
     gray, notes = viz.load_image(tmp_path / "photo.jpg")
-    assert gray.shape == (50, 40) and notes == ["RGB image converted to grayscale"]
+    assert gray.shape == (50, 40) and notes[1:] == ["RGB->grayscale (luminance)"]
+    Image.fromarray(np.zeros((1000, 600), np.uint8)).save(tmp_path / "large.png")
+    small, notes = viz.load_image(tmp_path / "large.png")
+    assert small.shape == (viz.EDGE_MAX_SIDE, round(600 * viz.EDGE_MAX_SIDE / 1000))
     (tmp_path / "bad.png").write_text("not an image")
-    with pytest.raises(DataError, match=r"cannot read image .*bad.png"):
+    with pytest.raises(DataError, match=r"bad.png: cannot read image"):
         viz.load_image(tmp_path / "bad.png", (28, 28, 1))
+
+
+def test_viz_and_predict_decode_16_bit_and_transparent_images_alike(
+    tmp_path, digits_run
+):
+    """A 16-bit PNG at half scale and a half-transparent RGBA PNG: viz shows what
+    predict classifies (one decoder, data.read_image), values and notes alike."""
+    from jaxcnn import data, train
+
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(tmp_path / "deep.png")
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128  # red at half opacity
+    rgba[0, 0, 1] = 1  # not a uniform colour, so it is composited on black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    record = json.loads((digits_run / "config.json").read_text())["dataset"]
+    predicted = train.predict(
+        digits_run, [tmp_path / "deep.png", tmp_path / "clear.png"]
+    )
+    for name, value, note in (
+        ("deep.png", 32768 / 65535, "16-bit image (I;16) scaled by 1/65535"),
+        ("clear.png", 200 * 128 / 255 / 255, "transparent image composited on black"),
+    ):
+        path = tmp_path / name
+        pixels, read_notes = data.read_image(path)
+        seen, notes = viz.load_image(path, (8, 8, 1), record)
+        np.testing.assert_array_equal(seen, data.prepare(pixels, (8, 8, 1), record))
+        assert note in notes and note in read_notes
+        assert "top" in predicted[["deep.png", "clear.png"].index(name)]
+        gray, _ = viz.load_image(path)  # `viz edges`: grayscale at full size
+        if name == "deep.png":
+            np.testing.assert_allclose(seen, value, rtol=1e-6)
+            np.testing.assert_allclose(gray, value, rtol=1e-6)
+        else:  # luminance of the composited red: 0.2989 of its value
+            np.testing.assert_allclose(gray[1:, 1:], 0.2989 * value, rtol=2e-2)
+    assert predicted[0]["notes"] == ["16-bit image (I;16) scaled by 1/65535"]
+    assert predicted[1]["notes"] == ["transparent image composited on black"]
 
 
 # --------------------------------------------------------------------------- filters
@@ -329,19 +372,9 @@ def test_cli_viz_edges(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "converted to grayscale" in printed and "resized from 300x700" in printed
+    assert "RGB->grayscale (luminance)" in printed
+    assert "resized 700x300 -> 512x219" in printed  # height x width, longest side 512
     check_png(tmp_path / "e.png")
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A finished 2-epoch run of the embedded digits default."""
-    from jaxcnn import train
-    from jaxcnn.spec import RunConfig
-
-    workdir = tmp_path_factory.mktemp("run")
-    train.fit(RunConfig().override("train.epochs", 2), workdir, quiet=True)
-    return workdir
 
 
 @pytest.mark.slow

@@ -38,6 +38,21 @@ from jaxcnn.data import arrays, images
 from jaxcnn.errors import DataError
 from jaxcnn.spec import DataConfig
 
+SHARED_DATA_ENV = "JAXCNN_SHARED_DATA"
+
+
+def shared_data_dir() -> pathlib.Path:
+    """The folder of raw dataset downloads (`mnist/`, `fashion_mnist/`: a `manual_dir`
+    each) that a source checkout's tests, experiments and benchmarks build from.
+
+    `$JAXCNN_SHARED_DATA` when set, else `shared/data` beside the checkout holding this
+    package. The folder need not exist; callers check for the files they need.
+    """
+    if os.environ.get(SHARED_DATA_ENV):
+        return pathlib.Path(os.environ[SHARED_DATA_ENV])
+    return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
 DIGITS = "digits"
 DIGITS_TRAIN_EXAMPLES = 1500  # of 1,797; the last 297 are the test split
 _PROBE_TIMEOUT_S = 3.0  # a reachable download host answers well within this

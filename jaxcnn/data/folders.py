@@ -57,7 +57,7 @@ import numpy as np
 
 from jaxcnn import spec
 from jaxcnn.data import arrays, images
-from jaxcnn.errors import DataError
+from jaxcnn.errors import DataError, listing
 from jaxcnn.spec import DataConfig
 
 log = logging.getLogger(__name__)
@@ -274,11 +274,9 @@ def _scan(root: pathlib.Path) -> _Scan:
     digest = hashlib.sha256(json.dumps(sorted(stats)).encode()).hexdigest()
     notes = [f"ignored {n} {why}" for why, n in sorted(ignored.items()) if n]
     if special:
-        shown = ", ".join(special[:_LISTED])
-        more = f" and {len(special) - _LISTED} more" if len(special) > _LISTED else ""
         notes.append(
             f"skipped {len(special)} special files, not opened (only regular files are "
-            f"read): {shown}{more}"
+            f"read): {listing(special, _LISTED)}"
         )
     return _Scan(
         root=root,
@@ -526,9 +524,7 @@ def _good_rows(
 
 
 def _listing(problems: list[tuple[str, str]]) -> str:
-    shown = "; ".join(f"{rel}: {why}" for rel, why in problems[:_LISTED])
-    more = len(problems) - _LISTED
-    return shown + (f"; and {more} more" if more > 0 else "")
+    return listing([f"{rel}: {why}" for rel, why in problems], _LISTED, sep="; ")
 
 
 def _relabel(scan: _Scan, classes: list[int]) -> np.ndarray:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from jaxcnn import shapes
-from jaxcnn.errors import CheckpointError, SpecError
+from jaxcnn.errors import CheckpointError, SpecError, listing
 from jaxcnn.interop import readers
 from jaxcnn.spec import (
     ActivationSpec,
@@ -734,7 +734,5 @@ def _shape(shape: Shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _listing(names: Sequence[str], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    more = len(names) - limit
-    return shown + (f" and {more} more" if more > 0 else "")
+def _listing(names: Sequence[str]) -> str:
+    return listing([repr(n) for n in names], _MAX_LISTED)

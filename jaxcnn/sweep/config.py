@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import inspect
 import itertools
@@ -18,10 +19,12 @@ import json
 import os
 import pathlib
 import re
+import sys
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from jaxcnn.errors import SpecError
+from jaxcnn.errors import SpecError, listing
 from jaxcnn.spec import RunConfig, read_table, resolve
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -283,8 +286,7 @@ def check_unchanged(old: Sweep, new: Sweep, where: str) -> None:
     if found:
         raise SpecError(
             f"{where} holds sweep {old.name!r} with other settings ("
-            + "; ".join(found[:5])
-            + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+            + listing(found, 5, sep="; ")
             + "). A sweep may gain grid points, seeds or trials, but its finished "
             "trials would not match a changed base config, sampler or search space. "
             "Run the changed sweep in another --workdir, or pass --restart to discard "
@@ -375,16 +377,44 @@ def load_sweep(
     if path.suffix == ".py":
         if not path.is_file():
             raise SpecError(f"{path}: no such file")
-        name = "_jaxcnn_experiment_" + re.sub(r"\W", "_", path.stem)
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        return _from_module(module, smoke, default_name=path.stem)
+        return _from_module(load_module(path), smoke, default_name=path.stem)
     table = read_table(path)
     try:
         return _from_table(table, smoke, default_name=path.stem)
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
+
+
+def load_module(path: str | os.PathLike) -> types.ModuleType:
+    """Imports a sweep's Python file, afresh on every call.
+
+    A file in a package folder (one holding `__init__.py`, as `experiments/`) is imported
+    as a submodule of that folder's package, so its relative imports (`from . import
+    _common`) resolve as under `python -m experiments.NAME`. The package is registered
+    under a name derived from its folder, so two checkouts' `experiments/` never mix;
+    `sys.path` is left alone.
+    """
+    path = pathlib.Path(path).resolve()
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"_jaxcnn_experiment_{stem}"
+    folder = path.parent
+    if (folder / "__init__.py").is_file():
+        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+        package = f"_jaxcnn_experiments_{digest}"
+        if package not in sys.modules:
+            init_spec = importlib.util.spec_from_file_location(
+                package,
+                folder / "__init__.py",
+                submodule_search_locations=[str(folder)],
+            )
+            init = importlib.util.module_from_spec(init_spec)
+            sys.modules[package] = init
+            init_spec.loader.exec_module(init)
+        name = f"{package}.{stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def _from_table(table: Mapping[str, Any], smoke: bool, default_name: str) -> Sweep:

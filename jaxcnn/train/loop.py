@@ -2,8 +2,11 @@
 
 Resume is exact: the data order of an epoch is a function of (seed, epoch), augmentation
 keys of (seed, step), and dropout draws from the model's own RNG state, which is part of
-every checkpoint. Checkpoints are taken at epoch ends, so a run killed mid-epoch repeats
-that epoch from its start and ends bit-identical to an uninterrupted one.
+every checkpoint. Checkpoints are taken at every epoch end, every `train.checkpoint_steps`
+steps within an epoch when set, and when SIGTERM / Ctrl-C stops training (`preemption`);
+a mid-epoch checkpoint holds the epoch's step and its running sums. A run killed at any
+point resumes from the latest checkpoint, repeats what came after it, and ends
+bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
