@@ -3,6 +3,16 @@
 `make_optimizer` turns an `OptimConfig` into an optax transformation plus the schedule it
 uses, so the trainer can log the learning rate of every step.
 
+The optimiser's numbers (`traced_values`: the learning rate, both decays, the clipping
+norm, SGD's momentum) can be handed to `make_optimizer` as arrays instead: a compiled step
+that builds its transformation from arguments then does not bake them in as constants,
+so runs that differ only in those numbers share one executable (and one entry of the
+persistent compilation cache). Each number enters the same float32 arithmetic as the
+Python float would (no Python-side arithmetic on it); as constants, XLA may fold several
+of them together first (e.g. the decoupled weight decay times a constant learning rate),
+so a configuration with more than one of them can differ in the last bits between the
+two forms. Training always builds them as arguments, so a run repeats exactly.
+
 The chain applied to the gradients of trainable parameters is, in order:
 
 1. ``optax.clip_by_global_norm(clip_norm)`` when ``clip_norm`` is set; the norm covers the
@@ -58,7 +68,7 @@ def _path_str(path: tuple) -> str:
 
 
 def make_schedule(
-    config: OptimConfig, *, steps_per_epoch: int, epochs: int
+    config: OptimConfig, *, steps_per_epoch: int, epochs: int, lr: Any = None
 ) -> optax.Schedule:
     """The learning rate as a function of the optimiser step.
 
@@ -66,6 +76,9 @@ def make_schedule(
     for ``constant``, ``cosine``, ``warmup_cosine`` and ``step``; for ``onecycle`` it sets
     the rising phase (``pct_start``; 30 % of training when 0). ``step_epochs`` are epoch
     numbers: at the start of each, the rate is multiplied by ``step_factor``.
+
+    ``lr`` (default ``config.lr``) may be a traced scalar, except for ``onecycle``, whose
+    optax schedule does Python arithmetic on it (`traced_values` leaves it out there).
 
     Raises:
       SpecError: for combinations that cannot describe a schedule.
@@ -75,7 +88,8 @@ def make_schedule(
             f"make_optimizer needs steps_per_epoch >= 1 and epochs >= 1, got "
             f"steps_per_epoch={steps_per_epoch}, epochs={epochs}"
         )
-    lr, name = config.lr, config.schedule
+    name = config.schedule
+    lr = config.lr if lr is None else lr
     total = steps_per_epoch * epochs
     # any positive warmup lasts at least one step (restores may build with steps_per_epoch=1)
     warmup = max(
@@ -106,14 +120,20 @@ def make_schedule(
     if name in ("cosine", "warmup_cosine"):
         if warmup == 0:
             return optax.cosine_decay_schedule(init_value=lr, decay_steps=total)
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total
+        # optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=lr, ...) with
+        # its alpha = end_value / peak_value = 0.0 spelled out (it compares lr with 0.0)
+        rise = optax.linear_schedule(
+            init_value=0.0, end_value=lr, transition_steps=warmup
         )
+        decay = optax.cosine_decay_schedule(
+            init_value=lr, decay_steps=total - warmup, alpha=0.0
+        )
+        return optax.join_schedules([rise, decay], boundaries=[warmup])
     if name == "constant":
         after = optax.constant_schedule(lr)
     elif name == "step":
         after = _step_schedule(
-            config, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup=warmup
+            config, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup=warmup, lr=lr
         )
     else:
         raise SpecError(
@@ -127,7 +147,7 @@ def make_schedule(
 
 
 def _step_schedule(
-    config: OptimConfig, *, steps_per_epoch: int, epochs: int, warmup: int
+    config: OptimConfig, *, steps_per_epoch: int, epochs: int, warmup: int, lr: Any
 ) -> optax.Schedule:
     epochs_at = list(config.step_epochs)
     if not epochs_at:
@@ -155,13 +175,37 @@ def _step_schedule(
     # join_schedules hands the second schedule the step count since the warmup ended.
     boundaries = {e * steps_per_epoch - warmup: config.step_factor for e in epochs_at}
     return optax.piecewise_constant_schedule(
-        init_value=config.lr, boundaries_and_scales=boundaries
+        init_value=lr, boundaries_and_scales=boundaries
     )
 
 
 def _decay_mask(params: PyTree) -> PyTree:
     """True for kernels (ndim > 1); biases and norm scales are not decayed."""
     return jax.tree_util.tree_map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def traced_values(config: OptimConfig) -> dict[str, float]:
+    """The numbers of `config` that `make_optimizer` accepts as (traced) arrays.
+
+    Only numbers that take part in the update: a decay of 0, a clipping norm of None or
+    SGD's momentum of 0 change which transformations there are, so they stay in the
+    structure. The one-cycle schedule keeps its learning rate a constant (optax divides
+    it by 25 in Python, which a float32 array would round differently).
+    """
+    values = {} if config.schedule == "onecycle" else {"lr": config.lr}
+    if config.clip_norm is not None:
+        values["clip_norm"] = config.clip_norm
+    if config.l2 > 0:
+        values["l2"] = config.l2
+    if _weight_decay(config) > 0:
+        values["weight_decay"] = _weight_decay(config)
+    if config.optimizer in ("momentum", "nesterov"):
+        values["momentum"] = _momentum(config)
+    return values
+
+
+def _momentum(config: OptimConfig) -> float:
+    return SGD_MOMENTUM if config.momentum is None else config.momentum
 
 
 def _weight_decay(config: OptimConfig) -> float:
@@ -171,15 +215,16 @@ def _weight_decay(config: OptimConfig) -> float:
 
 
 def _base_optimizer(
-    config: OptimConfig, schedule: optax.Schedule
+    config: OptimConfig, schedule: optax.Schedule, values: dict[str, Any]
 ) -> optax.GradientTransformation:
     name = config.optimizer
     eps = EPSILON if config.epsilon is None else config.epsilon
     if name == "sgd":
         return optax.sgd(schedule)
     if name in ("momentum", "nesterov"):
-        momentum = SGD_MOMENTUM if config.momentum is None else config.momentum
-        return optax.sgd(schedule, momentum=momentum, nesterov=name == "nesterov")
+        return optax.sgd(
+            schedule, momentum=values["momentum"], nesterov=name == "nesterov"
+        )
     if name == "adam":
         return optax.adam(schedule, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=eps)
     if name == "adamw":
@@ -188,7 +233,7 @@ def _base_optimizer(
             b1=ADAM_BETAS[0],
             b2=ADAM_BETAS[1],
             eps=eps,
-            weight_decay=_weight_decay(config),
+            weight_decay=values.get("weight_decay", 0.0),
             mask=_decay_mask,
         )
     if name == "rmsprop":
@@ -240,6 +285,7 @@ def make_optimizer(
     steps_per_epoch: int,
     epochs: int,
     trainable: Callable[[PyTree], PyTree] | PyTree | None = None,
+    values: dict[str, Any] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimiser described by `config`.
 
@@ -249,6 +295,8 @@ def make_optimizer(
       epochs: length of training in epochs (cosine / one-cycle end there).
       trainable: optional mask with the parameters' structure (or a function of the
         parameters returning one); False leaves are frozen: zero update, no state.
+      values: arrays (scalars) for some of `traced_values(config)`'s numbers, used in
+        their place; the transformation's structure and state are the same either way.
 
     Returns:
       (tx, schedule): the gradient transformation and ``schedule(step) -> lr``.
@@ -256,15 +304,24 @@ def make_optimizer(
     Raises:
       SpecError: for an unknown optimiser/schedule or a combination that does not fit.
     """
-    schedule = make_schedule(config, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    known = traced_values(config)
+    if values is not None and set(values) - set(known):
+        raise SpecError(
+            f"make_optimizer got values for {sorted(set(values) - set(known))}, which "
+            f"this optimiser does not take as values; it takes {sorted(known)}"
+        )
+    values = {**known, **(values or {})}
+    schedule = make_schedule(
+        config, steps_per_epoch=steps_per_epoch, epochs=epochs, lr=values.get("lr")
+    )
     parts = []
     if config.clip_norm is not None:
-        parts.append(optax.clip_by_global_norm(config.clip_norm))
+        parts.append(optax.clip_by_global_norm(values["clip_norm"]))
     if config.l2 > 0:
-        parts.append(optax.add_decayed_weights(config.l2, mask=_decay_mask))
-    parts.append(_base_optimizer(config, schedule))
-    weight_decay = _weight_decay(config)
-    if weight_decay > 0 and config.optimizer != "adamw":  # adamw decays inside optax
+        parts.append(optax.add_decayed_weights(values["l2"], mask=_decay_mask))
+    parts.append(_base_optimizer(config, schedule, values))
+    weight_decay = values.get("weight_decay", 0.0)
+    if config.optimizer != "adamw" and _weight_decay(config) > 0:  # adamw: in optax
         parts.append(
             optax.add_decayed_weights(
                 lambda step: -weight_decay * schedule(step), mask=_decay_mask

@@ -74,6 +74,64 @@ def test_every_optimizer_and_schedule_reduces_a_quadratic(name, sched):
     assert float(schedule(0)) >= 0.0
 
 
+def _run_traced(config, params, steps, values):
+    """`_run` with the transformation built inside the step from `values` arguments."""
+    build = lambda v=None: optim.make_optimizer(  # noqa: E731
+        config, steps_per_epoch=10, epochs=4, values=v
+    )[0]
+    state = build().init(params)
+
+    def step(params, state, values):
+        grads = jax.grad(_loss)(params)
+        updates, state = build(values).update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    values = {k: jnp.float32(v) for k, v in values.items()}
+    jitted = jax.jit(step)
+    for _ in range(steps):
+        params, state = jitted(params, state, values)
+    return params, state, jitted.lower(params, state, values).as_text()
+
+
+@pytest.mark.parametrize(
+    "name, sched",
+    CASES,
+    ids=[f"{n}-{s['schedule']}{s.get('warmup_epochs', '')}" for n, s in CASES],
+)
+def test_traced_values_give_the_same_updates_and_one_program_for_any_value(name, sched):
+    """The optimiser's numbers as arguments: the parameters and state of the numbers
+    as constants, to float32 rounding (XLA folds constants together where it can, in
+    another order), and one compiled program for other numbers."""
+    config = OptimConfig(
+        optimizer=name, lr=0.05, weight_decay=1e-3, l2=1e-4, clip_norm=5.0, **sched
+    )
+    values = optim.traced_values(config)
+    assert ("lr" in values) == (sched["schedule"] != "onecycle")
+    assert {"clip_norm", "l2", "weight_decay"} <= set(values)
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=10, epochs=4)
+    params, state = _run(tx, _quadratic_params(), 12)
+    traced, traced_state, program = _run_traced(config, _quadratic_params(), 12, values)
+    for a, b in zip(
+        jax.tree.leaves((params, state)),
+        jax.tree.leaves((traced, traced_state)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert jax.tree.structure(state) == jax.tree.structure(traced_state)
+    other = {k: v * 0.5 for k, v in values.items()}
+    *_, other_program = _run_traced(config, _quadratic_params(), 1, other)
+    assert other_program == program
+
+
+def test_values_the_optimiser_does_not_take_are_refused():
+    config = OptimConfig(optimizer="adam", lr=0.1)
+    assert optim.traced_values(config) == {"lr": 0.1}
+    with pytest.raises(SpecError, match=r"\['momentum'\].*takes \['lr'\]"):
+        optim.make_optimizer(
+            config, steps_per_epoch=10, epochs=1, values={"momentum": 0.9}
+        )
+
+
 def _cfg(**kw):
     return OptimConfig(lr=0.1, **kw)
 

@@ -297,6 +297,19 @@ def test_each_sweep_module_imports_in_a_fresh_interpreter(name):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_compile_share_counts_every_seed_and_skips_trials_without_times():
+    rows = [
+        {"status": "ok", "compile_seconds": 30.0, "train_seconds": 70.0},
+        # means over 3 seeds: 3 x (10 + 90) s of which 3 x 10 s compiling
+        {"status": "ok", "seeds": 3, "compile_seconds": 10.0, "train_seconds": 90.0},
+        {"status": "failed", "error": "DataError"},  # never trained: no times
+        {"status": "invalid", "compile_seconds": None, "train_seconds": None},
+    ]
+    assert report.compile_share(rows) == "compiling: 15% of 400 s of trial time"
+    assert report.compile_share(rows[2:]) is None
+    assert report.compile_share([]) is None
+
+
 # --------------------------------------------------------------------------- real sweeps
 def test_smoke_sweep_on_digits_end_to_end(tmp_path):
     s = _sweep(
@@ -332,6 +345,13 @@ def test_smoke_sweep_on_digits_end_to_end(tmp_path):
     ).read_text() == before
     text = report.write_report(tmp_path)
     assert "| 1 |" in text
+    compiling = sum(r["compile_seconds"] for r in ok)
+    total = compiling + sum(r["train_seconds"] for r in ok)
+    assert (
+        f"compiling: {compiling / total:.0%} of {total:.0f} s of trial time"
+        in text.splitlines()
+    )
+    assert "compiling: " in (tmp_path / "report.md").read_text()
     for name in (
         "accuracy_vs_params.png",
         "accuracy_vs_flops.png",

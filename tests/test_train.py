@@ -468,17 +468,29 @@ def test_unknown_dataset_and_impossible_channels_exit_2(tmp_path):
 def test_train_says_it_compiles_and_records_persistent_cache_hits(tmp_path):
     """`jaxcnn train` names each compile and its seconds before the first epoch line;
     summary.json counts the executables loaded from the persistent cache. A second run
-    that differs only in its seed (a traced value) loads its train step from there."""
+    that differs only in its seed, and a third that differs only in its optimiser's
+    numbers (learning rate, momentum, weight decay: traced values), load their train
+    step from there. (Whether there is a weight decay at all is structure: it is
+    present in all three.)"""
     env = {"JAXCNN_COMPILATION_CACHE": str(tmp_path / "xla")}
     runs = []
-    for seed in (1, 2):
-        workdir = tmp_path / f"run{seed}"
+    optimiser = ["--set", "optim.optimizer=momentum", "--set", "optim.schedule=cosine"]
+    for name, flags in (
+        ("first", ["--seed", "1", "--lr", "0.01", "--set", "optim.weight_decay=1e-4"]),
+        ("seed", ["--seed", "2", "--lr", "0.01", "--set", "optim.weight_decay=1e-4"]),
+        (
+            "numbers",
+            ["--seed", "1", "--lr", "0.03", "--set", "optim.momentum=0.8"]
+            + ["--set", "optim.weight_decay=1e-3"],
+        ),
+    ):
+        workdir = tmp_path / name
         done = _run_cli(
             "train",
             "--epochs",
             "1",
-            "--seed",
-            str(seed),
+            *optimiser,
+            *flags,
             "--workdir",
             str(workdir),
             env=env,
@@ -486,7 +498,7 @@ def test_train_says_it_compiles_and_records_persistent_cache_hits(tmp_path):
         assert done.returncode == 0, done.stderr
         summary = json.loads((workdir / "summary.json").read_text())
         runs.append((done.stderr.splitlines(), summary))
-    (first_out, first), (second_out, second) = runs
+    (first_out, first), (second_out, second), (third_out, third) = runs
     compiling = [
         line for line in first_out if line.startswith("compiling the train step")
     ]
@@ -497,11 +509,18 @@ def test_train_says_it_compiles_and_records_persistent_cache_hits(tmp_path):
         i for i, line in enumerate(first_out) if line.startswith("epoch 1/1")
     )
     assert first["compile_cache_hits"] == 0 and first["compile_seconds"] > 0
-    assert any(
-        re.fullmatch(
-            r"compiling the train step \.\.\. \d+\.\d s \(from the persistent cache\)",
-            line,
-        )
-        for line in second_out
-    ), second_out
-    assert second["compile_cache_hits"] >= 1
+    for out, summary in ((second_out, second), (third_out, third)):
+        assert any(
+            re.fullmatch(
+                r"compiling the train step \.\.\. \d+\.\d s "
+                r"\(from the persistent cache\)",
+                line,
+            )
+            for line in out
+        ), out
+        assert summary["compile_cache_hits"] >= 1
+    # the numbers did change the run: its training differs from the first one's
+    metrics = [
+        (tmp_path / name / "metrics.jsonl").read_text() for name in ("first", "numbers")
+    ]
+    assert metrics[0] != metrics[1]

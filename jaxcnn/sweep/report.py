@@ -393,6 +393,23 @@ def _effects(ok: Sequence[dict[str, Any]], out: pathlib.Path) -> list[pathlib.Pa
     return written
 
 
+def compile_share(rows: Sequence[dict[str, Any]]) -> str | None:
+    """ "compiling: 38% of 412 s of trial time": the share of the trials' time (compile
+    plus training seconds of every seed, from their summaries) spent compiling; None
+    when no trial has recorded both."""
+    compiling = total = 0.0
+    for row in rows:
+        seconds = row.get("compile_seconds"), row.get("train_seconds")
+        if not all(isinstance(v, int | float) for v in seconds):
+            continue
+        runs = row.get("seeds") or 1  # with seeds, both are means over the seeds
+        compiling += seconds[0] * runs
+        total += (seconds[0] + seconds[1]) * runs
+    if total <= 0:
+        return None
+    return f"compiling: {compiling / total:.0%} of {total:.0f} s of trial time"
+
+
 def write_report(sweep_dir: str | os.PathLike, *, figures: bool = True) -> str:
     """Writes report.md and the figures into `sweep_dir`; returns the printed text.
 
@@ -434,7 +451,10 @@ def _write(sweep_dir: pathlib.Path, rows: list[dict[str, Any]], figures: bool) -
     reasons = "\n".join(
         f"- `{r['trial']}` ({r['status']}): {r['error']}" for r in invalid
     )
+    share = compile_share(rows)
     md = [f"# {header}", "", table, ""]
+    if share:
+        md += [f"{share} (compile and training seconds of the trials' summaries)", ""]
     if seeded(rows) and ok:
         md += ["## Ties", "", TIES_TEXT, "", *ties_summary(rows), ""]
     if reasons:
@@ -442,7 +462,7 @@ def _write(sweep_dir: pathlib.Path, rows: list[dict[str, Any]], figures: bool) -
     if written:
         md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in written] + [""]
     rundir.write_text_atomic(sweep_dir / "report.md", "\n".join(md))
-    lines = [header, table]
+    lines = [header, table] + ([share] if share else [])
     if seeded(rows) and ok:
         lines += ["tied with #1 (95 % intervals overlap):", *ties_summary(rows)]
     if written:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -225,15 +226,24 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
             elif not run.quiet:
                 print(note)
     steps_per_epoch = run.source.steps_per_epoch
-    tx, schedule = optim.make_optimizer(
+    build = functools.partial(
+        optim.make_optimizer,
         run.config.optim,
         steps_per_epoch=steps_per_epoch,
         epochs=cfg.epochs,
         trainable=transfer.trainable_mask(model, run.spec, cfg.freeze),
     )
+    tx, schedule = build()
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     k = cfg.steps_per_dispatch or step.default_steps_per_dispatch(jax.default_backend())
-    steps = step.Steps(model, optimizer, run.config, min(k, steps_per_epoch))
+    steps = step.Steps(  # the optimiser's numbers traced: one executable for any lr
+        model,
+        optimizer,
+        run.config,
+        min(k, steps_per_epoch),
+        tx_from=lambda values: build(values=values)[0],
+        values=optim.traced_values(run.config.optim),
+    )
     if not run.quiet:
         steps.on_compile = _say_compiling
     return steps, schedule

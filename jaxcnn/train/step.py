@@ -88,7 +88,9 @@ def loss_and_sums(model, images, labels, weights, label_smoothing: float):
     return loss, (sums, logits)
 
 
-def train_step(graph, state, images, labels, key, options: StepOptions):
+def train_step(
+    graph, state, images, labels, key, options: StepOptions, tx_from=None, values=None
+):
     """One optimiser step on one batch.
 
     Args:
@@ -97,11 +99,16 @@ def train_step(graph, state, images, labels, key, options: StepOptions):
       images: [batch, H, W, C]; labels: [batch] int32.
       key: this step's augmentation key (unused without augmentation).
       options: label smoothing and augmentation.
+      tx_from, values: when given, the step updates with `tx_from(values)` rather than
+        the optimizer's own transformation (the same one, built from the traced
+        `values`, e.g. the learning rate, so they are arguments and not constants).
 
     Returns:
       (new state, [loss sum, correct, examples] of the batch).
     """
     model, optimizer = nnx.merge(graph, state)
+    if tx_from is not None:
+        optimizer.tx = tx_from(values)
     if options.augment_crop or options.augment_flip:
         images = data.augment(
             images, key, crop=options.augment_crop, flip=options.augment_flip
@@ -140,7 +147,19 @@ def run_steps(step: Callable, num_steps, carry, rolled: bool):
 
 
 def train_steps(
-    graph, options, rolled, state, images, labels, indices, step0, count, sums, key
+    graph,
+    options,
+    rolled,
+    tx_from,
+    state,
+    images,
+    labels,
+    indices,
+    step0,
+    count,
+    sums,
+    key,
+    values,
 ):
     """Runs `count` train steps, adding each step's sums to the running `sums`.
 
@@ -153,6 +172,8 @@ def train_steps(
       sums: the epoch's running [loss sum, correct, examples]; adding in step order keeps
         the epoch's totals independent of how its steps are grouped into calls.
       key: the run's augmentation key.
+      tx_from, values: the optimiser built from traced values (see `train_step`), or
+        None and {}.
     """
     num_steps = count if rolled else (images if indices is None else indices).shape[0]
 
@@ -163,7 +184,14 @@ def train_steps(
         else:
             x, y = images[indices[i]], labels[indices[i]]
         state, batch_sums = train_step(
-            graph, state, x, y, jax.random.fold_in(key, step0 + i), options
+            graph,
+            state,
+            x,
+            y,
+            jax.random.fold_in(key, step0 + i),
+            options,
+            tx_from,
+            values,
         )
         return state, sums + batch_sums
 
@@ -190,6 +218,13 @@ class Steps:
     Each distinct argument shape compiles once (ahead of time, timed in
     `compile_seconds`). With `steps_per_call` k and rolled steps, one executable runs any
     count up to k; unrolled, each count is its own executable.
+
+    With `tx_from` and `values` (`optim.make_optimizer`'s builder and its
+    `optim.traced_values`), the train step builds the optimizer's transformation from
+    `values` passed as arguments: the learning rate and the other optimiser numbers are
+    then not constants of the executable, and runs that differ only in them share it
+    (and its persistent cache entry). `tx_from(values)` must have the structure of the
+    optimizer's own transformation.
     """
 
     def __init__(
@@ -199,6 +234,8 @@ class Steps:
         config: RunConfig,
         steps_per_call: int | None = None,
         layout: sharding.Layout | None = None,
+        tx_from: Callable[[dict], Any] | None = None,
+        values: dict[str, float] | None = None,
     ):
         self.options = StepOptions.from_config(config)
         self.rolled = rolls_steps(model)
@@ -210,6 +247,11 @@ class Steps:
         self.eval_graph, _ = nnx.split((model, optimizer))
         self.state = sharding.put(state, self.layout.replicated)
         self.key = sharding.put(augment_key(config.train.seed), self.layout.replicated)
+        self.tx_from = tx_from
+        self.values = sharding.put(
+            {k: np.float32(v) for k, v in (values or {}).items()},
+            self.layout.replicated,
+        )
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
         self.cache_hits = 0  # executables loaded from the persistent compilation cache
@@ -218,17 +260,14 @@ class Steps:
         self.on_compile: Callable[[str, tuple[float, bool] | None], None] | None = None
 
     def _get(self, name: str, fn: Callable, args: tuple, donate: tuple[int, ...] = ()):
-        key = (name, tuple((a.shape, str(a.dtype)) for a in args[1:] if a is not None))
+        key = (name, tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args[1:])))
         if key not in self._compiled:
             what = f"the {name} step"
             if self.on_compile:
                 self.on_compile(what, None)
             hits = _persistent_cache_hits()
             start = time.perf_counter()
-            jitted = jax.jit(
-                fn, donate_argnums=donate, out_shardings=self.layout.replicated
-            )
-            self._compiled[key] = jitted.lower(*args).compile()
+            self._compiled[key] = self.jit(fn, donate).lower(*args).compile()
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
             hit = _persistent_cache_hits() > hits
@@ -236,6 +275,10 @@ class Steps:
             if self.on_compile:
                 self.on_compile(what, (seconds, hit))
         return self._compiled[key]
+
+    def jit(self, fn: Callable, donate: tuple[int, ...] = ()):
+        """`jax.jit` of a step function as this run compiles it (outputs replicated)."""
+        return jax.jit(fn, donate_argnums=donate, out_shardings=self.layout.replicated)
 
     @property
     def num_compiled(self) -> int:
@@ -287,12 +330,21 @@ class Steps:
         Returns the running [loss sum, correct, examples]: `sums` (default zeros) plus
         those of these steps.
         """
+        fn, args = self.train_call(images, labels, indices, step0, count, sums)
+        self.state, sums = self._get("train", fn, args, donate=(0,))(*args)
+        return sums
+
+    def train_call(self, images, labels, indices, step0: int, count=None, sums=None):
+        """(function, arguments) of the train call `train` compiles (with
+        `jit(function, donate=(0,))`) and runs for these arguments."""
         if count is None:
             count = (images if indices is None else indices).shape[0]
         if sums is None:
             sums = np.zeros((3,), np.float32)
         replicated = self.layout.replicated
-        fn = functools.partial(train_steps, self.train_graph, self.options, self.rolled)
+        fn = functools.partial(
+            train_steps, self.train_graph, self.options, self.rolled, self.tx_from
+        )
         args = (
             self.state,
             images,
@@ -302,9 +354,9 @@ class Steps:
             sharding.put(np.int32(count), replicated),
             sums if isinstance(sums, jax.Array) else sharding.put(sums, replicated),
             self.key,
+            self.values,
         )
-        self.state, sums = self._get("train", fn, args, donate=(0,))(*args)
-        return sums
+        return fn, args
 
     def compile_train(self, batch_size: int, input_shape: tuple[int, ...]) -> None:
         """Compiles the train call for `steps_per_call` batches of `batch_size` images of
@@ -335,11 +387,9 @@ class Steps:
 
         Every process holds each whole batch and feeds its own devices their rows.
         """
-        fn = functools.partial(eval_step, self.eval_graph, options=self.options)
         totals, labels, predictions = None, [], []
         for batch in batches:
-            parts = (batch.images, batch.labels, batch.mask)
-            args = (self.state, *sharding.put(parts, self.layout.by_batch))
+            fn, args = self.eval_call(batch)
             sums, preds = self._get("eval", fn, args)(*args)
             totals = sums if totals is None else totals + sums
             keep = batch.mask > 0
@@ -347,6 +397,13 @@ class Steps:
             predictions.append(sharding.host(preds)[keep])
         totals = tuple(float(v) for v in sharding.host(totals))
         return totals, np.concatenate(labels), np.concatenate(predictions)
+
+    def eval_call(self, batch: data.Batch):
+        """(function, arguments) of the eval call `evaluate` compiles (with
+        `jit(function)`) and runs for one batch."""
+        fn = functools.partial(eval_step, self.eval_graph, options=self.options)
+        parts = (batch.images, batch.labels, batch.mask)
+        return fn, (self.state, *sharding.put(parts, self.layout.by_batch))
 
     def model(self) -> nnx.Module:
         """The model with the current state, in eval mode."""
