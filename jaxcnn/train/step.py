@@ -362,24 +362,15 @@ class Steps:
         """Compiles the train call for `steps_per_call` batches of `batch_size` images of
         `input_shape` given per step (streamed data), without running it: `memory`
         then reports XLA's analysis of it."""
-        k = self.k or 1
-        replicated = self.layout.replicated
-
-        def spec(shape, dtype, sharding=replicated):
-            return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-        batches = self.layout.by_step_batch
-        args = (
-            self.state,
-            spec((k, batch_size, *input_shape), np.float32, batches),
-            spec((k, batch_size), np.int32, batches),
+        k, by_step = self.k or 1, self.layout.by_step_batch
+        images = jax.ShapeDtypeStruct((k, batch_size, *input_shape), np.float32)
+        labels = jax.ShapeDtypeStruct((k, batch_size), np.int32)
+        fn, args = self.train_call(
+            jax.ShapeDtypeStruct(images.shape, images.dtype, sharding=by_step),
+            jax.ShapeDtypeStruct(labels.shape, labels.dtype, sharding=by_step),
             None,
-            spec((), np.int32),
-            spec((), np.int32),
-            spec((3,), np.float32),
-            self.key,
+            0,
         )
-        fn = functools.partial(train_steps, self.train_graph, self.options, self.rolled)
         self._get("train", fn, args, donate=(0,))
 
     def evaluate(self, batches: Iterable[data.Batch]):
