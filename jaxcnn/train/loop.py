@@ -123,6 +123,11 @@ def fit(
     """
     config = config or RunConfig()
     workdir = workdir or rundir.default_workdir(config)
+    config, note = transfer.inherit_normalization(config)
+    if note is not None:
+        dataset = None  # one loaded for the config as given is not normalised so
+        if not quiet and distributed.is_primary():
+            print(note)
     step.enable_compilation_cache()
     run = _open_run(config, rundir.RunDir(workdir), restart, quiet)
     with run.lock or contextlib.nullcontext():
@@ -507,6 +512,7 @@ def dataset_record(ds: data.Dataset) -> dict[str, Any]:
         "image_shape": list(ds.image_shape),
         "mean": None if ds.mean is None else np.asarray(ds.mean).tolist(),
         "std": None if ds.std is None else np.asarray(ds.std).tolist(),
+        "channels": ds.channels,
         "train_examples": ds.train.num_examples,
         "val_examples": ds.val.num_examples,
         "test_examples": ds.test.num_examples,
