@@ -25,9 +25,9 @@ images. Here, end to end:
    skipped and the imported network itself is the base.
 3. A sweep (WORKDIR/trials/...), each arm with 5 seeds (train.seed 0-4: the head's or
    network's initialisation and the data order):
-   - frozen:  resnet18 from the base, every convolution and batch norm frozen
-              (`--freeze conv|norm`), fresh head (`--new-head`): 5,130 of 11.2 M
-              parameters train;
+   - frozen:  resnet18 from the base, every convolution, projection and batch norm
+              frozen (`--freeze 'conv|norm|proj'`), fresh head (`--new-head`): 5,130
+              of 11.2 M parameters train;
    - scratch: the same resnet18 (32x32x3), random initialisation, every layer trains;
    - small:   keras_mnist (Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10, 93,322
               parameters) at the folder's 28x28x1, from scratch.
@@ -65,7 +65,7 @@ SETTINGS = {"name": "pretrained", "seeds": 5}
 ARCH = "resnet18"
 INPUT = [32, 32, 3]
 ARMS = ("frozen", "scratch", "small")
-FREEZE = ["conv|norm"]  # every parameter of resnet18 but the head (dense_13)
+FREEZE = ["conv|norm|proj"]  # every parameter of resnet18 but the head (dense_13)
 # main() builds / imports / pre-trains first and points the sweep at them through these
 IMAGES_ENV = "JAXCNN_PRETRAINED_IMAGES"
 BASE_ENV = "JAXCNN_PRETRAINED_BASE"

@@ -190,3 +190,70 @@ def test_transfer_smoke_runs_with_seeds(tmp_path, capsys):
         if line.startswith("| 100 ") or line.startswith("| 300 ")
     ]
     assert len(rows) == 6 and all(" ± " in r and "| 6 |" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_pretrained_experiment_smoke(tmp_path, capsys):
+    """experiments/pretrained.py --smoke on a folder of 200 real MNIST digits: a random
+    torchvision resnet18 is saved, imported, pre-trained on Fashion-MNIST images and
+    fine-tuned with a frozen base; every arm runs its 5 seeds, the frozen runs take
+    the imported network's normalisation and keep the base's weights."""
+    pytest.importorskip("torchvision")
+    import importlib.util
+    import json
+
+    import numpy as np
+    from mnist_files import read_mnist
+    from test_folders import write_pngs
+
+    from jaxcnn import rundir, train
+    from jaxcnn.interop import imagenet
+
+    loaded = read_mnist(200)
+    if loaded is None:
+        pytest.fail("raw MNIST files not found (JAXCNN_SHARED_DATA)")
+    pixels, labels = loaded
+    folder = tmp_path / "my_digits"
+    digits = (pixels * 255).round().astype(np.uint8)
+    write_pngs(folder, digits, labels, [str(d) for d in range(10)])
+    path = EXPERIMENTS[0].parent / "pretrained.py"
+    module_spec = importlib.util.spec_from_file_location("exp_pretrained", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    workdir = tmp_path / "out"
+    argv = ["--smoke", "--images", str(folder), "--workdir", str(workdir), "--quiet"]
+    assert module.main(argv) == 0
+    assert "does not record which run wrote it" not in capsys.readouterr().err
+    table = (workdir / "pretrained.md").read_text()
+    rows = [json.loads(line) for line in open(workdir / "results.jsonl")]
+    assert sorted(module.arm_of(r) for r in rows) == sorted(module.ARMS)
+    for r in rows:
+        assert r["status"] == "ok" and r["seeds"] == 5, r
+        assert 0.0 <= r["test_accuracy_mean"] <= 1.0 and r["test_accuracy_ci95"] >= 0
+    for name in module.ARMS:
+        assert f"| {name} |" in table
+    assert "| frozen | resnet18 | 5,130 |" in table
+    assert "random weights" in table
+    base = train.restore(workdir / "pretrain")
+    assert base.config.train.init_from == str((workdir / "imported").resolve())
+    mean = imagenet.PREPROCESSING["torchvision"]["mean"]
+    frozen = next(r for r in rows if module.arm_of(r) == "frozen")
+    trial = workdir / "trials" / frozen["trial"] / "seed1"
+    saved = rundir.RunDir(trial).read()
+    np.testing.assert_allclose(saved.dataset["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(saved.config.data.mean, mean, rtol=1e-6)
+    tuned = train.restore(trial)
+    for path, var in nnx_params(tuned.model).items():
+        if not path.startswith("dense_13/"):
+            np.testing.assert_array_equal(var, nnx_params(base.model)[path], path)
+
+
+def nnx_params(model):
+    import numpy as np
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    return {
+        "/".join(map(str, p)): np.asarray(v.get_value())
+        for p, v in nnx.to_flat_state(state)
+    }
