@@ -1,7 +1,7 @@
 """Fine-tuning an imported network on a folder of images: frozen base + new head vs scratch.
 
 python experiments/pretrained.py --workdir runs/sweeps/pretrained  (~15-25 min on 2 CPU cores)
-python experiments/pretrained.py --smoke          about 2-4 min (a few images, 1 epoch)
+python experiments/pretrained.py --smoke          4-8 min (200 images, 1 epoch, 5 seeds)
 python experiments/pretrained.py --images DIR --weights resnet18-f37072fd.pth
 
 The common way to transfer ("Method 2"): take a network pre-trained elsewhere, freeze its
