@@ -1,6 +1,6 @@
 """Fine-tuning an imported network on a folder of images: frozen base + new head vs scratch.
 
-python experiments/pretrained.py --workdir runs/sweeps/pretrained  (~15-25 min on 2 CPU cores)
+python experiments/pretrained.py --workdir runs/sweeps/pretrained  (~15-25 min on 2 CPU cores, estimated)
 python experiments/pretrained.py --smoke          4-8 min (200 images, 1 epoch, 5 seeds)
 python experiments/pretrained.py --images DIR --weights resnet18-f37072fd.pth
 
