@@ -305,6 +305,44 @@ def init_from_run(
     return notes
 
 
+def inherit_normalization(config: RunConfig) -> tuple[RunConfig, str | None]:
+    """`config` with the input normalisation of its `train.init_from` run filled in.
+
+    A network takes its input normalised as it was trained: an imported network its
+    source's statistics and channel order (jaxcnn.interop.imagenet), a jaxcnn run
+    trained with `data.standardize` its train split's mean and std. When the run
+    `config` starts from recorded such statistics and `config` sets no normalisation of
+    its own (`data.standardize` false, `data.mean` unset), they become `config`'s
+    `data.mean`, `data.std` and `data.channels`, so the new run trains, evaluates and
+    predicts on inputs normalised as the network expects, and config.json says so.
+
+    Returns:
+      (config, a note naming the statistics and their run; None when nothing changed).
+
+    Raises:
+      CheckpointError: `train.init_from` is not a readable run directory.
+    """
+    source, data_config = config.train.init_from, config.data
+    if not source or data_config.standardize or data_config.mean is not None:
+        return config, None
+    record = rundir.RunDir(source).read().dataset
+    if record.get("mean") is None or record.get("std") is None:
+        return config, None
+    channels = record.get("channels") or "rgb"
+    inherited = dataclasses.replace(
+        data_config,
+        mean=tuple(float(v) for v in record["mean"]),
+        std=tuple(float(v) for v in record["std"]),
+        channels=channels,
+    )
+    note = (
+        f"data: the inputs are normalised as {source} takes them ({channels.upper()}, "
+        f"mean {_values(inherited.mean)}, std {_values(inherited.std)}); set "
+        f"data.standardize or data.mean / data.std to normalise otherwise"
+    )
+    return dataclasses.replace(config, data=inherited), note
+
+
 def _source_data_notes(run_dir: pathlib.Path) -> list[str]:
     """A warning when the folder the source run trained on changed or went away since:
     the weights no longer describe those files (TFDS datasets are versioned)."""
@@ -373,6 +411,10 @@ def _check_fit(run_dir, old_spec, spec, old, new, kept, head) -> None:
         + listing(problems, 5, sep="; ")
         + f". {hint} (when the class counts differ or with --new-head)"
     )
+
+
+def _values(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def _listing(paths: Sequence[str]) -> str:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from jaxcnn import cli, models, shapes, sweep
+from jaxcnn import cli, models, shapes, spec, sweep
 from jaxcnn.errors import SpecError
 from jaxcnn.sweep.config import load_module
 
@@ -26,6 +26,7 @@ def test_the_experiments_exist():
         "grid",
         "allconv",
         "transfer",
+        "pretrained",
     }
 
 
@@ -45,8 +46,11 @@ def test_experiment_builds_every_spec(path, smoke):
         config = s.base.with_overrides(p.overrides)
         summary = shapes.infer(models.load_spec(config.model))
         assert summary.total_params == p.params > 0
-        if smoke:
-            assert config.data.dataset == "digits" and config.train.epochs == 1
+        if smoke:  # offline: the embedded digits or a folder of image files
+            assert config.train.epochs == 1
+            assert config.data.dataset == "digits" or spec.is_folder_dataset(
+                config.data.dataset
+            )
     for p in plans:
         if p.error is not None:
             assert "smaller than" in p.error  # only collapsing shapes are invalid
@@ -217,3 +221,66 @@ def test_experiment_scripts_run_as_modules_of_the_experiments_package():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: python -m experiments.grid" in done.stdout
+
+
+@pytest.mark.slow
+def test_pretrained_experiment_smoke(tmp_path, capsys):
+    """experiments/pretrained.py --smoke on a folder of 200 real MNIST digits: a random
+    torchvision resnet18 is saved, imported, pre-trained on Fashion-MNIST images and
+    fine-tuned with a frozen base; every arm runs its 5 seeds, the frozen runs take
+    the imported network's normalisation and keep the base's weights."""
+    pytest.importorskip("torchvision")
+    import json
+
+    import numpy as np
+    from mnist_files import read_mnist
+    from test_folders import write_pngs
+
+    from jaxcnn import rundir, train
+    from jaxcnn.interop import imagenet
+
+    loaded = read_mnist(200)
+    if loaded is None:
+        pytest.fail("raw MNIST files not found (JAXCNN_SHARED_DATA)")
+    pixels, labels = loaded
+    folder = tmp_path / "my_digits"
+    digits = (pixels * 255).round().astype(np.uint8)
+    write_pngs(folder, digits, labels, [str(d) for d in range(10)])
+    module = load_module(EXPERIMENTS[0].parent / "pretrained.py")
+    workdir = tmp_path / "out"
+    argv = ["--smoke", "--images", str(folder), "--workdir", str(workdir), "--quiet"]
+    assert module.main(argv) == 0
+    assert "does not record which run wrote it" not in capsys.readouterr().err
+    table = (workdir / "pretrained.md").read_text()
+    rows = [json.loads(line) for line in open(workdir / "results.jsonl")]
+    assert sorted(module.arm_of(r) for r in rows) == sorted(module.ARMS)
+    for r in rows:
+        assert r["status"] == "ok" and r["seeds"] == 5, r
+        assert 0.0 <= r["test_accuracy_mean"] <= 1.0 and r["test_accuracy_ci95"] >= 0
+    for name in module.ARMS:
+        assert f"| {name} |" in table
+    assert "| frozen | resnet18 | 5,130 |" in table
+    assert "random weights" in table
+    base = train.restore(workdir / "pretrain")
+    assert base.config.train.init_from == str((workdir / "imported").resolve())
+    mean = imagenet.PREPROCESSING["torchvision"]["mean"]
+    frozen = next(r for r in rows if module.arm_of(r) == "frozen")
+    trial = workdir / "trials" / frozen["trial"] / "seed1"
+    saved = rundir.RunDir(trial).read()
+    np.testing.assert_allclose(saved.dataset["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(saved.config.data.mean, mean, rtol=1e-6)
+    tuned = train.restore(trial)
+    for path, var in nnx_params(tuned.model).items():
+        if not path.startswith("dense_13/"):
+            np.testing.assert_array_equal(var, nnx_params(base.model)[path], path)
+
+
+def nnx_params(model):
+    import numpy as np
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    return {
+        "/".join(map(str, p)): np.asarray(v.get_value())
+        for p, v in nnx.to_flat_state(state)
+    }

@@ -210,13 +210,13 @@ def test_an_eval_batch_that_cannot_fit_is_refused_naming_one_that_does(
     config = _digits(**{"train.epochs": 1, "train.eval_batch_size": 512})
     summary = shapes.infer(models.preset(config.model.name))
     train_needs = shapes.memory_estimate(summary, config.train.batch_size)["total"]
-    val_needs = shapes.eval_memory_estimate(summary, 150)["total"]  # digits: 150 val
+    val_needs = shapes.eval_memory_estimate(summary, 150)["total"]  # 150 val, 297 test
     assert val_needs > train_needs  # so a limit between them stops evaluation only
     monkeypatch.setattr(
         memory, "device_memory_bytes", lambda: (train_needs + val_needs) // 2
     )
     with pytest.raises(
-        JaxcnnError, match=r"batch of 150 images .*use train.eval_batch_size <= \d+"
+        JaxcnnError, match=r"batch of 297 images .*use train.eval_batch_size <= \d+"
     ):
         train.fit(config, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import struct
 import zlib
@@ -652,3 +653,52 @@ def test_init_from_a_run_whose_folder_changed_since_warns(
     err = capsys.readouterr().err
     assert f"warning: the folder {digits_folder.resolve()} that {source} trained" in err
     assert "changed (a file was added, removed or modified) since" in err
+
+
+def test_fixed_statistics_and_channel_order(tmp_path):
+    """data.mean / data.std / data.channels: each split as (x[..., ::-1] - mean) / std,
+    the same streamed as resident; wrong channel counts and streamed BGR refused."""
+    root = classes_of(tmp_path / "rgb", {"a": 12, "b": 10}, shape=(6, 5, 3))
+    plain = data.load_dataset(folder_config(root, tmp_path))
+    stats = {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.25, 2.0)}
+    rgb = data.load_dataset(folder_config(root, tmp_path, **stats))
+    bgr = data.load_dataset(folder_config(root, tmp_path, channels="bgr", **stats))
+    mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
+    for part in ("train", "val", "test"):
+        x = getattr(plain, part).images
+        np.testing.assert_allclose(getattr(rgb, part).images, (x - mean) / std, 1e-6)
+        want = (x[..., ::-1] - mean) / std
+        np.testing.assert_allclose(getattr(bgr, part).images, want, 1e-6)
+    assert (rgb.channels, bgr.channels) == ("rgb", "bgr")
+    np.testing.assert_allclose(rgb.mean, mean)
+    np.testing.assert_allclose(rgb.std, std)
+    assert any("data.mean [0.1" in note for note in rgb.notes)
+    streamed = data.load_dataset(
+        folder_config(root, tmp_path, device_limit_mb=0, **stats)
+    )
+    assert isinstance(streamed.train, data.FolderStream)
+    for a, b in zip(rgb.train.batches(8), streamed.train.batches(8), strict=True):
+        np.testing.assert_allclose(a.images, b.images, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="3 values but the images have 1 channel"):
+        data.load_dataset(folder_config(root, tmp_path, **stats), input_shape=(6, 5, 1))
+    with pytest.raises(DataError, match='channels="bgr" needs the dataset resident'):
+        data.load_dataset(
+            folder_config(root, tmp_path, channels="bgr", device_limit_mb=0, **stats)
+        )
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"mean": [0.5]}, "data.mean and data.std go together"),
+        ({"mean": [0.5, 0.5], "std": [1.0]}, "one value per channel, the same number"),
+        ({"mean": [0.5], "std": [0.0]}, "must be finite and > 0"),
+        ({"mean": [0.5], "std": [1.0], "standardize": True}, "cannot be combined"),
+        ({"channels": "hsv"}, '\'channels\' must be "rgb" | "bgr"'),
+    ],
+)
+def test_fixed_statistics_errors(fields, message):
+    from jaxcnn.errors import SpecError
+
+    with pytest.raises(SpecError, match=re.escape(message)):
+        DataConfig(**fields)

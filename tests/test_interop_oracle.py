@@ -276,3 +276,34 @@ def _params(model) -> dict[str, np.ndarray]:
         "/".join(map(str, p)): np.asarray(v.get_value())
         for p, v in nnx.to_flat_state(state)
     }
+
+
+def test_readme_fine_tuning_block_runs(tmp_path, monkeypatch, capsys):
+    """The README's "Fine-tuning an imported network" block, in a folder holding
+    resnet18.pth (random torchvision weights) and my_photos/ (two classes of digits):
+    the run takes the ImageNet mean and keeps the imported base bit for bit."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    images, labels = _read_mnist(200)
+    for digit in (0, 1):
+        (tmp_path / "my_photos" / str(digit)).mkdir(parents=True)
+        for i in np.flatnonzero(labels == digit)[:10]:
+            Image.fromarray(images[i, :, :, 0]).save(
+                tmp_path / "my_photos" / str(digit) / f"{i}.png"
+            )
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Fine-tuning an imported network\n", 1)[1]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python, "README.md", "exec"), {})
+    printed = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    np.testing.assert_allclose(printed, imagenet.IMAGENET_MEAN, rtol=1e-6)
+    tuned = _params(transfer.restore(tmp_path / "runs" / "my-resnet18").model)
+    base = _params(transfer.restore(tmp_path / "runs" / "resnet18-32").model)
+    assert tuned["dense_13/kernel"].shape == (512, 2)
+    for path in base:
+        if not path.startswith("dense_13/"):
+            np.testing.assert_array_equal(tuned[path], base[path], path)

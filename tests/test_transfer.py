@@ -303,3 +303,77 @@ def test_transfer_experiment_points(monkeypatch):
         assert {module._variant_of(p) for p in points} == set(module.VARIANTS)
     pre = module.pretrain_config(False)
     assert (pre.data.dataset, pre.model.name) == ("mnist", "keras_mnist")
+
+
+# --------------------------------------------------------------------------- normalisation
+def test_inherit_normalization_takes_the_sources_statistics(tmp_path):
+    """An imported network's record (mean, std, channel order) becomes the data config
+    of a run started from it, unless that run normalises its own way."""
+    source = tmp_path / "imported"
+    fake_run(source, small_spec(channels=3), train=False)
+    config_file = source / "config.json"
+    saved = json.loads(config_file.read_text())
+    config = RunConfig().with_overrides({"train.init_from": str(source)})
+    assert transfer.inherit_normalization(config) == (config, None)  # no statistics
+    saved["dataset"].update(mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.5], channels="bgr")
+    config_file.write_text(json.dumps(saved))
+    inherited, note = transfer.inherit_normalization(config)
+    assert inherited == config.with_overrides(
+        {
+            "data.mean": [0.4, 0.5, 0.6],
+            "data.std": [0.2, 0.25, 0.5],
+            "data.channels": "bgr",
+        }
+    )
+    assert f"normalised as {source} takes them (BGR, mean [0.4, 0.5, 0.6]" in note
+    for own in ({"data.standardize": True}, {"data.mean": [0], "data.std": [1]}):
+        mine = config.with_overrides(own)
+        assert transfer.inherit_normalization(mine) == (mine, None)
+    assert transfer.inherit_normalization(RunConfig()) == (RunConfig(), None)
+    gone = RunConfig().with_overrides({"train.init_from": str(tmp_path / "none")})
+    with pytest.raises(CheckpointError, match="not a jaxcnn run directory"):
+        transfer.inherit_normalization(gone)
+
+
+@pytest.mark.slow
+def test_init_from_a_normalising_run_feeds_its_normalisation(tmp_path, capsys):
+    """A run that normalised its input (here: standardised on 300 digits; an imported
+    network: its source's statistics) passes its mean/std to the runs started from it,
+    which record them and evaluate and predict with them."""
+    from jaxcnn import rundir, train
+
+    source = tmp_path / "source"
+    pre = RunConfig().with_overrides(
+        {"train.epochs": 1, "data.standardize": True, "data.train_examples": 300}
+    )
+    train.fit(pre, source, quiet=True)
+    recorded = rundir.RunDir(source).read().dataset
+    tuned = RunConfig().with_overrides(
+        {
+            "train.epochs": 1,
+            "train.init_from": str(source),
+            "train.freeze": ["conv"],
+            "train.new_head": True,
+        }
+    )
+    result = train.fit(tuned, tmp_path / "tuned")
+    assert "the inputs are normalised as" in capsys.readouterr().out
+    saved = rundir.RunDir(tmp_path / "tuned").read()
+    np.testing.assert_allclose(saved.config.data.mean, recorded["mean"], rtol=1e-6)
+    np.testing.assert_allclose(saved.config.data.std, recorded["std"], rtol=1e-6)
+    np.testing.assert_allclose(saved.dataset["mean"], recorded["mean"], rtol=1e-6)
+    np.testing.assert_allclose(saved.dataset["std"], recorded["std"], rtol=1e-6)
+    assert not saved.config.data.standardize and saved.dataset["channels"] == "rgb"
+    evaluated = train.evaluate(tmp_path / "tuned")
+    assert evaluated["accuracy"] == pytest.approx(result.summary["test_accuracy"])
+    # predict normalises a raw image with the inherited statistics
+    predictor = train.Predictor(tmp_path / "tuned")
+    image = np.zeros((8, 8, 1), np.uint8)
+    image[2:6, 3] = 255
+    probs = predictor([image], top_k=10)[0]["top"]
+    x = (image[None].astype(np.float32) / 255 - np.float32(recorded["mean"])) / (
+        np.float32(recorded["std"])
+    )
+    want = np.asarray(jax.nn.softmax(train.restore(tmp_path / "tuned").model(x)))[0]
+    for entry in probs:
+        assert entry["probability"] == pytest.approx(want[entry["class"]], abs=1e-5)

@@ -7,7 +7,7 @@ these containers, and the trainer reads them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -117,6 +117,8 @@ class Dataset:
     notes: tuple[str, ...]  # human-readable conversions applied
     # Folders: sha256 of every file's (path, size, mtime); None for TFDS datasets
     fingerprint: str | None = None
+    # "bgr": the splits' channels were reversed before mean/std (data.channels)
+    channels: str = "rgb"
 
 
 def check_fingerprint(record: Mapping[str, Any], dataset: Dataset) -> None:
@@ -203,6 +205,56 @@ def standardize(
         }
     note = f"standardised per channel with train mean {fmt(mean)}, std {fmt(std)}"
     return splits, mean, std, note
+
+
+def normalize_splits(
+    splits: dict[str, Split | Stream],
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: str,
+    image_shape: Sequence[int],
+) -> tuple[dict[str, Split | Stream], np.ndarray, np.ndarray, str]:
+    """Normalises every split with fixed per-channel statistics (`data.mean`/`std`),
+    after reversing the channels when `channels` is "bgr".
+
+    Resident splits are changed in place; streams get mean and std to apply to each
+    batch (and cannot reorder channels).
+
+    Returns:
+      (splits, mean [C], std [C], a note saying what was done).
+
+    Raises:
+      DataError: statistics for another number of channels than the images have, or
+        "bgr" on a streamed split.
+    """
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if mean.shape != (image_shape[-1],):
+        raise DataError(
+            f"data.mean / data.std have {mean.size} values but the images have "
+            f"{image_shape[-1]} channel(s) ({'x'.join(map(str, image_shape))}); give "
+            f"one value per channel"
+        )
+    bgr = channels == "bgr"
+    if bgr and not all(isinstance(s, Split) for s in splits.values()):
+        raise DataError(
+            'data.channels="bgr" needs the dataset resident in memory, but it streams '
+            "(it exceeds data.device_limit_mb); raise data.device_limit_mb"
+        )
+    out = {}
+    for part, split in splits.items():
+        if isinstance(split, Split):
+            if bgr:
+                split.images[...] = split.images[..., ::-1]
+            np.subtract(split.images, mean, out=split.images)
+            np.divide(split.images, std, out=split.images)
+            out[part] = split
+        else:
+            out[part] = dataclasses.replace(split, mean=mean, std=std)
+    note = f"normalised per channel with data.mean {fmt(mean)}, std {fmt(std)}" + (
+        " after reordering the channels to BGR" if bgr else ""
+    )
+    return out, mean, std, note
 
 
 def channel_stats(chunks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

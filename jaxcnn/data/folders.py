@@ -197,6 +197,11 @@ def load_folder(
     if config.standardize:
         splits, mean, std, note = arrays.standardize(splits)
         notes.append(note)
+    elif config.mean is not None:
+        splits, mean, std, note = arrays.normalize_splits(
+            splits, config.mean, config.std, config.channels, target_shape
+        )
+        notes.append(note)
     return arrays.Dataset(
         name=config.dataset,
         train=splits["train"],
@@ -208,6 +213,7 @@ def load_folder(
         mean=mean,
         std=std,
         notes=tuple(notes),
+        channels=config.channels if config.mean is not None else "rgb",
         fingerprint=scan.fingerprint,
     )
 

@@ -111,7 +111,7 @@ def import_weights(
     run_dir.prepare()
     record = _dataset_record(spec, file, source, preprocessing, left_out)
     run_dir.write_config(config, spec, record)
-    _save(run_dir, model, optimizer, file, source)
+    _save(run_dir, model, optimizer, file, source, rundir.run_identity(config, spec))
     return Imported(
         run_dir.path,
         config,
@@ -191,7 +191,7 @@ def _dataset_record(spec, file, source, preprocessing, left_out) -> dict[str, An
     }
 
 
-def _save(run_dir, model, optimizer, file, source) -> None:
+def _save(run_dir, model, optimizer, file, source, identity) -> None:
     from flax import nnx
 
     _, state = nnx.split((model, optimizer))
@@ -205,6 +205,8 @@ def _save(run_dir, model, optimizer, file, source) -> None:
                 "best_val_accuracy": -1.0,
                 "imported_from": str(file),
                 "source": source,
+                # which run the checkpoint belongs to, as training records it
+                rundir.IDENTITY: identity,
             },
             force=True,
         )

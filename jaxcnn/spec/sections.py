@@ -7,6 +7,7 @@ Each section is a frozen dataclass that type-checks its fields and checks its va
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from typing import Any, Literal, get_args
@@ -39,6 +40,8 @@ PRECISIONS = get_args(Precision)
 # folders: unreadable or non-image files and empty class folders are an "error", or left
 # out with a logged, counted note ("skip")
 BadFiles = Literal["error", "skip"]
+# The channel order the model takes ("bgr": Keras's caffe-style networks)
+Channels = Literal["rgb", "bgr"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +134,13 @@ class DataConfig:
     bad_files: BadFiles = "error"  # folders: unreadable files, empty classes
     train_examples: int | None = None  # use only the first N training examples
     standardize: bool = False  # per-channel mean/std from the train split
+    # Fixed per-channel statistics instead: the model takes (x - mean) / std of images
+    # in [0, 1], channels in `channels` order. train.init_from fills these in from the
+    # run it starts from when that run normalised its input (an imported network: its
+    # source's statistics) and neither standardize nor mean is set here.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: Channels = "rgb"
     augment_crop: int = 0  # random crop after zero padding by this many pixels
     augment_flip: bool = False  # random horizontal flip
     device_limit_mb: int = 4096  # larger datasets stream from tf.data instead
@@ -159,6 +169,36 @@ class DataConfig:
             self.augment_crop >= 0,
             f"data.augment_crop must be >= 0, got {self.augment_crop}",
         )
+        _check_statistics(self)
+
+
+def _check_statistics(config: DataConfig) -> None:
+    """data.mean / data.std: both or neither, one value per channel, std > 0, and not
+    with data.standardize (which computes its own)."""
+    mean, std = config.mean, config.std
+    check(
+        (mean is None) == (std is None),
+        f"data.mean and data.std go together (one value per channel each); got "
+        f"mean={show(mean)} and std={show(std)}",
+    )
+    if mean is None:
+        return
+    check(
+        not config.standardize,
+        "data.standardize computes the statistics from the train split; it cannot "
+        f"be combined with fixed data.mean={show(list(mean))} / data.std; set one",
+    )
+    check(
+        len(mean) == len(std) >= 1,
+        f"data.mean and data.std need one value per channel, the same number; got "
+        f"{len(mean)} and {len(std)} values",
+    )
+    check(
+        all(s > 0 and math.isfinite(s) for s in std)
+        and all(math.isfinite(m) for m in mean),
+        f"data.std values must be finite and > 0 and data.mean finite; got "
+        f"mean={show(list(mean))}, std={show(list(std))}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,13 +57,15 @@ def source_for(
     return StreamedBatches(split, cfg.batch_size, cfg.seed, num_processes)
 
 
-def eval_batch_size(cfg: TrainConfig, split: data.Split | data.StreamSplit) -> int:
-    """`train.eval_batch_size`, at most the split's examples rounded up to a multiple of
-    the devices: a larger batch would hold nothing but padding."""
+def eval_batch_size(cfg: TrainConfig, *splits: data.Split | data.StreamSplit) -> int:
+    """`train.eval_batch_size`, at most the largest of `splits` (rounded up to a multiple
+    of the devices): a larger batch would hold nothing but padding. Give every split a
+    run evaluates, so that they share one batch shape (one compiled eval step)."""
     import jax
 
     devices = jax.device_count()
-    whole = -(-split.num_examples // devices) * devices
+    largest = max(split.num_examples for split in splits)
+    whole = -(-largest // devices) * devices
     return max(min(cfg.eval_batch_size, whole), devices)
 
 

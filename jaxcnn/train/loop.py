@@ -127,6 +127,11 @@ def fit(
     """
     config = config or RunConfig()
     workdir = workdir or rundir.default_workdir(config)
+    config, note = transfer.inherit_normalization(config)
+    if note is not None:
+        dataset = None  # one loaded for the config as given is not normalised so
+        if not quiet and distributed.is_primary():
+            print(note)
     step.enable_compilation_cache()
     run = _open_run(config, rundir.RunDir(workdir), restart, quiet)
     with run.lock or contextlib.nullcontext():
@@ -212,10 +217,8 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
         limit,
         optimizer_slots=spec_lib.OPTIMIZER_SLOTS[run.config.optim.optimizer],
     )
-    for split in (run.dataset.val, run.dataset.test):
-        shapes.check_eval_fits(
-            summary, batches.eval_batch_size(cfg, split) // jax.device_count(), limit
-        )
+    evaluated = batches.eval_batch_size(cfg, run.dataset.val, run.dataset.test)
+    shapes.check_eval_fits(summary, evaluated // jax.device_count(), limit)
     model = models.build_run_model(run.spec, cfg)
     if cfg.init_from and not run.resume:
         for note in transfer.init_from_run(
@@ -401,7 +404,9 @@ def _epoch(loop: _Loop, epoch: int, position: _Position, history) -> dict:
             f"learning rate (now optim.lr={run.config.optim.lr}) or set optim.clip_norm=1.0"
         )
     (val_loss, val_correct, val_count), _, _ = steps.evaluate(
-        run.dataset.val.batches(batches.eval_batch_size(cfg, run.dataset.val))
+        run.dataset.val.batches(
+            batches.eval_batch_size(cfg, run.dataset.val, run.dataset.test)
+        )
     )
     record = {
         "epoch": epoch + 1,
@@ -449,7 +454,7 @@ def _finish(run: _Run, steps, ckpt, history, stopped_early: bool) -> dict[str, A
         best_step = best.step  # another one when that checkpoint proved unusable
     (test_loss, test_correct, test_count), _, _ = steps.evaluate(
         run.dataset.test.batches(
-            batches.eval_batch_size(run.config.train, run.dataset.test)
+            batches.eval_batch_size(run.config.train, run.dataset.val, run.dataset.test)
         )
     )
     summary = summarize(
@@ -520,6 +525,7 @@ def dataset_record(ds: data.Dataset) -> dict[str, Any]:
         "image_shape": list(ds.image_shape),
         "mean": None if ds.mean is None else np.asarray(ds.mean).tolist(),
         "std": None if ds.std is None else np.asarray(ds.std).tolist(),
+        "channels": ds.channels,
         "train_examples": ds.train.num_examples,
         "val_examples": ds.val.num_examples,
         "test_examples": ds.test.num_examples,
