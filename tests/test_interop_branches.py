@@ -31,7 +31,7 @@ from jaxcnn.interop import imagenet, importer, mapping  # noqa: E402
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from test_interop_oracle import _read_mnist  # noqa: E402
+from test_interop_oracle import _randomise_batch_norm, _read_mnist  # noqa: E402
 
 CASES = [  # the sizes tests/test_architectures.py uses
     ("resnet18", 64),
@@ -51,18 +51,6 @@ def _pixels(size):
     images, _ = _read_mnist(2)
     x, _ = data.convert_images(images, (size, size, 3))
     return x
-
-
-def _randomise_batch_norm(net):
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(c, generator=generator) - 0.5)
 
 
 def _torchvision(name, folder):
