@@ -90,6 +90,7 @@ def test_im2col_derivatives_match_lax(case):
     _assert_same_derivatives(fast, ref, _conv_args(case), case["seed"])
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 @settings(max_examples=6, deadline=None, derandomize=True)  # slow to compile
 @given(
     conv_cases(kernel=(3, 3), stride=(1, 1), dilation=(1, 1), max_size=8, max_cin=3),

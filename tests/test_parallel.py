@@ -46,6 +46,7 @@ def _curve(workdir):
     ]
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 def test_four_devices_match_one_device_and_resume_across_device_counts(tmp_path):
     # XLA's kernels: splitting the batch over 4 devices changes nothing but the order of
     # the gradient sums, so the curves agree to float precision.
@@ -70,6 +71,7 @@ def test_four_devices_match_one_device_and_resume_across_device_counts(tmp_path)
     )
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 def test_four_devices_with_the_default_cpu_kernels_follow_the_same_curve(tmp_path):
     # The hand-written CPU kernels reduce a split batch in another order than on one
     # device; Adam amplifies the rounding differences over 84 steps, the most in the
@@ -91,6 +93,7 @@ def test_batch_that_does_not_divide_by_devices_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 @pytest.mark.parametrize("devices", [2])
 def test_eval_runs_on_several_devices(tmp_path, devices):
     assert _train(tmp_path / "r", devices, 1).returncode == 0

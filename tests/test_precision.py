@@ -69,6 +69,7 @@ def conv_cases(draw):
     )
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 @SETTINGS
 @given(
     conv_cases(),

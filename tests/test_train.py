@@ -83,6 +83,7 @@ def test_default_train_reaches_95_percent_on_embedded_digits(tmp_path):
     assert config["model_spec"]["name"] == "digits_cnn"
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 def test_mnist_keras_convnet_one_epoch_reaches_98_percent(
     tmp_path, tfds_dir, shared_data
 ):
@@ -404,6 +405,7 @@ def test_early_stopping_stops_before_epochs(tmp_path):
     assert result.epochs < 30
 
 
+@pytest.mark.slow  # over 30 s in the default run on 2 cores
 def test_eval_and_predict_commands(tmp_path):
     workdir = tmp_path / "run"
     train.fit(_digits(**{"train.epochs": 3}), workdir, quiet=True)
