@@ -35,6 +35,9 @@ ELSEWHERE = {
     "### Residual and branch blocks #1": "test_branches.py::test_readme_block_example_runs",
     "## Pre-trained ImageNet networks #1": "test_interop_oracle.py::test_readme_section_runs",
     "## Pre-trained ImageNet networks #2": "test_interop_oracle.py::test_readme_section_runs",
+    "### Fine-tuning an imported network #1": (
+        "test_interop_oracle.py::test_readme_fine_tuning_block_runs"
+    ),
     "## Export #1": "test_export.py::test_readme_export_section_runs",
     "## Export #2": "test_export.py::test_readme_export_section_runs",
     "## Running on a GPU #1": "test_export.py::test_readme_gpu_section_runs",
