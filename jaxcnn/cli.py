@@ -335,6 +335,14 @@ def _add_import(sub, common) -> None:
         default="auto",
         help="the run's conv / pool kernels (default auto)",
     )
+    p.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        metavar="H,W,C",
+        help="build the preset for this input instead of its published one (e.g. "
+        "32,32,3 to fine-tune on small images; the networks that end in a global pool "
+        "take the same weights at any size)",
+    )
     p.set_defaults(func=_cmd_import)
 
 
@@ -356,6 +364,7 @@ def _cmd_import(args) -> int:
             args.workdir,
             cache=args.cache_dir,
             kernels=args.kernels,
+            input_shape=args.input_shape,
         )
     else:
         done = interop.import_weights(
@@ -364,6 +373,7 @@ def _cmd_import(args) -> int:
             args.workdir,
             source=args.source,
             kernels=args.kernels,
+            input_shape=args.input_shape,
         )
     print(
         f"imported {done.arrays} weight arrays ({done.values:,} values) of "

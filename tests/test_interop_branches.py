@@ -122,6 +122,29 @@ def test_cli_imports_resnet18_at_224(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_imports_at_another_input_shape(tmp_path, capsys):
+    """--input-shape builds the preset for small images with the same weights; a
+    network that flattens a map refuses the file at a size its dense layer does not fit."""
+    net, path = _torchvision("resnet18", tmp_path)
+    args = ["import", str(path), "--arch", "resnet18", "--input-shape", "32,32,3"]
+    assert cli.main([*args, "--workdir", str(tmp_path / "r")]) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["run"]["model"]["args"]["input_shape"] == [32, 32, 3]
+    assert config["model_spec"]["input_shape"] == [32, 32, 3]
+    _check_run(tmp_path / "r", net, _pixels(32))
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "a.pth")
+    code = cli.main(
+        ["import", str(tmp_path / "a.pth"), "--arch", "alexnet"]
+        + ["--input-shape", "64,64,3", "--workdir", str(tmp_path / "a")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "tensor 'classifier.1.weight' has shape (4096, 9216) in the file" in err
+    assert "alexnet needs (4096, 256)" in err
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
 def test_cli_says_it_left_out_googlenets_auxiliary_heads(tmp_path, capsys):
     _, path = _torchvision("googlenet", tmp_path)
     workdir = tmp_path / "r"

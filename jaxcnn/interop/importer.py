@@ -130,6 +130,7 @@ def import_pretrained(
     *,
     cache: str | os.PathLike | None = None,
     kernels: Kernels = "auto",
+    input_shape: tuple[int, int, int] | None = None,
 ) -> Imported:
     """`import_weights` of the published file (downloaded and hash-checked once, then
     taken from the cache; see jaxcnn.interop.download)."""
@@ -140,7 +141,9 @@ def import_pretrained(
     run_dir = rundir.RunDir(workdir)
     _check_empty(run_dir)  # before a download of hundreds of MB
     path = download.pretrained_file(arch, source, cache=cache)
-    return import_weights(path, arch, workdir, source=source, kernels=kernels)
+    return import_weights(
+        path, arch, workdir, source=source, kernels=kernels, input_shape=input_shape
+    )
 
 
 def _check_empty(run_dir: rundir.RunDir) -> None:
