@@ -132,7 +132,9 @@ def test_cli_imports_at_another_input_shape(tmp_path, capsys):
     assert config["run"]["model"]["args"]["input_shape"] == [32, 32, 3]
     assert config["model_spec"]["input_shape"] == [32, 32, 3]
     _check_run(tmp_path / "r", net, _pixels(32))
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "a.pth")
+    torch.save(
+        torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "a.pth"
+    )
     code = cli.main(
         ["import", str(tmp_path / "a.pth"), "--arch", "alexnet"]
         + ["--input-shape", "64,64,3", "--workdir", str(tmp_path / "a")]
