@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -100,11 +99,13 @@ class Predictor:
         self.spec, self.dataset = run.spec, run.dataset
         self.chunk = run.config.train.eval_batch_size
         graph, state = nnx.split(run.model)
-        self._state = state
+        # the weights as a flat list: a call then flattens a list, not nnx's State
+        self._leaves, treedef = jax.tree.flatten(state)
 
         @jax.jit
-        def probabilities(state, images):
-            return jax.nn.softmax(nnx.merge(graph, state)(images), axis=-1)
+        def probabilities(leaves, images):
+            model = nnx.merge(graph, jax.tree.unflatten(treedef, leaves))
+            return jax.nn.softmax(model(images), axis=-1)
 
         self._probabilities = probabilities
 
@@ -146,7 +147,7 @@ class Predictor:
                 part = np.concatenate(
                     [part, np.zeros((pad, *part.shape[1:]), part.dtype)]
                 )
-            probs = self._probabilities(self._state, jnp.asarray(part))
+            probs = self._probabilities(self._leaves, part)
             out.append(np.asarray(probs)[: size - pad])
         return np.concatenate(out)
 
