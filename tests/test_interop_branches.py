@@ -1,5 +1,6 @@
 """torchvision's ResNet, SqueezeNet, MobileNet v2, GoogLeNet, DenseNet and Inception v3
-state dicts imported into the branch-block presets, checked against torchvision.
+state dicts (and timm's ResNet-50, MobileNet v2, DenseNet and Inception v3 safetensors
+files) imported into the branch-block presets, checked against the source framework.
 
 Each network is built by torchvision with random weights and batch-norm statistics
 moved away from their defaults, saved as a state dict (.pth), imported with
@@ -74,9 +75,11 @@ def _forward(model, x):
     return model(x)
 
 
-def _check_run(workdir, net, pixels):
+def _check_run(workdir, net, pixels, theirs=imagenet.PREPROCESSING["torchvision"]):
+    """The restored run's logits against `net`'s, which takes input normalised as
+    `theirs` says."""
     run = transfer.restore(workdir)
-    theirs = data.normalize(pixels, imagenet.PREPROCESSING["torchvision"])
+    theirs = data.normalize(pixels, theirs)
     reference = _torch_logits(net, theirs)
     x = data.normalize(pixels, run.dataset)
     scale = np.abs(reference).max()
@@ -160,21 +163,54 @@ def test_cli_says_it_left_out_googlenets_auxiliary_heads(tmp_path, capsys):
     assert "left out the file's 20 tensors of the auxiliary heads (aux1, aux2)" in out
 
 
+TIMM_CASES = [  # (preset, timm model, input size)
+    ("resnet50", "resnet50", 64),
+    ("mobilenet_v2", "mobilenetv2_100", 64),
+    ("densenet121", "densenet121", 64),
+    ("inception_v3", "inception_v3", 75),
+]
+
+
 @pytest.mark.slow
-def test_resnet50_from_timm_safetensors(tmp_path):
+@pytest.mark.parametrize("name, timm_name, size", TIMM_CASES)
+def test_logits_equal_timms_from_safetensors(name, timm_name, size, tmp_path):
+    """timm's model (random weights) saved as safetensors, imported: the same logits,
+    and the run records timm's own preprocessing (its pretrained_cfg)."""
     timm = pytest.importorskip("timm")
     safetensors_torch = pytest.importorskip("safetensors.torch")
     torch.manual_seed(0)
-    net = timm.create_model("resnet50", pretrained=False).eval()
+    net = timm.create_model(timm_name, pretrained=False).eval()
     _randomise_batch_norm(net)
-    path = tmp_path / "resnet50.safetensors"
+    path = tmp_path / f"{timm_name}.safetensors"
     safetensors_torch.save_file(net.state_dict(), str(path))
-    importer.import_weights(path, "resnet50", tmp_path / "r", input_shape=(64, 64, 3))
+    done = importer.import_weights(
+        path, name, tmp_path / "r", input_shape=(size, size, 3)
+    )
+    assert done.values == sum(
+        v.numel() for k, v in net.state_dict().items() if "num_batches" not in k
+    )
     record = json.loads((tmp_path / "r" / "config.json").read_text())["dataset"]
     config = net.pretrained_cfg
-    assert record["resize"] == math.floor(224 / config["crop_pct"])
+    side = config["input_size"][1]
+    assert record["resize"] == math.floor(side / config["crop_pct"])
     assert tuple(record["mean"]) == config["mean"]
-    _check_run(tmp_path / "r", net, _pixels(64))
+    assert tuple(record["std"]) == config["std"]
+    _check_run(tmp_path / "r", net, _pixels(size), theirs=record)
+
+
+@pytest.mark.slow
+def test_densenet201_from_timm_imports_every_tensor(tmp_path):
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    net = timm.create_model("densenet201", pretrained=False)
+    path = tmp_path / "densenet201.safetensors"
+    safetensors_torch.save_file(net.state_dict(), str(path))
+    done = importer.import_weights(
+        path, "densenet201", tmp_path / "run", input_shape=(64, 64, 3)
+    )
+    assert done.values == sum(
+        v.numel() for k, v in net.state_dict().items() if "num_batches" not in k
+    )
 
 
 @pytest.mark.slow

@@ -58,6 +58,10 @@ _BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
     ("resnet18", "timm"): {"resize": 235},
     ("resnet34", "timm"): {"resize": 235},
     ("resnet50", "timm"): {"resize": 235},
+    # timm's inception_v3.tv_in1k: torchvision's weights, mean and std 0.5, crop_pct
+    # 0.875 of 299 (a shorter side of 341); its DenseNets and MobileNet v2 take the
+    # default timm transform (crop_pct 0.875 of 224: 256)
+    ("inception_v3", "timm"): {**_HALF, "resize": 341},
 }
 
 

@@ -19,7 +19,8 @@ jaxcnn's paths are `<type>_<index>/<name>` (`conv_0/kernel`, `norm_1/scale`,
   Inception v3) take torchvision's module names, derived by walking the spec in the
   order torchvision registers its modules; GoogLeNet's and Inception v3's auxiliary
   heads are left out (`AUXILIARY`), published DenseNet files' older names renamed
-  (`RENAMES`).
+  (`RENAMES`). timm's ResNets, DenseNets and Inception v3 keep torchvision's names;
+  its MobileNet v2 has its own (`timm_mobilenet_v2`).
 
 `LAYOUTS` says which presets each source's names cover.
 """
@@ -335,35 +336,38 @@ def torchvision_squeezenet(spec, shapes_) -> list[Entry]:
     return _named(pairs, shapes_)
 
 
-def torchvision_mobilenet_v2(spec, shapes_) -> list[Entry]:
-    """torchvision's `mobilenet_v2`: features.0 (conv, bn), the inverted residual
-    blocks features.<k>.conv.<j>, features.<last> (conv, bn), classifier.1. A block is
-    a residual, or (where it keeps no skip) the conv-bn pairs up to the first without
-    an activation, its linear projection."""
-    groups: list[list[_Unit]] = []  # conv-bn pairs, by torchvision module
+def _mobilenet_v2_blocks(spec, shapes_):
+    """MobileNet v2 as its modules: the stem (conv, bn); each inverted residual block's
+    conv-bn pairs with whether it keeps a skip (a block keeps none where the map size or
+    width changes, so each stage starts with one); the last conv and bn; the head."""
+    blocks: list[tuple[list[_Unit], bool]] = []  # the stem first
     open_: list[_Unit] = []
     head: list[_Unit] = []
     for _i, layer, units in _top_units(spec, shapes_):
         if isinstance(layer, ResidualSpec):
-            groups.append(units)
+            blocks.append((units, True))
             continue
         for u in units:
             if u.kind == "dense":
                 head.append(u)
-            elif not groups and not open_ and u.kind == "conv":
-                groups.append([u])  # the stem
-            elif len(groups) == 1 and len(groups[0]) == 1:
-                groups[0].append(u)  # the stem's batch norm
+            elif not blocks and not open_ and u.kind == "conv":
+                blocks.append(([u], False))  # the stem
+            elif len(blocks) == 1 and len(blocks[0][0]) == 1:
+                blocks[0][0].append(u)  # the stem's batch norm
             else:
                 open_.append(u)
-                if u.kind == "norm" and not u.act:
-                    groups.append(open_)
+                if u.kind == "norm" and not u.act:  # a block's linear projection
+                    blocks.append((open_, False))
                     open_ = []
-    pairs = []
-    for k, group in enumerate(groups):
-        if k == 0:
-            pairs += [(f"features.0.{j}", u) for j, u in enumerate(group)]
-            continue
+    return blocks[0][0], blocks[1:], open_, head
+
+
+def torchvision_mobilenet_v2(spec, shapes_) -> list[Entry]:
+    """torchvision's `mobilenet_v2`: features.0 (conv, bn), the inverted residual
+    blocks features.<k>.conv.<j>, features.<last> (conv, bn), classifier.1."""
+    stem, blocks, last, head = _mobilenet_v2_blocks(spec, shapes_)
+    pairs = [(f"features.0.{j}", u) for j, u in enumerate(stem)]
+    for k, (group, _skip) in enumerate(blocks, 1):
         for j in range(0, len(group), 2):  # conv-bn-act pairs, then conv, bn
             if j + 2 < len(group):
                 pairs += [
@@ -373,10 +377,32 @@ def torchvision_mobilenet_v2(spec, shapes_) -> list[Entry]:
                 pairs += [
                     (f"features.{k}.conv.{j // 2 + m}", group[j + m]) for m in (0, 1)
                 ]
-    last = len(groups)
-    pairs += [(f"features.{last}.{j}", u) for j, u in enumerate(open_)]
+    pairs += [(f"features.{len(blocks) + 1}.{j}", u) for j, u in enumerate(last)]
     pairs += [("classifier.1", u) for u in head]
     return _named(pairs, shapes_)
+
+
+def timm_mobilenet_v2(spec, shapes_) -> list[Entry]:
+    """timm's `mobilenetv2_100`: conv_stem, bn1, blocks.<stage>.<i> (the first block
+    conv_dw, bn1, conv_pw, bn2; the others conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3;
+    a stage starts at each block without a skip), conv_head, bn2, classifier."""
+    stem, blocks, last, head = _mobilenet_v2_blocks(spec, shapes_)
+    pairs = [("conv_stem", stem[0]), ("bn1", stem[1])]
+    stage, i = -1, 0
+    for group, skip in blocks:
+        stage, i = (stage, i + 1) if skip else (stage + 1, 0)
+        convs = ("conv_dw", "conv_pw") if len(group) == 4 else _TIMM_IR_CONVS
+        for j, conv in enumerate(convs):
+            pairs += [
+                (f"blocks.{stage}.{i}.{conv}", group[2 * j]),
+                (f"blocks.{stage}.{i}.bn{j + 1}", group[2 * j + 1]),
+            ]
+    pairs += [("conv_head", last[0]), ("bn2", last[1])]
+    pairs += [("classifier", u) for u in head]
+    return _named(pairs, shapes_)
+
+
+_TIMM_IR_CONVS = ("conv_pw", "conv_dw", "conv_pwl")
 
 
 def torchvision_googlenet(spec, shapes_) -> list[Entry]:
@@ -554,6 +580,11 @@ LAYOUTS: dict[tuple[str, str], Callable] = {
     ("resnet18", "timm"): torchvision_resnet,  # timm's ResNets keep torchvision's names
     ("resnet34", "timm"): torchvision_resnet,
     ("resnet50", "timm"): torchvision_resnet,
+    # timm's DenseNets and Inception v3 are torchvision's ports, with its names
+    ("densenet121", "timm"): torchvision_densenet,
+    ("densenet201", "timm"): torchvision_densenet,
+    ("inception_v3", "timm"): torchvision_inception_v3,
+    ("mobilenet_v2", "timm"): timm_mobilenet_v2,
     ("vgg16", "keras"): None,  # Keras: layers matched by kind and order (keras_entries)
 }
 
@@ -563,11 +594,14 @@ LAYOUTS: dict[tuple[str, str], Callable] = {
 AUXILIARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("googlenet", "torchvision"): ("aux1.", "aux2."),
     ("inception_v3", "torchvision"): ("AuxLogits.",),
+    ("inception_v3", "timm"): ("AuxLogits.",),
 }
 # Older names a source's published files use, renamed as the source renames them.
 RENAMES: dict[tuple[str, str], Callable] = {
     ("densenet121", "torchvision"): densenet_names,
     ("densenet201", "torchvision"): densenet_names,
+    ("densenet121", "timm"): densenet_names,
+    ("densenet201", "timm"): densenet_names,
 }
 
 
