@@ -291,14 +291,14 @@ def googlenet(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelS
 
 
 # --------------------------------------------------------------------------- DenseNet
-def _dense_layer(growth: int, bn_size: int) -> BranchesSpec:
+def _dense_layer(growth: int, bn_size: int, epsilon: float) -> BranchesSpec:
     """BN-ReLU-conv1x1-BN-ReLU-conv3x3, its `growth` new channels concatenated after
     its input (the empty branch)."""
     new = (
-        NormSpec(norm="batch"),
+        NormSpec(norm="batch", epsilon=epsilon),
         ActivationSpec(activation="relu"),
         ConvSpec(filters=bn_size * growth, kernel=1, use_bias=False),
-        NormSpec(norm="batch"),
+        NormSpec(norm="batch", epsilon=epsilon),
         ActivationSpec(activation="relu"),
         ConvSpec(filters=growth, kernel=3, padding=1, use_bias=False),
     )
@@ -310,27 +310,28 @@ def _densenet(
     blocks: tuple[int, ...],
     input_shape: Shape3,
     num_classes: int,
+    epsilon: float,
     growth: int = 32,
     bn_size: int = 4,
 ) -> ModelSpec:
     layers: list[LayerSpec] = [
-        *_conv_bn(2 * growth, 7, 2, 3),
+        *_conv_bn(2 * growth, 7, 2, 3, epsilon=epsilon),
         PoolSpec(pool="max", window=3, stride=2, padding=1),
     ]
     channels = 2 * growth
     for b, count in enumerate(blocks):
-        layers += [_dense_layer(growth, bn_size) for _ in range(count)]
+        layers += [_dense_layer(growth, bn_size, epsilon) for _ in range(count)]
         channels += count * growth
         if b < len(blocks) - 1:  # transition: halve channels and size
             channels //= 2
             layers += [
-                NormSpec(norm="batch"),
+                NormSpec(norm="batch", epsilon=epsilon),
                 ActivationSpec(activation="relu"),
                 ConvSpec(filters=channels, kernel=1, use_bias=False),
                 PoolSpec(pool="avg", window=2, stride=2),
             ]
     layers += [
-        NormSpec(norm="batch"),
+        NormSpec(norm="batch", epsilon=epsilon),
         ActivationSpec(activation="relu"),
         GlobalPoolSpec(pool="avg"),
         DenseSpec(units=num_classes),
@@ -338,15 +339,20 @@ def _densenet(
     return ModelSpec(input_shape, num_classes, tuple(layers), name=name)
 
 
-def densenet121(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
+def densenet121(
+    input_shape: Shape3 = IMAGENET, num_classes: int = 1000, epsilon: float = 1e-5
+) -> ModelSpec:
     """DenseNet-121 (Huang et al. 2017) as torchvision builds it: 7,978,856
-    parameters."""
-    return _densenet("densenet121", (6, 12, 24, 16), input_shape, num_classes)
+    parameters. `epsilon` is batch norm's (Keras's DenseNet121: 1.001e-5)."""
+    return _densenet("densenet121", (6, 12, 24, 16), input_shape, num_classes, epsilon)
 
 
-def densenet201(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
-    """DenseNet-201 as torchvision builds it: 20,013,928 parameters."""
-    return _densenet("densenet201", (6, 12, 48, 32), input_shape, num_classes)
+def densenet201(
+    input_shape: Shape3 = IMAGENET, num_classes: int = 1000, epsilon: float = 1e-5
+) -> ModelSpec:
+    """DenseNet-201 as torchvision builds it: 20,013,928 parameters. `epsilon` is
+    batch norm's (Keras's DenseNet201: 1.001e-5)."""
+    return _densenet("densenet201", (6, 12, 48, 32), input_shape, num_classes, epsilon)
 
 
 # --------------------------------------------------------------------------- Inception v3

@@ -507,6 +507,14 @@ def test_published_files_are_torchvisions_and_keras():
     from keras.src.applications import vgg16
 
     assert download.PUBLISHED["vgg16", "keras"].url == vgg16.WEIGHTS_PATH
+    from keras.src.applications import densenet
+
+    assert download.PUBLISHED["densenet121", "keras"].url == (
+        densenet.DENSENET121_WEIGHT_PATH
+    )
+    assert download.PUBLISHED["densenet201", "keras"].url == (
+        densenet.DENSENET201_WEIGHT_PATH
+    )
 
 
 def test_imagenet_class_names_are_torchvisions():

@@ -225,6 +225,82 @@ def test_densenet201_file_imports_every_tensor(tmp_path):
     )
 
 
+def _keras_densenet(name, size):
+    """Keras's DenseNet (random weights, logits out) with batch-norm statistics, scales
+    and shifts moved away from their defaults."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    build = {"densenet121": keras.applications.DenseNet121}
+    build["densenet201"] = keras.applications.DenseNet201
+    net = build[name](
+        weights=None, input_shape=(size, size, 3), classifier_activation=None
+    )
+    rng = np.random.default_rng(1)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c),
+                    rng.uniform(-0.5, 0.5, c),
+                    rng.uniform(-0.5, 0.5, c),
+                    rng.uniform(0.5, 2.0, c),
+                ]
+            )
+    return net
+
+
+def _save_keras(net, path, fmt):
+    """Keras 3's .weights.h5, or the Keras 2 .h5 layout of Keras's published files."""
+    if fmt == "keras3":
+        net.save_weights(path)
+        return
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, net)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
+def test_densenet121_from_keras_gives_keras_logits(tmp_path, fmt):
+    """Keras's DenseNet121 (batch norm's epsilon 1.001e-5, "torch"-mode input: RGB
+    normalised with the ImageNet mean and std after a plain resize)."""
+    net = _keras_densenet("densenet121", 64)
+    path = tmp_path / ("d.weights.h5" if fmt == "keras3" else "d.h5")
+    _save_keras(net, path, fmt)
+    done = importer.import_weights(
+        path, "densenet121", tmp_path / "r", source="keras", input_shape=(64, 64, 3)
+    )
+    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
+    run = transfer.restore(tmp_path / "r")
+    norms = [n for n in run.spec.layers if type(n).__name__ == "NormSpec"]
+    assert norms and all(n.epsilon == 1.001e-5 for n in norms)
+    record = json.loads((tmp_path / "r" / "config.json").read_text())["dataset"]
+    assert record["resize"] is None and record["channels"] == "rgb"
+    assert tuple(record["mean"]) == imagenet.IMAGENET_MEAN
+    x = data.normalize(_pixels(64), run.dataset)
+    reference = np.asarray(net(x, training=False))
+    got = np.asarray(_forward(run.model, x))
+    scale = np.abs(reference).max()
+    assert scale > 0 and np.abs(got - reference).max() / scale <= 1e-4
+
+
+@pytest.mark.slow
+def test_densenet201_from_keras_imports_every_tensor(tmp_path):
+    net = _keras_densenet("densenet201", 64)
+    net.save_weights(tmp_path / "d.weights.h5")
+    done = importer.import_weights(
+        tmp_path / "d.weights.h5",
+        "densenet201",
+        tmp_path / "r",
+        input_shape=(64, 64, 3),
+    )
+    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
+
+
 def test_inception_v3_predicts_as_torchvision_prepares():
     record = imagenet.preprocessing("inception_v3", "torchvision")
     assert record["resize"] == 342 and record["channels"] == "rgb"

@@ -106,6 +106,18 @@ PUBLISHED: dict[tuple[str, str], Published] = {
         "md5",
         "64373286793e3c8b2b4e3219cbf3544b",
     ),
+    ("densenet121", "keras"): Published(
+        "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
+        "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
+        "md5",
+        "9d60b8095a5708f2dcce2bca79d332c7",
+    ),
+    ("densenet201", "keras"): Published(
+        "https://storage.googleapis.com/tensorflow/keras-applications/densenet/"
+        "densenet201_weights_tf_dim_ordering_tf_kernels.h5",
+        "md5",
+        "1ceb130c1ea1b78c3bf6114dbdfd8807",
+    ),
 }
 
 

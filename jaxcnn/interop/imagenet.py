@@ -34,7 +34,7 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     },
-    # keras.applications.vgg16.preprocess_input, after a plain resize to 224x224
+    # keras.applications.vgg16.preprocess_input ("caffe" mode), after a plain resize
     "keras": {
         "resize": None,
         "channels": "bgr",
@@ -49,6 +49,12 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
 # input and convert it first (`transform_input=True`). The presets have no such step,
 # so an imported run records the normalisation the weights were trained with.
 _HALF = {"mean": [0.5] * 3, "std": [0.5] * 3}
+_KERAS_TORCH_MODE = {
+    "resize": None,
+    "channels": "rgb",
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+}
 _BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
     ("googlenet", "torchvision"): _HALF,
     # torchvision's Inception_V3_Weights transform: resize 342, crop 299
@@ -62,6 +68,9 @@ _BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
     # 0.875 of 299 (a shorter side of 341); its DenseNets and MobileNet v2 take the
     # default timm transform (crop_pct 0.875 of 224: 256)
     ("inception_v3", "timm"): {**_HALF, "resize": 341},
+    # keras.applications.densenet.preprocess_input ("torch" mode) after a plain resize
+    ("densenet121", "keras"): _KERAS_TORCH_MODE,
+    ("densenet201", "keras"): _KERAS_TORCH_MODE,
 }
 
 

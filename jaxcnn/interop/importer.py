@@ -89,7 +89,9 @@ def import_weights(
     run_dir = rundir.RunDir(workdir)
     _check_empty(run_dir)
     preprocessing = imagenet.preprocessing(arch, source)
-    args = {} if input_shape is None else {"input_shape": list(input_shape)}
+    args = dict(mapping.PRESET_ARGS.get((arch, source), {}))
+    if input_shape is not None:
+        args["input_shape"] = list(input_shape)
     config = RunConfig(
         model=ModelConfig(name=arch, args=args),
         data=DataConfig(dataset="imagenet2012", test_split="validation"),

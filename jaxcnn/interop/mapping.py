@@ -227,9 +227,14 @@ def _layer_units(layer, path: str, act: bool, shapes_) -> list[_Unit]:
             for b, branch in enumerate(layer.branches)
             for u in _units(branch, f"{path}/b{b}/", shapes_)
         ]
-    if isinstance(layer, PoolSpec | GlobalPoolSpec | ActivationSpec | DropoutSpec):
+    if isinstance(
+        layer, PoolSpec | GlobalPoolSpec | ActivationSpec | DropoutSpec | FlattenSpec
+    ):
         return []
-    raise SpecError(f"layer {path} ({layer.type}) has no place in torchvision's layout")
+    raise SpecError(
+        f"layer {path} ({layer.type}) has no counterpart in the source framework's "
+        f"layout"
+    )
 
 
 _TORCH_NORM = ("weight", "bias", "running_mean", "running_var")
@@ -586,6 +591,8 @@ LAYOUTS: dict[tuple[str, str], Callable] = {
     ("inception_v3", "timm"): torchvision_inception_v3,
     ("mobilenet_v2", "timm"): timm_mobilenet_v2,
     ("vgg16", "keras"): None,  # Keras: layers matched by kind and order (keras_entries)
+    ("densenet121", "keras"): None,
+    ("densenet201", "keras"): None,
 }
 
 # Tensors of a source's file that the preset leaves out by design: the auxiliary
@@ -595,6 +602,12 @@ AUXILIARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("googlenet", "torchvision"): ("aux1.", "aux2."),
     ("inception_v3", "torchvision"): ("AuxLogits.",),
     ("inception_v3", "timm"): ("AuxLogits.",),
+}
+# Preset arguments a source's weights need: Keras's DenseNets use batch norm's
+# epsilon 1.001e-5 (torchvision's 1e-5).
+PRESET_ARGS: dict[tuple[str, str], dict[str, float]] = {
+    ("densenet121", "keras"): {"epsilon": 1.001e-5},
+    ("densenet201", "keras"): {"epsilon": 1.001e-5},
 }
 # Older names a source's published files use, renamed as the source renames them.
 RENAMES: dict[tuple[str, str], Callable] = {
@@ -645,24 +658,37 @@ def _keras_kind(arrays: Sequence[np.ndarray]) -> str:
 
 def keras_entries(spec, shapes_, tensors) -> list[Entry]:
     """Keras layers matched to jaxcnn's by kind and order: the k-th conv of the file is
-    the k-th conv of the spec, likewise dense and batch-norm layers. Keras 3 names
-    layers by class (conv2d, conv2d_1, ...) and Keras 2 files keep the layer order, so
-    the order within each kind is the model's."""
-    wanted = {"conv": [], "dense": [], "batch norm": []}
+    the k-th conv of the spec (walked into blocks and branches as `_units` walks them,
+    which is the order Keras's DenseNet creates its layers in), likewise dense and
+    batch-norm layers. Keras 3 names layers by class (conv2d, conv2d_1, ...) and Keras
+    2 files keep the layer order, so the order within each kind is the model's."""
+    kinds = {"conv": "conv", "dense": "dense", "norm": "batch norm"}
+    params = {
+        "conv": ("kernel", "bias"),
+        "dense": ("kernel", "bias"),
+        "batch norm": ("scale", "bias", "mean", "var"),
+    }
+    wanted: dict[str, list[tuple[str, tuple[str, ...]]]] = {k: [] for k in params}
     for i, layer in enumerate(spec.layers):
-        name = f"{layer.type}_{i}"
-        if isinstance(layer, ConvSpec):
-            wanted["conv"].append((name, ("kernel", "bias")))
-        elif isinstance(layer, DenseSpec):
-            wanted["dense"].append((name, ("kernel", "bias")))
-        elif isinstance(layer, NormSpec) and layer.norm == "batch":
-            wanted["batch norm"].append((name, ("scale", "bias", "mean", "var")))
-        elif not isinstance(
-            layer, PoolSpec | ActivationSpec | DropoutSpec | FlattenSpec
+        if not isinstance(
+            layer,
+            ConvSpec
+            | DenseSpec
+            | NormSpec
+            | BranchesSpec
+            | PoolSpec
+            | ActivationSpec
+            | DropoutSpec
+            | FlattenSpec
+            | GlobalPoolSpec,
         ):
             raise SpecError(
-                f"layer {name} ({layer.type}) has no Keras counterpart here"
+                f"layer {layer.type}_{i} ({layer.type}) has no Keras counterpart here"
             )
+    for _i, _layer, units in _top_units(spec, shapes_):
+        for u in units:
+            kind = kinds[u.kind]
+            wanted[kind].append((u.path, params[kind]))
     found: dict[str, list[list[str]]] = {kind: [] for kind in wanted}
     for _layer, names in readers.keras_layers(tensors):
         kind = _keras_kind([tensors[n] for n in names])
