@@ -93,7 +93,7 @@ def make_steps(model_name: str, v: dict) -> tuple[train.Steps, object]:
     config = RunConfig().with_overrides(
         {
             "train.kernels": v["kernels"],
-            "train.batch_size": bench_common.BATCH,
+            "train.batch_size": bench_common.batch_for(model_name),
             "train.precision": v["precision"],
         }
     )
@@ -121,11 +121,12 @@ def make_runner(model_name: str, variant: str):
     k = v["k"]
     steps, spec = make_steps(model_name, v)
     rng = np.random.default_rng(0)
-    n = bench_common.NUM_BATCHES * bench_common.BATCH
+    batch = bench_common.batch_for(model_name)
+    n = bench_common.NUM_BATCHES * batch
     images = rng.uniform(size=(n, *spec.input_shape)).astype(np.float32)
     labels = rng.integers(0, spec.num_classes, n).astype(np.int32)
     images, labels = sharding.put((images, labels), steps.layout.replicated)
-    order = rng.permutation(n).reshape(-1, bench_common.BATCH)
+    order = rng.permutation(n).reshape(-1, batch)
     state = {"step": 0}
 
     def rows(count: int):
@@ -156,7 +157,7 @@ def make_runner(model_name: str, variant: str):
         "cache_compression": cache_compression(),
         **steps.memory(),
     }
-    return run_calls, k * bench_common.BATCH, first, info
+    return run_calls, k * batch, first, info
 
 
 if __name__ == "__main__":

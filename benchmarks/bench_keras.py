@@ -50,14 +50,26 @@ def make_runner(model_name: str, variant: str):
     keras.utils.set_random_seed(0)
     if variant == "mixed_bfloat16":  # before the layers are made
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = {"keras_mnist": keras_mnist, "vgg_cifar": vgg_cifar}[model_name]()
+    model = {
+        "keras_mnist": keras_mnist,
+        "vgg_cifar": vgg_cifar,
+        # keras.applications, random weights, logits out. Keras's VGG16 is torchvision's
+        # and jaxcnn's network; its ResNet50 is the v1 design with convolution biases
+        # (25,636,712 parameters against 25,557,032): the nearest Keras has.
+        "vgg16": lambda: keras.applications.VGG16(
+            weights=None, classifier_activation=None
+        ),
+        "resnet50": lambda: keras.applications.ResNet50(
+            weights=None, classifier_activation=None
+        ),
+    }[model_name]()
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
     h, w, c = model.input_shape[1:]
-    n, b = bench_common.NUM_BATCHES, bench_common.BATCH
+    n, b = bench_common.NUM_BATCHES, bench_common.batch_for(model_name)
     rng = np.random.default_rng(0)
     xs = [
         tf.constant(rng.uniform(size=(b, h, w, c)).astype(np.float32)) for _ in range(n)

@@ -75,10 +75,23 @@ def resnet_cifar() -> tuple[nn.Module, tuple[int, int, int]]:
     return nn.Sequential(*mods), (3, 32, 32)
 
 
+def imagenet(name: str):
+    """torchvision's network of that name (random weights), 224x224x3 input."""
+
+    def build() -> tuple[nn.Module, tuple[int, int, int]]:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None), (3, 224, 224)
+
+    return build
+
+
 NETS = {
     "keras_mnist": keras_mnist,
     "vgg_cifar": vgg_cifar,
     "resnet_cifar": resnet_cifar,
+    "resnet50": imagenet("resnet50"),
+    "vgg16": imagenet("vgg16"),
 }
 
 
@@ -99,7 +112,7 @@ def make_runner(model_name: str, variant: str):
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     forward = torch.compile(net) if compiled else net
-    n, b = bench_common.NUM_BATCHES, bench_common.BATCH
+    n, b = bench_common.NUM_BATCHES, bench_common.batch_for(model_name)
     xs = [
         torch.rand(b, c, h, w, device=device).contiguous(memory_format=fmt)
         for _ in range(n)

@@ -27,8 +27,8 @@ recorded and the others still run), in this order:
 5. peak: matmul GFLOP/s per precision (benchmarks/bench_peak.py at N=8192 on a GPU),
    the ceiling for the step rates.
 6. steps: `jaxcnn train`'s compiled step (benchmarks/bench_jax.py, k steps per call as
-   the backend's default) for keras_mnist, vgg_cifar and resnet_cifar in float32 and
-   bfloat16, beside PyTorch on the same device (benchmarks/bench_torch.py:
+   the backend's default) for keras_mnist, vgg_cifar, resnet_cifar and resnet50 at
+   224x224 (batch 16; the others 128) in float32 and bfloat16, beside PyTorch on the same device (benchmarks/bench_torch.py:
    channels_last, bf16 autocast, and the same through torch.compile, which needs no
    network), in alternating windows with per-round paired ratios
    (benchmarks/step_bench.py's machinery). Models whose turn comes after `--budget`
@@ -69,7 +69,7 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
-MODELS = ("keras_mnist", "vgg_cifar", "resnet_cifar")
+MODELS = ("keras_mnist", "vgg_cifar", "resnet_cifar", "resnet50")
 # what `import jaxcnn` and fit() need beyond JAX itself (TF/TFDS only for TFDS datasets)
 NEEDED = (
     "jax",

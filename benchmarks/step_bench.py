@@ -11,7 +11,8 @@ conflicts). All of a model's workers are started first; then timing windows alte
 between them in rounds (the idle ones block on a pipe), so slow drifts of the machine
 hit every framework alike. Per window the share of the machine that *other* processes
 used is measured (/proc/stat busy time minus the worker's own CPU time) and windows above
-0.15 cores are flagged. Synthetic data, batch 128, Adam, softmax cross-entropy; fp32
+0.15 cores are flagged. Synthetic data, batch 128 (16 for the ImageNet-size presets,
+`--models resnet50,vgg16`), Adam, softmax cross-entropy; fp32
 unless the row says bf16 (jaxcnn `train.precision=bfloat16`, PyTorch bf16 autocast, Keras
 `mixed_bfloat16`). Since the machine's speed drifts within a run, each jaxcnn row is
 also compared with each peer round by round (the two windows of one round are
@@ -42,6 +43,15 @@ import bench_common  # noqa: E402
 
 CONTENDED = 0.15  # other processes' cores above which a window is flagged
 MODELS = ("keras_mnist", "vgg_cifar")
+# seconds per timing window; the ImageNet-size presets (--models resnet50,vgg16) take
+# seconds per step at their batch of 16 on a 2-core CPU
+WINDOWS = {
+    "keras_mnist": 3.0,
+    "vgg_cifar": 8.0,
+    "resnet_cifar": 8.0,
+    "resnet50": 20.0,
+    "vgg16": 30.0,
+}
 # name -> (worker script, variant argument)
 FRAMEWORKS = {
     "jax_stock": ("bench_jax.py", "kernels=xla,k=1,tune=off"),
@@ -285,7 +295,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Step benchmark: {report['name']}",
         "",
-        f"{report['date']}, {report['machine']}. Batch 128, Adam, synthetic data "
+        f"{report['date']}, {report['machine']}. Batch {bench_common.BATCH} "
+        f"({bench_common.IMAGENET_BATCH} for {', '.join(bench_common.IMAGENET_MODELS)}"
+        "), Adam, synthetic data "
         "(fp32 unless the row says bf16), "
         f"{report['rounds']} rounds of one timing window per framework, "
         "frameworks alternating.",
@@ -465,11 +477,7 @@ def main(argv=None) -> None:
         "models": {},
     }
     for model in models if not args.cache_only else ():
-        window = args.window or (
-            {"keras_mnist": 1.0, "vgg_cifar": 3.0}[model]
-            if args.quick
-            else {"keras_mnist": 3.0, "vgg_cifar": 8.0}[model]
-        )
+        window = args.window or WINDOWS[model] / (3 if args.quick else 1)
         report["window_s"] = window if report["window_s"] is None else "per model"
         print(
             f"{model}: {len(names)} workers, {rounds} rounds of {window} s", flush=True

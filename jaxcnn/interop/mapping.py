@@ -663,32 +663,16 @@ def keras_entries(spec, shapes_, tensors) -> list[Entry]:
     batch-norm layers. Keras 3 names layers by class (conv2d, conv2d_1, ...) and Keras
     2 files keep the layer order, so the order within each kind is the model's."""
     kinds = {"conv": "conv", "dense": "dense", "norm": "batch norm"}
-    params = {
+    weights = {
         "conv": ("kernel", "bias"),
         "dense": ("kernel", "bias"),
         "batch norm": ("scale", "bias", "mean", "var"),
     }
-    wanted: dict[str, list[tuple[str, tuple[str, ...]]]] = {k: [] for k in params}
-    for i, layer in enumerate(spec.layers):
-        if not isinstance(
-            layer,
-            ConvSpec
-            | DenseSpec
-            | NormSpec
-            | BranchesSpec
-            | PoolSpec
-            | ActivationSpec
-            | DropoutSpec
-            | FlattenSpec
-            | GlobalPoolSpec,
-        ):
-            raise SpecError(
-                f"layer {layer.type}_{i} ({layer.type}) has no Keras counterpart here"
-            )
+    wanted: dict[str, list[tuple[str, tuple[str, ...]]]] = {k: [] for k in weights}
     for _i, _layer, units in _top_units(spec, shapes_):
         for u in units:
             kind = kinds[u.kind]
-            wanted[kind].append((u.path, params[kind]))
+            wanted[kind].append((u.path, weights[kind]))
     found: dict[str, list[list[str]]] = {kind: [] for kind in wanted}
     for _layer, names in readers.keras_layers(tensors):
         kind = _keras_kind([tensors[n] for n in names])
