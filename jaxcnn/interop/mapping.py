@@ -669,10 +669,8 @@ def keras_entries(spec, shapes_, tensors) -> list[Entry]:
         "batch norm": ("scale", "bias", "mean", "var"),
     }
     wanted: dict[str, list[tuple[str, tuple[str, ...]]]] = {k: [] for k in weights}
-    for _i, _layer, units in _top_units(spec, shapes_):
-        for u in units:
-            kind = kinds[u.kind]
-            wanted[kind].append((u.path, weights[kind]))
+    for u in _units(spec.layers, "", shapes_):
+        wanted[kinds[u.kind]].append((u.path, weights[kinds[u.kind]]))
     found: dict[str, list[list[str]]] = {kind: [] for kind in wanted}
     for _layer, names in readers.keras_layers(tensors):
         kind = _keras_kind([tensors[n] for n in names])
