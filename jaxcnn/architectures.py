@@ -5,7 +5,8 @@ so `jaxcnn summary resnet50` shows its shapes, parameters, FLOPs and receptive f
 before anything compiles. Parameter counts at 224x224x3 (299x299x3 for Inception v3)
 equal torchvision's `sum(p.numel() for p in model.parameters())`; batch-norm running
 statistics are jaxcnn's non-trainable parameters, as they are torchvision's buffers.
-GoogLeNet and Inception v3 leave out the auxiliary heads, which only train.
+GoogLeNet and Inception v3 leave out the auxiliary heads, which only train. ResNet-50's
+and the DenseNets' arguments also build Keras's configurations of them.
 
 Batch norms keep jaxcnn's defaults (`NormSpec`: momentum 0.99 in Flax's convention)
 except epsilon, which is the source's (1e-5; 1e-3 in GoogLeNet and Inception v3).
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
+from jaxcnn.errors import SpecError
 from jaxcnn.spec import (
     ActivationSpec,
     BranchesSpec,
@@ -46,8 +49,12 @@ def _conv_bn(
     groups: int = 1,
     activation: str | None = "relu",
     epsilon: float = 1e-5,
+    bias: bool = False,
+    scale: bool = True,
+    momentum: float = 0.99,
 ) -> list[LayerSpec]:
-    """conv (no bias) -> batch norm [-> activation]: torchvision's usual unit."""
+    """conv (no bias unless `bias`) -> batch norm (without a scale unless `scale`)
+    [-> activation]: torchvision's usual unit."""
     layers: list[LayerSpec] = [
         ConvSpec(
             filters=filters,
@@ -55,9 +62,9 @@ def _conv_bn(
             stride=stride,
             padding=padding,
             groups=groups,
-            use_bias=False,
+            use_bias=bias,
         ),
-        NormSpec(norm="batch", epsilon=epsilon),
+        NormSpec(norm="batch", epsilon=epsilon, scale=scale, momentum=momentum),
     ]
     if activation is not None:
         layers.append(ActivationSpec(activation=activation))
@@ -92,14 +99,40 @@ def _basic_block(cin: int, planes: int, stride: int) -> ResidualSpec:
     return ResidualSpec(layers=body, activation="relu", projection_norm=projects)
 
 
-def _bottleneck(cin: int, planes: int, stride: int) -> ResidualSpec:
-    """torchvision's v1.5 bottleneck: the stride is on the 3x3 conv."""
+StrideOn = Literal["1x1", "3x3"]
+STRIDE_ON: tuple[str, ...] = get_args(StrideOn)
+
+
+def _bottleneck(
+    cin: int,
+    planes: int,
+    stride: int,
+    stride_on: StrideOn = "3x3",
+    conv_bias: bool = False,
+    epsilon: float = 1e-5,
+) -> LayerSpec:
+    """The bottleneck block: 1x1, 3x3, 1x1 convs, each with a batch norm; the stride is
+    on the 3x3 conv (torchvision's v1.5) or on the first 1x1 conv (v1, Keras's).
+
+    A block that changes the shape projects its input with a strided 1x1 conv and a
+    batch norm. At torchvision's configuration (convs without bias, epsilon 1e-5) that
+    is a `ResidualSpec` projection; otherwise the projection's bias and epsilon follow
+    the arguments and the block is a `BranchesSpec` adding the projection (branch 0)
+    and the body (branch 1), as Keras's ResNet50 builds it.
+    """
+    unit = {"epsilon": epsilon, "bias": conv_bias}
+    first, second = (stride, 1) if stride_on == "1x1" else (1, stride)
     body = [
-        *_conv_bn(planes, 1),
-        *_conv_bn(planes, 3, stride, 1),
-        *_conv_bn(4 * planes, 1, activation=None),
+        *_conv_bn(planes, 1, first, **unit),
+        *_conv_bn(planes, 3, second, 1, **unit),
+        *_conv_bn(4 * planes, 1, activation=None, **unit),
     ]
     projects = stride != 1 or cin != 4 * planes
+    if projects and (conv_bias or epsilon != 1e-5):
+        shortcut = _conv_bn(4 * planes, 1, stride, activation=None, **unit)
+        return BranchesSpec(
+            branches=(tuple(shortcut), tuple(body)), join="add", activation="relu"
+        )
     return ResidualSpec(layers=body, activation="relu", projection_norm=projects)
 
 
@@ -109,9 +142,18 @@ def _resnet(
     bottleneck: bool,
     input_shape: Shape3,
     num_classes: int,
+    stride_on: StrideOn = "3x3",
+    conv_bias: bool = False,
+    epsilon: float = 1e-5,
 ) -> ModelSpec:
+    if stride_on not in STRIDE_ON:
+        raise SpecError(
+            f"argument 'stride_on' must be one of {', '.join(map(repr, STRIDE_ON))} "
+            f"(the conv of a bottleneck block that strides), got {stride_on!r}"
+        )
+    unit = {"epsilon": epsilon, "bias": conv_bias}
     layers: list[LayerSpec] = [
-        *_conv_bn(64, 7, 2, 3),
+        *_conv_bn(64, 7, 2, 3, **unit),
         PoolSpec(pool="max", window=3, stride=2, padding=1),
     ]
     cin = 64
@@ -121,7 +163,9 @@ def _resnet(
         for i in range(count):
             stride = 2 if stage > 0 and i == 0 else 1
             if bottleneck:
-                layers.append(_bottleneck(cin, planes, stride))
+                layers.append(
+                    _bottleneck(cin, planes, stride, stride_on, conv_bias, epsilon)
+                )
                 cin = 4 * planes
             else:
                 layers.append(_basic_block(cin, planes, stride))
@@ -140,10 +184,31 @@ def resnet34(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSp
     return _resnet("resnet34", (3, 4, 6, 3), False, input_shape, num_classes)
 
 
-def resnet50(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
+def resnet50(
+    input_shape: Shape3 = IMAGENET,
+    num_classes: int = 1000,
+    stride_on: StrideOn = "3x3",
+    conv_bias: bool = False,
+    epsilon: float = 1e-5,
+) -> ModelSpec:
     """ResNet-50 v1.5 (stride on the 3x3 conv) as torchvision builds it: 25,557,032
-    parameters."""
-    return _resnet("resnet50", (3, 4, 6, 3), True, input_shape, num_classes)
+    parameters.
+
+    `stride_on` is the conv of a stage's first block that strides ("3x3", or "1x1":
+    ResNet v1), `conv_bias` gives every conv a bias and `epsilon` is batch norm's.
+    Keras's ResNet50 is `stride_on="1x1", conv_bias=True, epsilon=1.001e-5`:
+    25,636,712 parameters.
+    """
+    return _resnet(
+        "resnet50",
+        (3, 4, 6, 3),
+        True,
+        input_shape,
+        num_classes,
+        stride_on,
+        conv_bias,
+        epsilon,
+    )
 
 
 # --------------------------------------------------------------------------- SqueezeNet
@@ -195,25 +260,51 @@ def _merge_pools(pool_h: PoolSpec, pool_w: PoolSpec) -> PoolSpec:
 
 
 # --------------------------------------------------------------------------- MobileNet
+Padding = Literal["symmetric", "same"]
+PADDINGS: tuple[str, ...] = get_args(Padding)
+
+
 def _inverted_residual(
-    cin: int, cout: int, stride: int, expand: int
+    cin: int, cout: int, stride: int, expand: int, pad: int | str, norm: dict
 ) -> list[LayerSpec]:
     """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, linear 1x1 projection; with an
-    identity skip when the shape is kept (Sandler et al. 2018)."""
+    identity skip when the shape is kept (Sandler et al. 2018). `pad`: the depthwise
+    conv's padding; `norm`: the batch norms' epsilon and momentum."""
     hidden = cin * expand
     body: list[LayerSpec] = []
     if expand != 1:
-        body += _conv_bn(hidden, 1, activation="relu6")
-    body += _conv_bn(hidden, 3, stride, 1, groups=hidden, activation="relu6")
-    body += _conv_bn(cout, 1, activation=None)
+        body += _conv_bn(hidden, 1, activation="relu6", **norm)
+    body += _conv_bn(hidden, 3, stride, pad, groups=hidden, activation="relu6", **norm)
+    body += _conv_bn(cout, 1, activation=None, **norm)
     if stride == 1 and cin == cout:
         return [ResidualSpec(layers=body)]
     return body
 
 
-def mobilenet_v2(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> ModelSpec:
-    """MobileNetV2 (width 1.0) as torchvision builds it: 3,504,872 parameters."""
-    layers: list[LayerSpec] = [*_conv_bn(32, 3, 2, 1, activation="relu6")]
+def mobilenet_v2(
+    input_shape: Shape3 = IMAGENET,
+    num_classes: int = 1000,
+    padding: Padding = "symmetric",
+    epsilon: float = 1e-5,
+    momentum: float = 0.99,
+) -> ModelSpec:
+    """MobileNetV2 (width 1.0) as torchvision builds it: 3,504,872 parameters.
+
+    `padding` is the 3x3 convs' ("symmetric": 1 on each side, torchvision's; "same":
+    TF's, which for a stride-2 conv on an even size pads only the bottom and right, as
+    Keras's ZeroPadding2D(correct_pad) before its valid stride-2 convs); `epsilon` and
+    `momentum` are batch norm's. Keras's MobileNetV2 (alpha 1.0) is `padding="same",
+    epsilon=1e-3, momentum=0.999`: the same 3,504,872 parameters and 34,112 batch-norm
+    statistics, Keras's `count_params()` of 3,538,984.
+    """
+    if padding not in PADDINGS:
+        raise SpecError(
+            f"argument 'padding' must be one of {', '.join(map(repr, PADDINGS))} "
+            f"(the 3x3 convs' padding), got {padding!r}"
+        )
+    pad = 1 if padding == "symmetric" else "same"
+    norm = {"epsilon": epsilon, "momentum": momentum}
+    layers: list[LayerSpec] = [*_conv_bn(32, 3, 2, pad, activation="relu6", **norm)]
     cin = 32
     settings = (  # expansion, channels, blocks, first stride
         (1, 16, 1, 1),
@@ -227,10 +318,10 @@ def mobilenet_v2(input_shape: Shape3 = IMAGENET, num_classes: int = 1000) -> Mod
     for expand, cout, count, first_stride in settings:
         for i in range(count):
             stride = first_stride if i == 0 else 1
-            layers += _inverted_residual(cin, cout, stride, expand)
+            layers += _inverted_residual(cin, cout, stride, expand, pad, norm)
             cin = cout
     layers += [
-        *_conv_bn(1280, 1, activation="relu6"),
+        *_conv_bn(1280, 1, activation="relu6", **norm),
         GlobalPoolSpec(pool="avg"),
         DropoutSpec(rate=0.2),
         DenseSpec(units=num_classes),
@@ -361,121 +452,152 @@ def _bn_conv(
     kernel: int | tuple[int, int],
     stride: int = 1,
     padding: int | tuple[int, int] = 0,
+    *,
+    scale: bool = True,
 ) -> tuple[LayerSpec, ...]:
-    """Inception v3's BasicConv2d: conv without bias, batch norm (epsilon 1e-3), ReLU."""
-    return tuple(_conv_bn(filters, kernel, stride, padding, epsilon=1e-3))
+    """Inception v3's BasicConv2d: conv without bias, batch norm (epsilon 1e-3; without
+    a scale unless `scale`), ReLU."""
+    return tuple(_conv_bn(filters, kernel, stride, padding, epsilon=1e-3, scale=scale))
 
 
-def _avg_branch(filters: int) -> tuple[LayerSpec, ...]:
-    # torchvision's avg_pool2d counts the padding in the mean
-    pool = PoolSpec(pool="avg", window=3, stride=1, padding=1, count_padding=True)
-    return (pool, *_bn_conv(filters, 1))
+def _avg_branch(
+    filters: int, count_padding: bool, scale: bool
+) -> tuple[LayerSpec, ...]:
+    # torchvision's avg_pool2d counts the padding in the mean, Keras's does not
+    pool = PoolSpec(
+        pool="avg", window=3, stride=1, padding=1, count_padding=count_padding
+    )
+    return (pool, *_bn_conv(filters, 1, scale=scale))
 
 
-def _split(filters: int) -> BranchesSpec:
+def _split(filters: int, scale: bool) -> BranchesSpec:
     """Inception v3's 1x3 and 3x1 convs of one input, concatenated."""
     return BranchesSpec(
         branches=(
-            _bn_conv(filters, (1, 3), 1, (0, 1)),
-            _bn_conv(filters, (3, 1), 1, (1, 0)),
+            _bn_conv(filters, (1, 3), 1, (0, 1), scale=scale),
+            _bn_conv(filters, (3, 1), 1, (1, 0), scale=scale),
         )
     )
 
 
-def _inception_a(pool_features: int) -> BranchesSpec:
+def _inception_a(pool_features: int, count_padding: bool, scale: bool) -> BranchesSpec:
+    bn = {"scale": scale}
     return BranchesSpec(
         branches=(
-            _bn_conv(64, 1),
-            (*_bn_conv(48, 1), *_bn_conv(64, 5, 1, 2)),
-            (*_bn_conv(64, 1), *_bn_conv(96, 3, 1, 1), *_bn_conv(96, 3, 1, 1)),
-            _avg_branch(pool_features),
+            _bn_conv(64, 1, **bn),
+            (*_bn_conv(48, 1, **bn), *_bn_conv(64, 5, 1, 2, **bn)),
+            (
+                *_bn_conv(64, 1, **bn),
+                *_bn_conv(96, 3, 1, 1, **bn),
+                *_bn_conv(96, 3, 1, 1, **bn),
+            ),
+            _avg_branch(pool_features, count_padding, scale),
         )
     )
 
 
-def _inception_b() -> BranchesSpec:
+def _inception_b(scale: bool) -> BranchesSpec:
+    bn = {"scale": scale}
     return BranchesSpec(
         branches=(
-            _bn_conv(384, 3, 2),
-            (*_bn_conv(64, 1), *_bn_conv(96, 3, 1, 1), *_bn_conv(96, 3, 2)),
+            _bn_conv(384, 3, 2, **bn),
+            (
+                *_bn_conv(64, 1, **bn),
+                *_bn_conv(96, 3, 1, 1, **bn),
+                *_bn_conv(96, 3, 2, **bn),
+            ),
             (PoolSpec(pool="max", window=3, stride=2),),
         )
     )
 
 
-def _inception_c(c7: int) -> BranchesSpec:
+def _inception_c(c7: int, count_padding: bool, scale: bool) -> BranchesSpec:
+    bn = {"scale": scale}
     row, col = ((1, 7), (0, 3)), ((7, 1), (3, 0))  # (kernel, padding)
     return BranchesSpec(
         branches=(
-            _bn_conv(192, 1),
-            (*_bn_conv(c7, 1), *_bn_conv(c7, row[0], 1, row[1]),
-             *_bn_conv(192, col[0], 1, col[1])),
+            _bn_conv(192, 1, **bn),
+            (*_bn_conv(c7, 1, **bn), *_bn_conv(c7, row[0], 1, row[1], **bn),
+             *_bn_conv(192, col[0], 1, col[1], **bn)),
             (
-                *_bn_conv(c7, 1),
-                *_bn_conv(c7, col[0], 1, col[1]),
-                *_bn_conv(c7, row[0], 1, row[1]),
-                *_bn_conv(c7, col[0], 1, col[1]),
-                *_bn_conv(192, row[0], 1, row[1]),
+                *_bn_conv(c7, 1, **bn),
+                *_bn_conv(c7, col[0], 1, col[1], **bn),
+                *_bn_conv(c7, row[0], 1, row[1], **bn),
+                *_bn_conv(c7, col[0], 1, col[1], **bn),
+                *_bn_conv(192, row[0], 1, row[1], **bn),
             ),
-            _avg_branch(192),
+            _avg_branch(192, count_padding, scale),
         )
     )  # fmt: skip
 
 
-def _inception_d() -> BranchesSpec:
+def _inception_d(scale: bool) -> BranchesSpec:
+    bn = {"scale": scale}
     return BranchesSpec(
         branches=(
-            (*_bn_conv(192, 1), *_bn_conv(320, 3, 2)),
+            (*_bn_conv(192, 1, **bn), *_bn_conv(320, 3, 2, **bn)),
             (
-                *_bn_conv(192, 1),
-                *_bn_conv(192, (1, 7), 1, (0, 3)),
-                *_bn_conv(192, (7, 1), 1, (3, 0)),
-                *_bn_conv(192, 3, 2),
+                *_bn_conv(192, 1, **bn),
+                *_bn_conv(192, (1, 7), 1, (0, 3), **bn),
+                *_bn_conv(192, (7, 1), 1, (3, 0), **bn),
+                *_bn_conv(192, 3, 2, **bn),
             ),
             (PoolSpec(pool="max", window=3, stride=2),),
         )
     )
 
 
-def _inception_e() -> BranchesSpec:
+def _inception_e(count_padding: bool, scale: bool) -> BranchesSpec:
+    bn = {"scale": scale}
     return BranchesSpec(
         branches=(
-            _bn_conv(320, 1),
-            (*_bn_conv(384, 1), _split(384)),
-            (*_bn_conv(448, 1), *_bn_conv(384, 3, 1, 1), _split(384)),
-            _avg_branch(192),
+            _bn_conv(320, 1, **bn),
+            (*_bn_conv(384, 1, **bn), _split(384, scale)),
+            (
+                *_bn_conv(448, 1, **bn),
+                *_bn_conv(384, 3, 1, 1, **bn),
+                _split(384, scale),
+            ),
+            _avg_branch(192, count_padding, scale),
         )
     )
 
 
 def inception_v3(
-    input_shape: Shape3 = (299, 299, 3), num_classes: int = 1000
+    input_shape: Shape3 = (299, 299, 3),
+    num_classes: int = 1000,
+    bn_scale: bool = True,
+    count_padding: bool = True,
 ) -> ModelSpec:
     """Inception v3 (Szegedy et al. 2016) as torchvision builds it, without the
     auxiliary head (it only trains): 27,161,264 parameters at 299x299x3.
 
     Its average-pool branches count the zero padding in the mean (`count_padding`), as
-    torchvision's do.
+    torchvision's do; `bn_scale` gives batch norms a learned scale. Keras's InceptionV3
+    is `bn_scale=False, count_padding=False` (its BatchNormalization(scale=False) and
+    AveragePooling2D(padding="same")): 23,817,352 parameters and 34,432 batch-norm
+    statistics, Keras's `count_params()` of 23,851,784.
     """
+    a, bn = {"count_padding": count_padding, "scale": bn_scale}, {"scale": bn_scale}
     layers: list[LayerSpec] = [
-        *_bn_conv(32, 3, 2),
-        *_bn_conv(32, 3),
-        *_bn_conv(64, 3, 1, 1),
+        *_bn_conv(32, 3, 2, **bn),
+        *_bn_conv(32, 3, **bn),
+        *_bn_conv(64, 3, 1, 1, **bn),
         PoolSpec(pool="max", window=3, stride=2),
-        *_bn_conv(80, 1),
-        *_bn_conv(192, 3),
+        *_bn_conv(80, 1, **bn),
+        *_bn_conv(192, 3, **bn),
         PoolSpec(pool="max", window=3, stride=2),
-        _inception_a(32),
-        _inception_a(64),
-        _inception_a(64),
-        _inception_b(),
-        _inception_c(128),
-        _inception_c(160),
-        _inception_c(160),
-        _inception_c(192),
-        _inception_d(),
-        _inception_e(),
-        _inception_e(),
+        _inception_a(32, **a),
+        _inception_a(64, **a),
+        _inception_a(64, **a),
+        _inception_b(bn_scale),
+        _inception_c(128, **a),
+        _inception_c(160, **a),
+        _inception_c(160, **a),
+        _inception_c(192, **a),
+        _inception_d(bn_scale),
+        _inception_e(**a),
+        _inception_e(**a),
         GlobalPoolSpec(pool="avg"),
         DropoutSpec(rate=0.5),
         DenseSpec(units=num_classes),

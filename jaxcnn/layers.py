@@ -282,8 +282,14 @@ def make_norm(spec: NormSpec, channels: int, *, rngs: nnx.Rngs) -> nnx.Module:
     channels of each of `spec.groups` groups. All add `spec.epsilon` to the variance,
     computed as the mean of squared deviations (two passes, as Keras and PyTorch): flax's
     one-pass E[x^2] - E[x]^2 cancels in float32 when the mean is large against the spread.
+    A per-channel scale is learned only where `spec.scale` (Keras's scale=False: none).
     """
-    common = dict(epsilon=spec.epsilon, use_fast_variance=False, rngs=rngs)
+    common = dict(
+        epsilon=spec.epsilon,
+        use_scale=spec.scale,
+        use_fast_variance=False,
+        rngs=rngs,
+    )
     if spec.norm == "batch":
         return nnx.BatchNorm(channels, momentum=spec.momentum, **common)
     if spec.norm == "layer":

@@ -9,7 +9,7 @@ Conventions:
     the padding resolved by `resolve_padding` (the one function layers.py also uses).
   * `params` counts trainable parameters (Keras "trainable params"): conv
     (kh*kw*Cin/groups + 1) * filters, dense (in + 1) * units (no +1 without bias),
-    norm 2*C (scale and bias). Batch-norm running mean and variance (2*C) are counted in
+    norm 2*C (scale and bias; C without a scale). Batch-norm running mean and variance (2*C) are counted in
     `non_trainable_params`.
   * FLOPs: conv and dense cost 2 * MACs (one multiply and one add per MAC; bias adds and
     fused activations are not counted, as in Keras/fvcore-style counters). Layers without
@@ -340,7 +340,7 @@ def _norm(layer: NormSpec, index: str, shape: Shape) -> _Cost:
         )
     return _Cost(
         shape,
-        params=2 * channels,
+        params=(1 + int(layer.scale)) * channels,  # [scale and] bias
         non_trainable=2 * channels if layer.norm == "batch" else 0,
         flops=NORM_FLOPS_PER_ELEMENT * _elements(shape),
     )

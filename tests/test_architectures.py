@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxcnn import architectures, cli, models, shapes
 from jaxcnn import kernels as ops
+from jaxcnn.errors import SpecError
 
 # torchvision's counts (weights.meta["num_params"]); GoogLeNet and Inception v3 without
 # their auxiliary heads, which only train (Inception v3's published 27,161,264 includes
@@ -137,6 +138,151 @@ def test_summary_prints_resnet50s_count():
     assert summary.row("7.3").spec.stride == (2, 2)
     assert first.projection.stride == (2, 2) and not first.projection.use_bias
     assert first.params == 256 * 512 + 2 * 512  # 1x1 conv without bias, batch norm
+
+
+KERAS_RESNET50 = {"stride_on": "1x1", "conv_bias": True, "epsilon": 1.001e-5}
+
+
+def test_resnet50_at_keras_configuration_counts_keras_parameters():
+    """keras.applications.ResNet50().count_params() (batch-norm statistics included):
+    25,636,712. ResNet v1: stride 2 on the first 1x1 conv; convs and the projection
+    with biases; batch norm's epsilon 1.001e-5 everywhere."""
+    summary = shapes.infer(models.preset("resnet50", **KERAS_RESNET50))
+    assert summary.total_params + summary.total_non_trainable_params == 25_636_712
+    assert summary.output_shape == (1000,)
+    first = summary.row("7")  # stem conv, norm, relu, pool; 3 blocks of stage 1
+    assert first.output_shape == (28, 28, 512)
+    shortcut, body = first.spec.branches
+    assert [c.stride for c in body if c.type == "conv"] == [(2, 2), (1, 1), (1, 1)]
+    assert shortcut[0].stride == (2, 2) and shortcut[0].use_bias
+    convs = [c for b in first.spec.branches for c in b if c.type == "conv"]
+    assert all(c.use_bias for c in convs)
+    norms = [n for b in first.spec.branches for n in b if n.type == "norm"]
+    assert all(n.epsilon == 1.001e-5 for n in norms)
+
+
+def test_resnet50_defaults_are_torchvisions():
+    assert models.preset("resnet50") == models.preset(
+        "resnet50", stride_on="3x3", conv_bias=False, epsilon=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"stride_on": "2x2"}, 'argument \'stride_on\' must be "1x1" | "3x3"'),
+        ({"conv_bias": "maybe"}, "argument 'conv_bias' must be"),
+        ({"epsilon": 0.0}, "epsilon"),
+    ],
+)
+def test_resnet50_bad_arguments_are_spec_errors(args, message):
+    with pytest.raises(SpecError, match=message):
+        models.preset("resnet50", **args)
+
+
+def test_resnet50_stride_on_is_checked_when_called_directly():
+    with pytest.raises(SpecError, match="'stride_on' must be one of '1x1', '3x3'"):
+        architectures.resnet50(stride_on="2x2")
+
+
+KERAS_MOBILENET_V2 = {"padding": "same", "epsilon": 1e-3, "momentum": 0.999}
+
+
+def test_mobilenet_v2_at_keras_configuration_counts_keras_parameters():
+    """keras.applications.MobileNetV2().count_params() (alpha 1.0, batch-norm
+    statistics included): 3,538,984. Its stride-2 3x3 convs pad the bottom and right
+    only at even sizes (TF's "same", Keras's ZeroPadding2D(correct_pad)); its batch
+    norms are epsilon 1e-3, momentum 0.999."""
+    spec = models.preset("mobilenet_v2", **KERAS_MOBILENET_V2)
+    summary = shapes.infer(spec)
+    assert summary.total_params + summary.total_non_trainable_params == 3_538_984
+    assert summary.output_shape == (1000,)
+    torchvision = shapes.infer(models.preset("mobilenet_v2"))
+    assert [r.output_shape for r in summary.layers] == [
+        r.output_shape for r in torchvision.layers
+    ]
+    convs = [r.spec for r in summary.layers if r.spec.type == "conv"]
+    assert all(c.padding == "same" for c in convs if c.kernel == (3, 3))
+    assert shapes.resolve_padding("same", (224, 224), (3, 3), (2, 2), (1, 1)) == (
+        (0, 1),
+        (0, 1),
+    )
+    norms = [r.spec for r in summary.layers if r.spec.type == "norm"]
+    assert len(norms) == 52
+    assert all((n.epsilon, n.momentum) == (1e-3, 0.999) for n in norms)
+
+
+def test_mobilenet_v2_defaults_are_torchvisions():
+    assert models.preset("mobilenet_v2") == models.preset(
+        "mobilenet_v2", padding="symmetric", epsilon=1e-5, momentum=0.99
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"padding": "valid"}, 'argument \'padding\' must be "symmetric" | "same"'),
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
+)
+def test_mobilenet_v2_bad_arguments_are_spec_errors(args, message):
+    with pytest.raises(SpecError, match=message):
+        models.preset("mobilenet_v2", **args)
+
+
+def test_mobilenet_v2_padding_is_checked_when_called_directly():
+    with pytest.raises(SpecError, match="'padding' must be one of 'symmetric', 'same'"):
+        architectures.mobilenet_v2(padding="valid")
+
+
+KERAS_INCEPTION_V3 = {"bn_scale": False, "count_padding": False}
+
+
+def test_inception_v3_at_keras_configuration_counts_keras_parameters():
+    """keras.applications.InceptionV3().count_params() (batch-norm statistics
+    included): 23,851,784. Its batch norms have no scale (gamma) and its average pools
+    (3x3, stride 1, "same") leave the padding out of the mean; otherwise it is
+    torchvision's network without the auxiliary head."""
+    spec = models.preset("inception_v3", **KERAS_INCEPTION_V3)
+    summary = shapes.infer(spec)
+    assert summary.total_params + summary.total_non_trainable_params == 23_851_784
+    assert summary.total_non_trainable_params == 34_432  # 94 batch norms' statistics
+    assert summary.output_shape == (1000,)
+    torchvision = shapes.infer(models.preset("inception_v3"))
+    assert torchvision.total_params - summary.total_params == 34_432 // 2  # gammas
+    assert [r.output_shape for r in summary.layers if "." not in r.index] == [
+        r.output_shape for r in torchvision.layers if "." not in r.index
+    ]
+    norms = [r.spec for r in summary.layers if r.spec.type == "norm"]
+    assert len(norms) == 94 and not any(n.scale for n in norms)
+    assert all(n.epsilon == 1e-3 for n in norms)
+    pools = [r.spec for r in summary.layers if r.spec.type == "pool"]
+    averages = [p for p in pools if p.pool == "avg"]
+    assert len(averages) == 9 and not any(p.count_padding for p in averages)
+
+
+def test_inception_v3_defaults_are_torchvisions():
+    assert models.preset("inception_v3") == models.preset(
+        "inception_v3", bn_scale=True, count_padding=True
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"bn_scale": "no"}, "argument 'bn_scale' must be true/false"),
+        ({"count_padding": 2}, "argument 'count_padding' must be true/false"),
+        (
+            {"bn_skale": False},
+            "unknown argument 'bn_skale'; valid arguments are input_shape, "
+            "num_classes, bn_scale, count_padding",
+        ),
+    ],
+)
+def test_inception_v3_bad_arguments_are_spec_errors(args, message):
+    with pytest.raises(SpecError, match=message):
+        models.preset("inception_v3", **args)
 
 
 @pytest.mark.parametrize(

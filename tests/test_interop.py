@@ -28,7 +28,14 @@ import pytest  # noqa: E402
 
 from jaxcnn import cli, models  # noqa: E402
 from jaxcnn.errors import CheckpointError, JaxcnnError  # noqa: E402
-from jaxcnn.interop import download, importer, mapping, readers  # noqa: E402
+from jaxcnn.interop import (  # noqa: E402
+    download,
+    importer,
+    keras_match,
+    mapping,
+    names,
+    readers,
+)
 from jaxcnn.spec import (  # noqa: E402
     ActivationSpec,
     ConvSpec,
@@ -132,7 +139,7 @@ def test_torchvision_layout_gives_torchs_logits(tmp_path):
     tensors = readers.read_weights(tmp_path / "net.pth", "torchvision")
     assert "features.4.num_batches_tracked" in tensors  # read, then left out
     shapes_ = _shapes(TORCH_SPEC)
-    entries = mapping.torchvision_sequential(TORCH_SPEC, shapes_)
+    entries = names.torchvision_sequential(TORCH_SPEC, shapes_)
     assert {e.source: e.path for e in entries}[
         "classifier.4.weight"
     ] == "dense_10/kernel"
@@ -179,7 +186,7 @@ def test_timm_layout_gives_torchs_logits(tmp_path):
     safetensors_torch.save_file(net.state_dict(), str(path))
     tensors = readers.read_weights(path, "timm")
     shapes_ = _shapes(spec)
-    entries = mapping.timm_vgg(spec, shapes_)
+    entries = names.timm_vgg(spec, shapes_)
     arrays = mapping.convert(
         entries, tensors, shapes_, file=str(path), arch="tiny", source="timm"
     )
@@ -251,7 +258,7 @@ def test_keras_weights_give_keras_logits(tmp_path, fmt):
             legacy_h5_format.save_weights_to_hdf5_group(f, net)
     tensors = readers.read_weights(path, "keras")
     shapes_ = _shapes(KERAS_SPEC)
-    entries = mapping.keras_entries(KERAS_SPEC, shapes_, tensors)
+    entries = keras_match.keras_entries(KERAS_SPEC, shapes_, tensors)
     arrays = mapping.convert(
         entries, tensors, shapes_, file=str(path), arch="tiny", source="keras"
     )
@@ -264,7 +271,7 @@ def _alexnet_names(skip=(), shapes=None):
     """alexnet's torchvision tensor names, each a tiny tensor (or the given shape)."""
     torch = pytest.importorskip("torch")
     spec = models.preset("alexnet")
-    entries = mapping.torchvision_sequential(spec, _shapes(spec))
+    entries = names.torchvision_sequential(spec, _shapes(spec))
     state = {}
     for e in entries:
         if e.source in skip:
@@ -515,6 +522,27 @@ def test_published_files_are_torchvisions_and_keras():
     assert download.PUBLISHED["densenet201", "keras"].url == (
         densenet.DENSENET201_WEIGHT_PATH
     )
+    from keras.src.applications import resnet
+
+    entry = download.PUBLISHED["resnet50", "keras"]
+    assert entry.url == (
+        f"{resnet.BASE_WEIGHTS_PATH}resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    )
+    assert (entry.algorithm, entry.digest) == (
+        "md5",
+        resnet.WEIGHTS_HASHES["resnet50"][0],
+    )
+    from keras.src.applications import inception_v3
+
+    entry = download.PUBLISHED["inception_v3", "keras"]
+    assert entry.url == inception_v3.WEIGHTS_PATH
+    source = pathlib.Path(inception_v3.__file__).read_text()
+    assert entry.algorithm == "md5" and f'file_hash="{entry.digest}"' in source
+    # Keras loads its MobileNetV2 files without a hash: none to check one against
+    from keras.src.applications import mobilenet_v2
+
+    assert "file_hash" not in pathlib.Path(mobilenet_v2.__file__).read_text()
+    assert ("mobilenet_v2", "keras") not in download.PUBLISHED
 
 
 def test_imagenet_class_names_are_torchvisions():
@@ -560,6 +588,118 @@ def test_keras_preprocessing_is_caffe_style():
     want = vgg16.preprocess_input(pixels.copy())
     got = data.normalize(pixels / 255, imagenet.PREPROCESSING["keras"])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "arch, channels, atol",
+    [
+        ("resnet50", "bgr", 1e-3),
+        ("inception_v3", "rgb", 1e-5),
+        ("mobilenet_v2", "rgb", 1e-5),
+    ],
+)
+def test_keras_preprocessing_is_keras_applications_own(arch, channels, atol):
+    """keras.applications' preprocess_input: "caffe" mode for ResNet50 (RGB -> BGR,
+    minus the BGR means), "tf" mode for InceptionV3 and MobileNetV2 (x / 127.5 - 1,
+    RGB); no resize of its own."""
+    import importlib
+
+    from jaxcnn import data
+    from jaxcnn.interop import imagenet
+
+    keras_module = importlib.import_module(f"keras.applications.{arch}")
+    pixels = RNG.integers(0, 256, (2, 5, 4, 3)).astype(np.float32)
+    want = keras_module.preprocess_input(pixels.copy())
+    prep = imagenet.preprocessing(arch, "keras")
+    assert prep["resize"] is None and prep["channels"] == channels
+    got = data.normalize(pixels / 255, prep)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol)
+
+
+def test_keras_depthwise_kernels_are_their_own_kind():
+    """Keras 3 numbers DepthwiseConv2D layers apart from Conv2D's, so depthwise
+    kernels are matched among themselves, [kh, kw, C, 1] becoming [kh, kw, 1, C]."""
+    from jaxcnn import models
+    from jaxcnn.interop import keras_match, mapping
+    from jaxcnn.interop.names import Entry
+
+    assert keras_match._is_depthwise("layers/depthwise_conv2d_3/vars/0")
+    assert not keras_match._is_depthwise("layers/conv2d_3/vars/0")
+    assert keras_match._is_depthwise("block_1_depthwise/block_1_depthwise/kernel")
+    assert keras_match._is_depthwise("d/d/depthwise_kernel:0")
+    assert not keras_match._is_depthwise("block_1_expand/block_1_expand/kernel")
+    spec = models.preset(
+        "mobilenet_v2",
+        input_shape=(32, 32, 3),
+        **mapping.PRESET_ARGS["mobilenet_v2", "keras"],
+    )
+    paths = keras_match._depthwise_paths(spec.layers)
+    assert len(paths) == 17 and "conv_3" in paths and "residual_16/conv_3" in paths
+    kernel = RNG.normal(size=(3, 3, 4, 1)).astype(np.float32)
+    entry = Entry("k", "conv_3/kernel", "depthwise", (3, 3, 1, 4))
+    assert entry.source_shape() == (3, 3, 4, 1)
+    np.testing.assert_array_equal(entry.convert(kernel)[:, :, 0, 2], kernel[:, :, 2, 0])
+
+
+def test_keras_inception_v3_layers_are_matched_in_keras_order():
+    """Keras's functional InceptionV3 lists a mixed9/mixed10 block's convs farthest
+    from the join first: the nested splits' 1x3 and 3x1 convs come before the 1x1
+    branch's conv and the pool branch's."""
+    from jaxcnn import models
+    from jaxcnn.interop import importer, keras_match, mapping
+    from jaxcnn.spec import TrainConfig
+
+    spec = models.preset(
+        "inception_v3",
+        input_shape=(75, 75, 3),
+        **mapping.PRESET_ARGS["inception_v3", "keras"],
+    )
+    shapes_ = importer._weight_shapes(spec, TrainConfig())
+    units = keras_match._keras_units(spec.layers, "", shapes_)
+    convs = [u.path for u in units if u.kind == "conv"]
+    assert len(convs) == 94 and len(units) == 94 + 94 + 1
+    assert convs[-9:] == [
+        "branches_27/b2/conv_0",
+        "branches_27/b1/conv_0",
+        "branches_27/b2/conv_3",
+        "branches_27/b1/branches_3/b0/conv_0",
+        "branches_27/b1/branches_3/b1/conv_0",
+        "branches_27/b2/branches_6/b0/conv_0",
+        "branches_27/b2/branches_6/b1/conv_0",
+        "branches_27/b0/conv_0",
+        "branches_27/b3/conv_1",
+    ]
+    assert "branches_27/b0/norm_1/scale" not in shapes_
+
+
+def test_keras_resnet50_layers_are_matched_in_keras_order():
+    """Keras's functional ResNet50 lists a projection block's layers 1_conv, 1_bn,
+    2_conv, 2_bn, 0_conv (the shortcut), 3_conv, 0_bn, 3_bn; an identity block's in
+    its own order."""
+    from jaxcnn import models
+    from jaxcnn.interop import importer, keras_match, mapping
+    from jaxcnn.spec import TrainConfig
+
+    spec = models.preset(
+        "resnet50", input_shape=(64, 64, 3), **mapping.PRESET_ARGS["resnet50", "keras"]
+    )
+    shapes_ = importer._weight_shapes(spec, TrainConfig())
+    units = [u.path for u in keras_match._keras_units(spec.layers, "", shapes_)]
+    assert units[:12] == [
+        "conv_0",
+        "norm_1",
+        "branches_4/b1/conv_0",
+        "branches_4/b1/norm_1",
+        "branches_4/b1/conv_3",
+        "branches_4/b1/norm_4",
+        "branches_4/b0/conv_0",
+        "branches_4/b1/conv_6",
+        "branches_4/b0/norm_1",
+        "branches_4/b1/norm_7",
+        "residual_5/conv_0",
+        "residual_5/norm_1",
+    ]
+    assert len(units) == 53 + 53 + 1  # convs, batch norms, the dense layer
 
 
 @pytest.mark.parametrize(

@@ -225,24 +225,40 @@ def test_densenet201_file_imports_every_tensor(tmp_path):
     )
 
 
-def _keras_densenet(name, size):
-    """Keras's DenseNet (random weights, logits out) with batch-norm statistics, scales
-    and shifts moved away from their defaults."""
+def _check_keras_run(workdir, net, preprocess_input, size):
+    """The restored run's logits on real digits against the Keras network's, which
+    takes `preprocess_input` of 0-255 pixels."""
+    run = transfer.restore(workdir)
+    pixels = _pixels(size)
+    reference = np.asarray(net(preprocess_input(pixels * 255), training=False))
+    got = np.asarray(_forward(run.model, data.normalize(pixels, run.dataset)))
+    scale = np.abs(reference).max()
+    assert scale > 0 and np.abs(got - reference).max() / scale <= 1e-4
+
+
+def _keras_net(name, size):
+    """Keras's DenseNet, ResNet50, InceptionV3 or MobileNetV2 (random weights, logits out) with
+    batch-norm statistics, scales (where they have one) and shifts moved away from
+    their defaults."""
     import keras
 
     keras.utils.set_random_seed(0)
     build = {"densenet121": keras.applications.DenseNet121}
     build["densenet201"] = keras.applications.DenseNet201
+    build["resnet50"] = keras.applications.ResNet50
+    build["inception_v3"] = keras.applications.InceptionV3
+    build["mobilenet_v2"] = keras.applications.MobileNetV2
     net = build[name](
         weights=None, input_shape=(size, size, 3), classifier_activation=None
     )
     rng = np.random.default_rng(1)
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
+            c = layer.beta.shape[0]
+            scale = [rng.uniform(0.5, 1.5, c)] if layer.scale else []
             layer.set_weights(
                 [
-                    rng.uniform(0.5, 1.5, c),
+                    *scale,
                     rng.uniform(-0.5, 0.5, c),
                     rng.uniform(-0.5, 0.5, c),
                     rng.uniform(0.5, 2.0, c),
@@ -268,7 +284,7 @@ def _save_keras(net, path, fmt):
 def test_densenet121_from_keras_gives_keras_logits(tmp_path, fmt):
     """Keras's DenseNet121 (batch norm's epsilon 1.001e-5, "torch"-mode input: RGB
     normalised with the ImageNet mean and std after a plain resize)."""
-    net = _keras_densenet("densenet121", 64)
+    net = _keras_net("densenet121", 64)
     path = tmp_path / ("d.weights.h5" if fmt == "keras3" else "d.h5")
     _save_keras(net, path, fmt)
     done = importer.import_weights(
@@ -289,8 +305,89 @@ def test_densenet121_from_keras_gives_keras_logits(tmp_path, fmt):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
+def test_resnet50_from_keras_gives_keras_logits(tmp_path, fmt):
+    """Keras's ResNet50: ResNet v1 (stride on a stage's first 1x1 conv), convs with
+    biases, batch norm's epsilon 1.001e-5, the projection's layers between the body's
+    in the file; "caffe"-mode input (BGR, 0..255 minus the ImageNet means)."""
+    from keras.applications import resnet50
+
+    net = _keras_net("resnet50", 64)
+    path = tmp_path / ("r.weights.h5" if fmt == "keras3" else "r.h5")
+    _save_keras(net, path, fmt)
+    done = importer.import_weights(
+        path, "resnet50", tmp_path / "r", source="keras", input_shape=(64, 64, 3)
+    )
+    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["run"]["model"]["args"] == {
+        "stride_on": "1x1",
+        "conv_bias": True,
+        "epsilon": 1.001e-5,
+        "input_shape": [64, 64, 3],
+    }
+    record = config["dataset"]
+    assert record["resize"] is None and record["channels"] == "bgr"
+    _check_keras_run(tmp_path / "r", net, resnet50.preprocess_input, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
+def test_inception_v3_from_keras_gives_keras_logits(tmp_path, fmt):
+    """Keras's InceptionV3: batch norms without a scale, average pools that leave the
+    padding out of the mean, the nested splits' convs before the 1x1 and pool
+    branches' in the file; "tf"-mode input (RGB, x / 127.5 - 1). At 75x75, the
+    smallest input Keras builds it at."""
+    from keras.applications import inception_v3
+
+    net = _keras_net("inception_v3", 75)
+    path = tmp_path / ("i.weights.h5" if fmt == "keras3" else "i.h5")
+    _save_keras(net, path, fmt)
+    done = importer.import_weights(
+        path, "inception_v3", tmp_path / "i", source="keras", input_shape=(75, 75, 3)
+    )
+    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
+    config = json.loads((tmp_path / "i" / "config.json").read_text())
+    assert config["run"]["model"]["args"] == {
+        "bn_scale": False,
+        "count_padding": False,
+        "input_shape": [75, 75, 3],
+    }
+    record = config["dataset"]
+    assert record["resize"] is None and record["channels"] == "rgb"
+    _check_keras_run(tmp_path / "i", net, inception_v3.preprocess_input, 75)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
+def test_mobilenet_v2_from_keras_gives_keras_logits(tmp_path, fmt):
+    """Keras's MobileNetV2 (alpha 1.0): stride-2 convs padded at the bottom and right
+    only (TF's "same"; ZeroPadding2D(correct_pad) before its depthwise convs), batch
+    norm's epsilon 1e-3, depthwise kernels [3, 3, C, 1] numbered apart from the convs
+    in Keras 3 files; "tf"-mode input (RGB, x / 127.5 - 1)."""
+    from keras.applications import mobilenet_v2
+
+    net = _keras_net("mobilenet_v2", 96)
+    path = tmp_path / ("m.weights.h5" if fmt == "keras3" else "m.h5")
+    _save_keras(net, path, fmt)
+    done = importer.import_weights(
+        path, "mobilenet_v2", tmp_path / "m", source="keras", input_shape=(96, 96, 3)
+    )
+    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["run"]["model"]["args"] == {
+        "padding": "same",
+        "epsilon": 1e-3,
+        "momentum": 0.999,
+        "input_shape": [96, 96, 3],
+    }
+    assert config["dataset"]["channels"] == "rgb"
+    _check_keras_run(tmp_path / "m", net, mobilenet_v2.preprocess_input, 96)
+
+
+@pytest.mark.slow
 def test_densenet201_from_keras_imports_every_tensor(tmp_path):
-    net = _keras_densenet("densenet201", 64)
+    net = _keras_net("densenet201", 64)
     net.save_weights(tmp_path / "d.weights.h5")
     done = importer.import_weights(
         tmp_path / "d.weights.h5",

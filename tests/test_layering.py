@@ -48,6 +48,8 @@ RANKS = {
     "jaxcnn.interop.imagenet": 7.1,
     "jaxcnn.interop.readers": 7.1,
     "jaxcnn.interop.download": 7.1,
+    "jaxcnn.interop.names": 7.15,
+    "jaxcnn.interop.keras_match": 7.17,
     "jaxcnn.interop.mapping": 7.2,
     "jaxcnn.interop.importer": 7.3,
     "jaxcnn.interop": 7.4,

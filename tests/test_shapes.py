@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from flax import nnx
 
 from jaxcnn import models, shapes
 from jaxcnn.errors import SpecError
+from jaxcnn.layers import make_norm
 from jaxcnn.spec import (
     ConvSpec,
     DenseSpec,
@@ -177,6 +179,18 @@ def test_batch_norm_params_are_split_into_trainable_and_statistics():
     norms = [i for i in summary.layers if i.spec.type == "norm"]
     assert summary.total_non_trainable_params == sum(i.params for i in norms)
     assert summary.total_non_trainable_params > 0
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "group"])
+def test_norm_without_scale_counts_its_bias_only(norm):
+    layers_ = (NormSpec(norm=norm, groups=2, scale=False), GlobalPoolSpec())
+    spec = ModelSpec((5, 5, 4), 4, (*layers_, DenseSpec(units=4)))
+    row = shapes.infer(spec).row("0")
+    assert row.params == 4  # the shift (beta); no scale (gamma)
+    scaled = (NormSpec(norm=norm, groups=2), *spec.layers[1:])
+    assert shapes.infer(ModelSpec((5, 5, 4), 4, scaled)).row("0").params == 8
+    module = make_norm(layers_[0], 4, rngs=nnx.Rngs(0))
+    assert module.scale is None and module.bias.value.shape == (4,)
 
 
 def test_residual_rows_projection_and_names():

@@ -122,6 +122,15 @@ def test_residual_round_trip_and_inner_names():
         )
 
 
+def test_norm_scale_round_trips_and_defaults_to_a_scale():
+    """`scale = false`: a norm without a learned scale (Keras's scale=False)."""
+    assert NormSpec().scale is True
+    layer = layer_from_dict({"type": "norm", "scale": False, "epsilon": 1e-3})
+    assert layer == NormSpec(scale=False, epsilon=1e-3)
+    assert layer.to_dict()["scale"] is False
+    assert layer_from_dict(json.loads(json.dumps(layer.to_dict()))) == layer
+
+
 LAYER_ERRORS = [
     (
         {"type": "conv", "filters": 8, "kernal": 3},
@@ -184,6 +193,10 @@ LAYER_ERRORS = [
     (
         {"type": "norm", "momentum": 1.0},
         "layer 2 (norm): field 'momentum' must be in [0, 1), got 1.0",
+    ),
+    (
+        {"type": "norm", "scale": "no"},
+        "layer 2 (norm): field 'scale' must be true/false",
     ),
     (
         {"type": "norm", "groups": 0},

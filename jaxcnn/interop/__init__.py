@@ -6,9 +6,11 @@ safetensors file or a Keras weights file of a preset into an ordinary run direct
 first. torch, safetensors and h5py are imported only when a file of theirs is read (the
 `jaxcnn[interop]` extra); training never needs them.
 
-Modules: `readers` (files -> named numpy arrays, no code executed), `mapping` (names
-and layouts -> jaxcnn parameter paths, the architecture check), `imagenet` (class
-names, each source's preprocessing), `download` (published files: hash-checked,
+Modules: `readers` (files -> named numpy arrays, no code executed), `names`
+(torchvision's and timm's names and layouts -> jaxcnn parameter paths), `keras_match`
+(Keras files matched to jaxcnn's layers by kind and order), `mapping` (the tables of
+which presets each source covers, the architecture check and conversion), `imagenet`
+(class names, each source's preprocessing), `download` (published files: hash-checked,
 cached), `importer` (the run directory).
 """
 

@@ -118,6 +118,18 @@ PUBLISHED: dict[tuple[str, str], Published] = {
         "md5",
         "1ceb130c1ea1b78c3bf6114dbdfd8807",
     ),
+    ("resnet50", "keras"): Published(
+        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+        "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+        "md5",
+        "2cb95161c43110f7111970584f804107",
+    ),
+    ("inception_v3", "keras"): Published(
+        "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
+        "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+        "md5",
+        "9a0d58056eeedaa3f26cb7ebd46da564",
+    ),
 }
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Keras's VGG16 ("caffe" mode): BGR, 0..255 minus the BGR means, no scaling; the same
-# as (x - mean / 255) / (1 / 255) on [0, 1] images.
+# Keras's VGG16 and ResNet50 ("caffe" mode): BGR, 0..255 minus the BGR means, no
+# scaling; the same as (x - mean / 255) / (1 / 255) on [0, 1] images.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 PREPROCESSING: dict[str, dict[str, Any]] = {
@@ -34,7 +34,8 @@ PREPROCESSING: dict[str, dict[str, Any]] = {
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     },
-    # keras.applications.vgg16.preprocess_input ("caffe" mode), after a plain resize
+    # keras.applications.vgg16.preprocess_input and resnet50.preprocess_input ("caffe"
+    # mode), after a plain resize
     "keras": {
         "resize": None,
         "channels": "bgr",
@@ -55,6 +56,9 @@ _KERAS_TORCH_MODE = {
     "mean": list(IMAGENET_MEAN),
     "std": list(IMAGENET_STD),
 }
+# keras.applications.inception_v3 and mobilenet_v2.preprocess_input ("tf" mode): x / 127.5 - 1 on 0..255
+# RGB, i.e. mean and std 0.5 on [0, 1] images, after a plain resize
+_KERAS_TF_MODE = {"resize": None, "channels": "rgb", **_HALF}
 _BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
     ("googlenet", "torchvision"): _HALF,
     # torchvision's Inception_V3_Weights transform: resize 342, crop 299
@@ -71,6 +75,8 @@ _BY_ARCH: dict[tuple[str, str], dict[str, Any]] = {
     # keras.applications.densenet.preprocess_input ("torch" mode) after a plain resize
     ("densenet121", "keras"): _KERAS_TORCH_MODE,
     ("densenet201", "keras"): _KERAS_TORCH_MODE,
+    ("inception_v3", "keras"): _KERAS_TF_MODE,
+    ("mobilenet_v2", "keras"): _KERAS_TF_MODE,
 }
 
 

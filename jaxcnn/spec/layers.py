@@ -193,6 +193,9 @@ class NormSpec(LayerSpec):
     # batch), as in Flax and Keras.
     momentum: float = 0.99
     epsilon: float = 1e-5  # added to the variance before the square root, as in Flax
+    # A learned per-channel scale (gamma) after normalising, as Flax's use_scale;
+    # Keras's InceptionV3 builds its batch norms without one (scale=False).
+    scale: bool = True
 
     def __post_init__(self):
         coerce_fields(self)
