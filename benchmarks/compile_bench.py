@@ -2,6 +2,8 @@
 
   python benchmarks/compile_bench.py [--models M ...] [--variants V ...] [--out FILE]
   python benchmarks/compile_bench.py --tiny --out FILE    # keras_mnist, auto, batch 8
+  python benchmarks/compile_bench.py --only eval --eval-batch 1000 \
+      --variants auto fast xla --out benchmarks/results/eval_kernels.md
 
 For each preset and kernel variant, one fresh worker process builds the run's compiled
 steps as `jaxcnn train` does (`jaxcnn.train.Steps`, the optimiser of
@@ -14,10 +16,15 @@ cpu_compiler=1`) split `.compile()` further into its HLO optimisation passes ("R
 HLO passes") and code generation ("Compiling ... for CPU using JIT": IR emission and
 LLVM); XLA logs no finer split of the latter.
 
+With `--only eval` the train call is not compiled, and the eval call also reports its
+steady run time (median of five calls after the first).
+
 Variants: `auto` (the kernel plan: Winograd / im2col convs, fast pooling, rolled k-step
-loop on CPU), `xla` (XLA's convs and pooling; unrolled loop), `im2col` (every conv
-im2col, the rest as auto), `winograd` (every 3x3 stride-1 conv Winograd), `pool_xla`
-(auto with XLA's pooling), `unrolled` (auto with the k steps unrolled).
+loop on CPU; in eval mode XLA's convs and pooling except Winograd from 64 input
+channels), `fast` (the hand-written kernels in every mode), `xla` (XLA's convs and
+pooling; unrolled loop), `im2col` (every conv im2col, the rest as auto), `winograd`
+(every 3x3 stride-1 conv Winograd), `pool_xla` (auto with XLA's pooling), `unrolled`
+(auto with the k steps unrolled).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-VARIANTS = ("auto", "xla", "im2col", "winograd", "pool_xla", "unrolled")
+VARIANTS = ("auto", "fast", "xla", "im2col", "winograd", "pool_xla", "unrolled")
 DEFAULT_MODELS = ("keras_mnist", "vgg_cifar", "resnet_cifar", "resnet18@64")
 DEFAULT_VARIANTS = ("auto", "xla", "im2col")
 # XLA:CPU's scoped timers, e.g. "Running HLO passes on [jit_train_steps] for CPU
@@ -50,8 +57,11 @@ def _parse_model(text: str) -> tuple[str, int | None]:
     return name, int(size) if size else None
 
 
-def worker(model_text: str, variant: str, batch: int, k: int) -> dict:
-    """Times the first train and eval calls in this (fresh) process."""
+def worker(
+    model_text: str, variant: str, batch: int, k: int, eval_batch: int, only: str
+) -> dict:
+    """Times the first train and eval calls in this (fresh) process (`only`: "eval"
+    times the eval call alone, and its steady run time)."""
     import dataclasses
 
     import numpy as np
@@ -71,7 +81,7 @@ def worker(model_text: str, variant: str, batch: int, k: int) -> dict:
     if size:
         spec = dataclasses.replace(spec, input_shape=(size, size, spec.input_shape[2]))
     config = RunConfig().with_overrides(
-        {"train.kernels": "xla" if variant == "xla" else "auto"}
+        {"train.kernels": variant if variant in ("xla", "fast") else "auto"}
     )
     model = models.build_run_model(spec, config.train, seed=0)
     force = {
@@ -95,7 +105,7 @@ def worker(model_text: str, variant: str, batch: int, k: int) -> dict:
     if variant == "unrolled":
         steps.rolled = False
     rng = np.random.default_rng(0)
-    n = 4 * batch
+    n = max(4 * batch, eval_batch)
     images = rng.uniform(size=(n, *spec.input_shape)).astype(np.float32)
     labels = rng.integers(0, spec.num_classes, n).astype(np.int32)
     resident = sharding.put((images, labels), steps.layout.replicated)
@@ -112,20 +122,34 @@ def worker(model_text: str, variant: str, batch: int, k: int) -> dict:
         compiled_at = time.perf_counter()
         out = compiled(*args)
         jax.block_until_ready(out)
-        return out, {
-            "trace_s": traced_at - start,
-            "lower_s": lowered_at - traced_at,
-            "compile_s": compiled_at - lowered_at,
-            "first_run_s": time.perf_counter() - compiled_at,
-        }
+        return (
+            out,
+            compiled,
+            {
+                "trace_s": traced_at - start,
+                "lower_s": lowered_at - traced_at,
+                "compile_s": compiled_at - lowered_at,
+                "first_run_s": time.perf_counter() - compiled_at,
+            },
+        )
 
-    fn, args = steps.train_call(*resident, indices, 0, k)
-    (steps.state, _), train_times = split(fn, args, (0,))
+    train_times = None
+    if only != "eval":
+        fn, args = steps.train_call(*resident, indices, 0, k)
+        (steps.state, _), _, train_times = split(fn, args, (0,))
     batch_arrays = data.Batch(
-        images[:batch], labels[:batch], np.ones(batch, np.float32)
+        images[:eval_batch], labels[:eval_batch], np.ones(eval_batch, np.float32)
     )
     fn, args = steps.eval_call(batch_arrays)
-    _, eval_times = split(fn, args, ())
+    _, compiled, eval_times = split(fn, args, ())
+    if only == "eval":
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            runs.append(time.perf_counter() - start)
+        eval_times["steady_run_s"] = float(np.median(runs))
+    eval_plan = model.kernel_plan(forward_only=True).walk()
     return {
         "model": model_text,
         "variant": variant,
@@ -133,12 +157,15 @@ def worker(model_text: str, variant: str, batch: int, k: int) -> dict:
         "convs": dict(
             collections.Counter(p.conv for p in model.kernel_plan().walk() if p.conv)
         ),
+        "eval_convs": dict(collections.Counter(p.conv for p in eval_plan if p.conv)),
         "train": train_times,
         "eval": eval_times,
     }
 
 
-def run_worker(model: str, variant: str, batch: int, k: int) -> dict:
+def run_worker(
+    model: str, variant: str, batch: int, k: int, eval_batch: int, only: str
+) -> dict:
     """One worker process; its XLA timers parsed from its stderr."""
     env = {
         **os.environ,
@@ -147,7 +174,8 @@ def run_worker(model: str, variant: str, batch: int, k: int) -> dict:
         "JAX_ENABLE_COMPILATION_CACHE": "false",
     }
     done = subprocess.run(
-        [sys.executable, __file__, "--worker", model, variant, str(batch), str(k)],
+        [sys.executable, __file__, "--worker", model, variant]
+        + [str(batch), str(k), str(eval_batch), only],
         capture_output=True,
         text=True,
         env=env,
@@ -157,6 +185,8 @@ def run_worker(model: str, variant: str, batch: int, k: int) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     modules = {"train": "jit_train_steps", "eval": "jit_eval_step"}
     for step, module in modules.items():
+        if result[step] is None:
+            continue
         times = {"Running HLO passes on": 0.0, "Compiling": 0.0}
         for match in _TIMER.finditer(done.stderr):
             if match["module"] == module:
@@ -192,15 +222,21 @@ def cpu_description() -> str:
 
 
 def table(results: list[dict]) -> str:
+    steady = any("steady_run_s" in r["eval"] for r in results)
     head = (
         "| model | variant | step | trace s | lower s | compile s | of which HLO "
-        "passes s | of which codegen s | first run s | total s |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "passes s | of which codegen s | first run s | total s |"
+        + (" steady run s | convs |" if steady else "")
+        + "\n|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|" if steady else "")
+        + "\n"
     )
     rows = []
     for r in results:
         for step in ("train", "eval"):
             t = r[step]
+            if t is None:
+                continue
             total = t["trace_s"] + t["lower_s"] + t["compile_s"] + t["first_run_s"]
             label = r["variant"] + (
                 " (rolled)" if step == "train" and r["rolled"] else ""
@@ -209,8 +245,15 @@ def table(results: list[dict]) -> str:
                 f"| {r['model']} | {label} | {step} | {t['trace_s']:.2f} | "
                 f"{t['lower_s']:.2f} | {t['compile_s']:.2f} | {t['hlo_passes_s']:.2f} | "
                 f"{t['codegen_s']:.2f} | {t['first_run_s']:.2f} | {total:.2f} |"
+                + (f" {t['steady_run_s']:.3f} | {_convs(r, step)} |" if steady else "")
             )
     return head + "\n".join(rows) + "\n"
+
+
+def _convs(result: dict, step: str) -> str:
+    """'im2col 1, winograd 1': the convs of the step's plan by implementation."""
+    counts = result["eval_convs" if step == "eval" else "convs"]
+    return ", ".join(f"{impl} {n}" for impl, n in sorted(counts.items()))
 
 
 def main(argv=None) -> int:
@@ -221,6 +264,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--k", type=int, default=4, help="train steps per call")
+    parser.add_argument(
+        "--eval-batch", type=int, default=None, help="eval batch (default --batch)"
+    )
+    parser.add_argument(
+        "--only", choices=("both", "eval"), default="both", help="steps to time"
+    )
     parser.add_argument(
         "--tiny", action="store_true", help="keras_mnist, auto, batch 8"
     )
@@ -238,11 +287,20 @@ def main(argv=None) -> int:
     for model in args.models:
         for variant in args.variants:
             print(f"{model} {variant} ...", file=sys.stderr, flush=True)
-            results.append(run_worker(model, variant, args.batch, args.k))
+            results.append(
+                run_worker(
+                    model,
+                    variant,
+                    args.batch,
+                    args.k,
+                    args.eval_batch or args.batch,
+                    args.only,
+                )
+            )
     report = (
         "# First-call breakdown: tracing, lowering, XLA compile, first run\n\n"
         f"CPU: {cpu_description()}  \ncommit {machine_info.git_commit()}; batch "
-        f"{args.batch}, {args.k} train steps per call (rolled where marked), Adam; "
+        f"{args.batch} (eval {args.eval_batch or args.batch}), {args.k} train steps per call (rolled where marked), Adam; "
         "persistent compilation cache off; one fresh process per row. `compile` is "
         "`.compile()`; XLA:CPU's timers split it into its HLO passes and code "
         "generation (IR emission and LLVM, which XLA does not time apart); the rest "
@@ -261,7 +319,8 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        model, variant, batch, k = sys.argv[2:6]
-        print(json.dumps(worker(model, variant, int(batch), int(k))))
+        model, variant, batch, k, eval_batch, only = sys.argv[2:8]
+        result = worker(model, variant, int(batch), int(k), int(eval_batch), only)
+        print(json.dumps(result))
         sys.exit(0)
     sys.exit(main())

@@ -480,6 +480,9 @@ class CNN(Sequential):
     training mode (dropout active, batch norm using batch statistics); call
     `model.eval()` for inference and `model.train()` to switch back. `kernel_choice`
     (kernels.KernelChoice) is the one kernel setting; `models.set_kernels` replaces it.
+    In eval mode (`deterministic`, which `model.eval()` sets) the call plans with
+    `forward_only`: no backward pass runs, so on CPU a 3x3 conv with few input
+    channels runs XLA's convolution rather than Winograd (kernels.plan).
 
     With `upto` (a top-level layer name), only the layers up to and including that one
     are built (a backbone): same attribute names, so the same parameter paths as the
@@ -497,6 +500,7 @@ class CNN(Sequential):
     ):
         self.spec = spec
         self.kernel_choice = ops.KernelChoice() if kernels is None else kernels
+        self.deterministic = False  # eval mode; nnx's eval() / train() set it
         self.rngs = rngs
         self.upto = upto
         names = [f"{layer.type}_{i}" for i, layer in enumerate(spec.layers)]
@@ -504,13 +508,19 @@ class CNN(Sequential):
         self._add_layers(spec.layers[:count], "", summary, rngs=rngs)
 
     def kernel_plan(
-        self, input_shape: Sequence[int] | None = None, *, backend: str | None = None
+        self,
+        input_shape: Sequence[int] | None = None,
+        *,
+        backend: str | None = None,
+        forward_only: bool = False,
     ) -> ops.ModelPlan:
         """The kernel plan for inputs of `input_shape` (H, W, C; default: the spec's).
 
         Args:
           input_shape: (H, W, C) without the batch axis.
           backend: "cpu", "gpu", "tpu", ...; default jax.default_backend().
+          forward_only: the plan of a call in eval mode (no backward pass); default
+            the training plan.
 
         Raises:
           SpecError: the model cannot take inputs of that shape.
@@ -519,7 +529,7 @@ class CNN(Sequential):
         return ops.model_plan(
             self.spec,
             tuple(shape),
-            self.kernel_choice,
+            dataclasses.replace(self.kernel_choice, forward_only=forward_only),
             backend or jax.default_backend(),
         )
 
@@ -531,6 +541,8 @@ class CNN(Sequential):
         plans they have without pairing.
         """
         choice = self.kernel_choice
+        if self.deterministic:
+            choice = dataclasses.replace(choice, forward_only=True)
         if _explicitly_sharded(x):
             # the hand-written kernels' tile reshapes cannot say how an explicitly
             # sharded batch splits; XLA's kernels carry the sharding through

@@ -29,3 +29,22 @@ def test_compile_bench_tiny_writes_the_breakdown(tmp_path):
         assert all(times[k] > 0 for k in ("trace_s", "lower_s", "compile_s"))
         # XLA's timers found the step's module, and they fit inside .compile()
         assert 0 < times["hlo_passes_s"] + times["codegen_s"] <= times["compile_s"]
+
+
+@pytest.mark.slow
+def test_compile_bench_times_the_eval_call_alone(tmp_path):
+    out = tmp_path / "eval_kernels.md"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compile_bench.py"), "--tiny"]
+        + ["--only", "eval", "--eval-batch", "16", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    assert row["train"] is None and row["eval"]["steady_run_s"] > 0
+    assert 0 < row["eval"]["codegen_s"] <= row["eval"]["compile_s"]
+    # keras_mnist's eval plan: its 32-channel 3x3 conv runs XLA's conv, not Winograd
+    assert row["eval_convs"] == {"im2col": 1, "xla": 1, "winograd": 1}
+    assert "| keras_mnist | auto | eval |" in out.read_text()

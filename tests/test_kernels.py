@@ -554,6 +554,18 @@ def test_choose_impl_per_backend():
     assert kernels.choose_impl("cpu", "pool", kind="max") == "fast"
     # the fast path is a max-pool gradient: the other kinds run flax's pools
     assert kernels.choose_impl("cpu", "pool", kind="avg") == "xla"
+    # a forward pass only: Winograd from 64 input channels, XLA's conv below
+    forward = dict(forward_only=True)
+    assert kernels.choose_impl("cpu", "conv", **forward) == "im2col"
+    for channels, impl in ((3, "im2col"), (32, "xla"), (64, "winograd")):
+        got = kernels.choose_impl(
+            "cpu", "conv", in_channels=channels, **conv3, **forward
+        )
+        assert got == impl
+    assert kernels.choose_impl("cpu", "conv", in_channels=64, **strided, **forward) == (
+        "im2col"
+    )
+    assert kernels.choose_impl("cpu", "pool", kind="max", **forward) == "fast"
     for backend in ("gpu", "cuda", "rocm", "tpu"):
         assert kernels.choose_impl(backend, "conv") == "xla"
         assert kernels.choose_impl(backend, "conv", in_channels=64, **conv3) == "xla"

@@ -155,6 +155,55 @@ def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
     assert {p.conv for p in gpu.walk() if p.conv} == {"xla"}
 
 
+def test_eval_mode_runs_the_forward_only_plan():
+    """In eval mode "auto" plans a forward pass: on CPU a 3x3 conv with fewer than 64
+    input channels runs XLA's conv, not Winograd; "fast" keeps the hand-written
+    kernels."""
+    spec = ModelSpec(
+        (16, 16, 3),
+        10,
+        (
+            ConvSpec(filters=32, kernel=3, padding=1),
+            ConvSpec(filters=64, kernel=3, padding=1),
+            ConvSpec(filters=64, kernel=3),
+            PoolSpec(window=2),
+            GlobalPoolSpec(),
+            DenseSpec(units=10, activation="identity"),
+        ),
+    )
+    model = models.build_model(spec, seed=0, kernels="auto")
+    convs = ("conv_0", "conv_1", "conv_2")
+    forward = model.kernel_plan(backend="cpu", forward_only=True)
+    assert [forward.layer(n).conv for n in convs] == ["im2col", "xla", "winograd"]
+    training = model.kernel_plan(backend="cpu")
+    assert [training.layer(n).conv for n in convs] == ["im2col", "winograd", "winograd"]
+    x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 16, 16, 3)), jnp.float32)
+    reference = models.build_model(spec, seed=0, kernels="xla")
+    reference.eval()
+    model.eval()
+    _assert_close(model(x), reference(x))
+    # the call in eval mode is the call with that plan forced
+    forced = models.build_model(spec, seed=0, kernels="auto")
+    models.set_kernels(
+        forced,
+        conv_layers={"conv_0": "im2col", "conv_1": "xla", "conv_2": "winograd"},
+    )
+    forced.eval()
+    fast = models.build_model(spec, seed=0, kernels="fast")
+    fast.eval()
+
+    def jaxpr(model):  # a new function each time: make_jaxpr caches by function
+        return str(jax.make_jaxpr(lambda x: model(x))(x))
+
+    if jax.default_backend() == "cpu":
+        assert jaxpr(model) == jaxpr(forced)
+        assert jaxpr(fast) != jaxpr(forced)
+    model.train()
+    forced.train()
+    assert jaxpr(model) != jaxpr(forced)
+    _assert_close(fast(x), reference(x))
+
+
 def test_train_rolls_its_steps_unless_an_xla_convolution_runs_on_cpu():
     """XLA:CPU's lax.conv is slow in a loop body (jax-ml/jax#12868): those unroll."""
     fast = models.build_model(models.preset("keras_mnist"), kernels="fast")

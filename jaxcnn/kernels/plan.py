@@ -12,6 +12,11 @@ backend, the ACTUAL input shape), per layer:
 - precision: the operand dtype of each conv and dense layer's matmuls, the dtype of
   their products (`product_dtype`) and of the activations it hands on
   (`jaxcnn.precision` has the policy);
+- forward only: a model in eval mode plans with `KernelChoice.forward_only`; on CPU,
+  "auto" then runs a 3x3 stride-1 conv with fewer than EVAL_WINOGRAD_MIN_CHANNELS
+  input channels with XLA's convolution instead of Winograd (without a backward pass,
+  XLA's forward convolution runs those as fast and compiles several times faster:
+  benchmarks/results/eval_kernels.md);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).
@@ -54,6 +59,11 @@ from jaxcnn.spec import (
 
 Shape = tuple[int, ...]
 
+# a forward-only pass (eval mode) keeps Winograd on CPU from this many input channels
+# up; below it XLA's forward convolution runs as fast and compiles several times faster
+# (benchmarks/results/eval_kernels.md)
+EVAL_WINOGRAD_MIN_CHANNELS = 64
+
 
 # --------------------------------------------------------------------------- choice
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,9 @@ class KernelChoice:
       precision_layers: per-layer precision overrides of conv and dense layers,
         ((path, precision), ...) such as (("conv_0", "float32"),); they win over
         `precision`.
+      forward_only: plan for a forward pass without gradients (a model in eval mode
+        sets it at trace time): with kernels "auto" on CPU, Winograd only from
+        EVAL_WINOGRAD_MIN_CHANNELS input channels up, XLA's convolution below.
     """
 
     kernels: Kernels = "auto"
@@ -85,6 +98,7 @@ class KernelChoice:
     conv_layers: tuple[tuple[str, conv_lib.ConvImpl], ...] = ()
     precision: Precision = "float32"
     precision_layers: tuple[tuple[str, Precision], ...] = ()
+    forward_only: bool = False
 
     def __post_init__(self):
         def check(ok, message):
@@ -103,6 +117,10 @@ class KernelChoice:
         check(
             self.pool is None or self.pool in pool_lib.POOL_IMPLS,
             f"pool must be None or one of xla, fast; got {self.pool!r}",
+        )
+        check(
+            isinstance(self.forward_only, bool),
+            f"forward_only must be True or False; got {self.forward_only!r}",
         )
         for name in ("crop", "fuse_relu_pool"):
             value = getattr(self, name)
@@ -143,6 +161,12 @@ def _backend(choice: KernelChoice, backend: str) -> str:
     return "cpu" if choice.kernels == "fast" else backend
 
 
+def _forward_only(choice: KernelChoice) -> bool:
+    """Whether the forward-only defaults apply: "auto" kernels (an explicit "fast"
+    keeps the hand-written kernels in every mode)."""
+    return choice.forward_only and choice.kernels == "auto"
+
+
 def choose_impl(
     backend: str,
     op: Literal["conv", "pool"],
@@ -153,13 +177,16 @@ def choose_impl(
     stride: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
     in_channels: int = 0,
+    forward_only: bool = False,
 ) -> str:
     """The default implementation of one layer on one backend.
 
     On CPU: "winograd" for 3x3 stride-1 convolutions with at least
     WINOGRAD_MIN_CHANNELS input channels, "im2col" for the other ungrouped ones, and
-    "fast" max pooling (the other pool kinds run flax's pools). On GPU/TPU, XLA's
-    convolution (cuDNN) and reduce_window.
+    "fast" max pooling (the other pool kinds run flax's pools). For a forward pass
+    only, a 3x3 stride-1 conv with fewer than EVAL_WINOGRAD_MIN_CHANNELS input
+    channels runs "xla" instead of "winograd". On GPU/TPU, XLA's convolution (cuDNN)
+    and reduce_window.
 
     Args:
       backend: jax.default_backend() or a device platform: "cpu", "gpu", "cuda",
@@ -168,6 +195,7 @@ def choose_impl(
       kind: the pool kind (pool only).
       groups, kernel, stride, dilation, in_channels: the conv's (conv only); grouped
         convs stay on XLA.
+      forward_only: no backward pass will run through the layer (eval mode).
 
     Returns:
       "xla" | "im2col" | "winograd" for convs, "xla" | "fast" for pools.
@@ -176,11 +204,12 @@ def choose_impl(
     if op == "conv":
         if not cpu or groups != 1:
             return "xla"
-        if in_channels >= conv_lib.WINOGRAD_MIN_CHANNELS and conv_lib.winograd_applies(
-            kernel, stride, dilation
-        ):
-            return "winograd"
-        return "im2col"
+        winograd = conv_lib.winograd_applies(kernel, stride, dilation)
+        if not winograd or in_channels < conv_lib.WINOGRAD_MIN_CHANNELS:
+            return "im2col"
+        if forward_only and in_channels < EVAL_WINOGRAD_MIN_CHANNELS:
+            return "xla"
+        return "winograd"
     if op == "pool":
         return "fast" if cpu and kind == "max" else "xla"
     raise ValueError(f"choose_impl op must be 'conv' or 'pool', got {op!r}")
@@ -385,6 +414,7 @@ def _conv_plan(spec: ConvSpec, name, shape, choice, backend) -> LayerPlan:
             stride=spec.stride,
             dilation=spec.dilation,
             in_channels=shape[2],
+            forward_only=_forward_only(choice),
         )
     dtype = choice.layer_precision(name)
     return LayerPlan(
