@@ -27,10 +27,14 @@ BATCH = 128
 # of VGG16 at batch 128 takes minutes on a 2-core CPU.
 IMAGENET_MODELS = ("resnet50", "vgg16")
 IMAGENET_BATCH = 16
+# step_bench.py --batch N sets this for its workers: every model at batch N
+BATCH_ENV = "JAXCNN_BENCH_BATCH"
 
 
 def batch_for(model: str) -> int:
-    """The batch size every framework's worker trains `model` at."""
+    """The batch size every framework's worker runs `model` at."""
+    if os.environ.get(BATCH_ENV):
+        return int(os.environ[BATCH_ENV])
     return IMAGENET_BATCH if model in IMAGENET_MODELS else BATCH
 
 

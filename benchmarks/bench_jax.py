@@ -14,7 +14,9 @@ malloc, flags: the process settings of jaxcnn.cputune, which this worker applies
 `lsr=keep` leaves LLVM's loop strength reduction on (cputune turns it off on CPU).
 `loop` runs the k steps as one rolled `lax.fori_loop` (`fori`) or unrolled in Python
 (`unroll`); `auto` (the default) chooses as jaxcnn.train does. `precision` is the
-run's `train.precision` (jaxcnn.precision).
+run's `train.precision` (jaxcnn.precision). `mode=forward` times the forward pass
+instead: `Steps.evaluate` on one batch per call (the eval step `jaxcnn train` and
+`jaxcnn eval` run: the model in eval mode, loss and predicted classes back on the host).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import jaxcnn  # noqa: E402
-from jaxcnn import cputune, models, optim, train  # noqa: E402
+from jaxcnn import cputune, data, models, optim, train  # noqa: E402
 from jaxcnn.spec import RunConfig  # noqa: E402
 from jaxcnn.train import sharding  # noqa: E402
 
@@ -71,6 +73,7 @@ def parse_variant(text: str) -> dict:
         loop="auto",
         lsr="off",
         precision="float32",
+        mode="train",
     )
     for part in text.split(","):
         key, value = part.split("=")
@@ -125,6 +128,8 @@ def make_runner(model_name: str, variant: str):
     n = bench_common.NUM_BATCHES * batch
     images = rng.uniform(size=(n, *spec.input_shape)).astype(np.float32)
     labels = rng.integers(0, spec.num_classes, n).astype(np.int32)
+    if v["mode"] == "forward":
+        return forward_runner(steps, images, labels, batch)
     images, labels = sharding.put((images, labels), steps.layout.replicated)
     order = rng.permutation(n).reshape(-1, batch)
     state = {"step": 0}
@@ -148,6 +153,7 @@ def make_runner(model_name: str, variant: str):
     first = time.perf_counter() - t0
     info = {
         "steps_per_call": k,
+        "mode": "train",
         "first_call_steps": first_steps,
         "rolled": steps.rolled,
         "since_start_s": time.perf_counter() - T_START,
@@ -158,6 +164,33 @@ def make_runner(model_name: str, variant: str):
         **steps.memory(),
     }
     return run_calls, k * batch, first, info
+
+
+def forward_runner(steps: train.Steps, images, labels, batch: int):
+    """`Steps.evaluate` on one of the resident batches per call (numpy in, as `fit`'s
+    and `jaxcnn eval`'s batches arrive)."""
+    batches = [
+        data.Batch(images[i : i + batch], labels[i : i + batch], np.ones(batch, "f4"))
+        for i in range(0, len(images), batch)
+    ]
+    state = {"i": 0}
+
+    def run_calls(calls: int) -> None:
+        chosen = [batches[(state["i"] + j) % len(batches)] for j in range(calls)]
+        state["i"] += calls
+        steps.evaluate(chosen)  # returns host values: synchronous
+
+    t0 = time.perf_counter()
+    run_calls(1)
+    first = time.perf_counter() - t0
+    info = {
+        "steps_per_call": 1,
+        "mode": "forward",
+        "since_start_s": time.perf_counter() - T_START,
+        "backend": jax.default_backend(),
+        "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
+    }
+    return run_calls, batch, first, info
 
 
 if __name__ == "__main__":

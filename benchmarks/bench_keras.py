@@ -3,7 +3,9 @@
   python benchmarks/bench_keras.py MODEL VARIANT
 
 VARIANT: train_on_batch (float32) | mixed_bfloat16 (Keras' "mixed_bfloat16" dtype
-policy: bf16 compute, fp32 variables; the logits layer in float32, as Keras advises).
+policy: bf16 compute, fp32 variables; the logits layer in float32, as Keras advises) |
+predict_on_batch (float32, the forward pass alone: inference mode, Keras's compiled
+predict function).
 
 Keras compiles the step into a tf.function (oneDNN kernels, no XLA: jit_compile=False,
 Keras' default on CPU).
@@ -80,7 +82,10 @@ def make_runner(model_name: str, variant: str):
     def run_calls(calls: int) -> None:
         for _ in range(calls):
             i = state["i"] % n
-            model.train_on_batch(xs[i], ys[i])  # returns a float: synchronous
+            if variant == "predict_on_batch":
+                model.predict_on_batch(xs[i])  # returns numpy: synchronous
+            else:
+                model.train_on_batch(xs[i], ys[i])  # returns a float: synchronous
             state["i"] += 1
 
     t0 = time.perf_counter()
@@ -88,6 +93,7 @@ def make_runner(model_name: str, variant: str):
     first = time.perf_counter() - t0
     info = {
         "steps_per_call": 1,
+        "mode": "forward" if variant == "predict_on_batch" else "train",
         "since_start_s": time.perf_counter() - T_START,
         "params": model.count_params(),
         "precision": keras.mixed_precision.global_policy().name,

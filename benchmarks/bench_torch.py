@@ -4,7 +4,8 @@ python benchmarks/bench_torch.py MODEL VARIANT
 
 VARIANT: channels_last | nchw | channels_last_bf16 (forward and loss under
 `torch.autocast(device, dtype=torch.bfloat16)`: bf16 convs and matmuls, fp32 weights
-and optimiser), each optionally followed by `_compile` (the model through
+and optimiser), each optionally followed by `_forward` (the forward pass alone: eval
+mode under `torch.inference_mode()`) and `_compile` (the model through
 `torch.compile`; the first step compiles). Runs on the GPU when torch sees one (CUDA),
 else on the CPU; a GPU step is synchronised at the end of each group of calls.
 """
@@ -100,6 +101,8 @@ def make_runner(model_name: str, variant: str):
     net, (c, h, w) = NETS[model_name]()
     compiled = variant.endswith("_compile")
     variant = variant.removesuffix("_compile")
+    forward_only = variant.endswith("_forward")
+    variant = variant.removesuffix("_forward")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     channels_last = variant.startswith("channels_last")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -120,7 +123,15 @@ def make_runner(model_name: str, variant: str):
     ys = [torch.randint(0, 10, (b,), device=device) for _ in range(n)]
     state = {"i": 0}
 
-    def run_calls(calls: int) -> None:
+    def run_forward(calls: int) -> None:
+        for _ in range(calls):
+            with torch.inference_mode(), autocast():
+                forward(xs[state["i"] % n])
+            state["i"] += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def run_train(calls: int) -> None:
         for _ in range(calls):
             i = state["i"] % n
             opt.zero_grad(set_to_none=True)
@@ -132,12 +143,16 @@ def make_runner(model_name: str, variant: str):
         if device == "cuda":
             torch.cuda.synchronize()
 
+    if forward_only:
+        net.eval()
+    run_calls = run_forward if forward_only else run_train
     t0 = time.perf_counter()
     run_calls(1)
     first = time.perf_counter() - t0
     params = sum(p.numel() for p in net.parameters())
     info = {
         "steps_per_call": 1,
+        "mode": "forward" if forward_only else "train",
         "since_start_s": time.perf_counter() - T_START,
         "threads": torch.get_num_threads(),
         "params": params,

@@ -5,6 +5,8 @@
   .venv-bench/bin/python benchmarks/step_bench.py --levers        # what each kernel lever is worth
   .venv-bench/bin/python benchmarks/step_bench.py --cache         # persistent compilation cache
   .venv-bench/bin/python benchmarks/step_bench.py --bf16          # fp32 vs bf16, every framework
+  .venv-bench/bin/python benchmarks/step_bench.py --models resnet50,vgg16 --batch 32 \
+      --only jaxcnn_k1,torch_cl,keras_tf,jaxcnn_fwd,torch_cl_fwd,keras_fwd --rounds 3
 
 Every (framework variant, model) is its own subprocess (no thread-pool or library
 conflicts). All of a model's workers are started first; then timing windows alternate
@@ -12,13 +14,15 @@ between them in rounds (the idle ones block on a pipe), so slow drifts of the ma
 hit every framework alike. Per window the share of the machine that *other* processes
 used is measured (/proc/stat busy time minus the worker's own CPU time) and windows above
 0.15 cores are flagged. Synthetic data, batch 128 (16 for the ImageNet-size presets,
-`--models resnet50,vgg16`), Adam, softmax cross-entropy; fp32
-unless the row says bf16 (jaxcnn `train.precision=bfloat16`, PyTorch bf16 autocast, Keras
-`mixed_bfloat16`). Since the machine's speed drifts within a run, each jaxcnn row is
-also compared with each peer round by round (the two windows of one round are
+`--models resnet50,vgg16`; `--batch N` sets every model's), Adam, softmax
+cross-entropy; fp32 unless the row says bf16 (jaxcnn `train.precision=bfloat16`, PyTorch bf16 autocast, Keras
+`mixed_bfloat16`). Rows ending in `_fwd` time the forward pass alone, in eval mode
+(jaxcnn's eval step through `Steps.evaluate`, PyTorch under `inference_mode`, Keras's
+`predict_on_batch`), and are compared only with each other. Since the machine's speed
+drifts within a run, each jaxcnn row is also compared with each peer round by round (the two windows of one round are
 neighbours in time): the median of those paired ratios is the comparison to quote.
 
-Writes benchmarks/results/<name>.json and <name>.md.
+Writes <name>.json and <name>.md to benchmarks/results (`--out DIR`: to DIR).
 """
 
 from __future__ import annotations
@@ -69,7 +73,12 @@ FRAMEWORKS = {
     "torch_cl_bf16_compile": ("bench_torch.py", "channels_last_bf16_compile"),
     "keras_tf": ("bench_keras.py", "train_on_batch"),
     "keras_bf16": ("bench_keras.py", "mixed_bfloat16"),
+    # the forward pass alone, in eval mode (FORWARD_SUFFIX)
+    "jaxcnn_fwd": ("bench_jax.py", "kernels=auto,k=1,mode=forward"),
+    "torch_cl_fwd": ("bench_torch.py", "channels_last_forward"),
+    "keras_fwd": ("bench_keras.py", "predict_on_batch"),
 }
+FORWARD_SUFFIX = "_fwd"
 # --bf16: the precision comparison, fp32 and bf16 of jaxcnn and of each peer
 BF16_SET = (
     "jaxcnn_k4",
@@ -127,7 +136,14 @@ PEERS = (
     "keras_bf16",
     "torch_cl_compile",
     "torch_cl_bf16_compile",
+    "torch_cl_fwd",
+    "keras_fwd",
 )
+
+
+def is_forward(name: str) -> bool:
+    """Whether a row times the forward pass alone (compared with forward rows only)."""
+    return name.endswith(FORWARD_SUFFIX)
 
 
 def train_flops_per_image(model: str) -> int:
@@ -225,10 +241,13 @@ def bench_model(
     return results
 
 
-def summarize(results: dict, flops: int, peak: dict) -> dict:
-    for res in results.values():
+def summarize(results: dict, train_flops: int, peak: dict) -> dict:
+    """Per row: the median images/s and its GFLOP/s, from the train FLOPs per image
+    (a third of them for forward rows)."""
+    for name, res in results.items():
         if "windows" not in res:
             continue
+        flops = train_flops // 3 if is_forward(name) else train_flops
         rates = [w["images_per_s"] for w in res["windows"]]
         clean = [
             w["images_per_s"] for w in res["windows"] if w["other_cores"] <= CONTENDED
@@ -272,7 +291,9 @@ def paired_ratios(results: dict) -> dict:
     timed = {n: r for n, r in results.items() if r.get("windows")}
     pairs = {}
     for ours in (n for n in timed if n.startswith("jaxcnn")):
-        for peer in (p for p in PEERS if p in timed):
+        for peer in (
+            p for p in PEERS if p in timed and is_forward(p) == is_forward(ours)
+        ):
             pairs[f"{ours}/{peer}"] = bench_common.paired(
                 [w["images_per_s"] for w in timed[ours]["windows"]],
                 [w["images_per_s"] for w in timed[peer]["windows"]],
@@ -292,15 +313,21 @@ def markdown(report: dict) -> str:
         if peak.get("jax_bf16_gflops")
         else ""
     )
+    batch = (
+        f"Batch {report['batch']}"
+        if report.get("batch")
+        else f"Batch {bench_common.BATCH} ({bench_common.IMAGENET_BATCH} for "
+        f"{', '.join(bench_common.IMAGENET_MODELS)})"
+    )
     lines = [
         f"# Step benchmark: {report['name']}",
         "",
-        f"{report['date']}, {report['machine']}. Batch {bench_common.BATCH} "
-        f"({bench_common.IMAGENET_BATCH} for {', '.join(bench_common.IMAGENET_MODELS)}"
-        "), Adam, synthetic data "
+        f"{report['date']}, {report['cpu_model']} ({report['machine']}). {batch}, "
+        "Adam, synthetic data "
         "(fp32 unless the row says bf16), "
         f"{report['rounds']} rounds of one timing window per framework, "
-        "frameworks alternating.",
+        "frameworks alternating. Rows ending in _fwd: the forward pass alone (eval "
+        "mode), compared with forward rows only.",
         f"Matmul peak measured in this run: numpy {peak['numpy_gflops']:.0f} GFLOP/s, "
         f"JAX {peak['jax_gflops']:.0f} GFLOP/s (fp32, {peak['n']}x{peak['n']}); "
         f"'of matmul peak' uses the higher of the two.{bf16_peak}",
@@ -319,16 +346,17 @@ def markdown(report: dict) -> str:
             "| of bf16 peak | contended windows |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        peers = [
-            res["frameworks"][p]["summary"]["images_per_s_median"]
-            for p in PEERS
-            if "summary" in res["frameworks"].get(p, {})
-        ]
-        best_peer = max(peers) if peers else None
         for name, fw in res["frameworks"].items():
             if "summary" not in fw:
                 lines.append(f"| {name} | failed: {fw.get('error', '?')} ||||||||||||")
                 continue
+            peers = [
+                res["frameworks"][p]["summary"]["images_per_s_median"]
+                for p in PEERS
+                if "summary" in res["frameworks"].get(p, {})
+                and is_forward(p) == is_forward(name)
+            ]
+            best_peer = max(peers) if peers else None
             s = fw["summary"]
             ratio = f"{s['images_per_s_median'] / best_peer:.2f}x" if best_peer else "-"
             lines.append(
@@ -443,8 +471,17 @@ def main(argv=None) -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--only", default="", help="comma-separated framework names")
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument(
+        "--batch", type=int, default=None, help="every model's batch size (all rows)"
+    )
     p.add_argument("--window", type=float, default=None, help="seconds per window")
     p.add_argument("--name", default=None, help="results file stem")
+    p.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=HERE / "results",
+        help="folder of the results files (default benchmarks/results)",
+    )
     p.add_argument("--python", default=None, help="interpreter of the workers")
     args = p.parse_args(argv)
 
@@ -461,6 +498,9 @@ def main(argv=None) -> None:
     ) + ("_quick" if args.quick else "")
     env = dict(os.environ, PYTHONPATH=str(HERE))
     env.pop("JAXCNN_BENCH_CACHE", None)
+    env.pop(bench_common.BATCH_ENV, None)
+    if args.batch:
+        env[bench_common.BATCH_ENV] = str(args.batch)
 
     print("matmul peak ...", flush=True)
     peak = measure_peak(python)
@@ -472,6 +512,7 @@ def main(argv=None) -> None:
         "cpu_model": _cpu_model(),
         "argv": " ".join(argv if argv is not None else sys.argv[1:]),
         "rounds": rounds,
+        "batch": args.batch,
         "window_s": None,
         "matmul_peak": peak,
         "models": {},
@@ -496,8 +537,8 @@ def main(argv=None) -> None:
             for _ in range(max(1, args.cache_only))
             for row in cache_runs(python, models, FRAMEWORKS["jaxcnn_k4"][1])
         ]
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     (out / f"{name}.md").write_text(markdown(report))
     print((out / f"{name}.md").read_text())
