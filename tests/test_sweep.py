@@ -288,7 +288,7 @@ def test_only_the_cli_imports_the_sweep_package():
         if path.parent != SWEEP_DIR
         and any(m.startswith("jaxcnn.sweep") for m in _imported_modules(path))
     }
-    assert importers == {"cli.py"}
+    assert importers == {"cli/sweeps.py"}
 
 
 @pytest.mark.parametrize("name", SWEEP_ORDER)
