@@ -11,8 +11,8 @@ cost), simple_cnn of depth 2, 3 seeds per point (mean and 95 % interval; the rep
 marks the points tied with the best). Budgets (experiments/_common.py): short (default)
 = 2 epochs on the first 4,000 training images, long = 3 epochs on the first 12,000,
 full = 3 epochs on all 54,000 (validation: the last 6,000 training images; test: the
-full test split). On 2 cores of an AMD EPYC Zen 5: ~4 min at the short budget, 8.5 min at
-the long one (Zen 3: ~9 min at the short budget); full, by training images, ~30-40 min.
+full test split). ~4 min on 2 CPU cores of an AMD EPYC Zen 5 at the short budget (~9 min
+on a Zen 3), 8.5 min at the long one (Zen 5); full, by training images, ~30-40 min.
 Expect stride 1 ahead of stride 2, stride 2 with pooling (maps collapsed to 1x1) at the
 bottom, and max pooling never behind avg. Measured results at two budgets and their
 reading: experiments/results/grid/README.md.
