@@ -60,6 +60,8 @@ WINDOWS = {
 FRAMEWORKS = {
     "jax_stock": ("bench_jax.py", "kernels=xla,k=1,tune=off"),
     "jaxcnn_k1": ("bench_jax.py", "kernels=auto,k=1"),
+    # the same step with XLA's kernels everywhere: is the plan's choice the faster?
+    "jaxcnn_xla_k1": ("bench_jax.py", "kernels=xla,k=1"),
     "jaxcnn_bf16_k1": ("bench_jax.py", "kernels=auto,k=1,precision=bfloat16"),
     "jaxcnn_k2": ("bench_jax.py", "kernels=auto,k=2"),
     "jaxcnn_k4": ("bench_jax.py", "kernels=auto,k=4"),
@@ -75,6 +77,7 @@ FRAMEWORKS = {
     "keras_bf16": ("bench_keras.py", "mixed_bfloat16"),
     # the forward pass alone, in eval mode (FORWARD_SUFFIX)
     "jaxcnn_fwd": ("bench_jax.py", "kernels=auto,k=1,mode=forward"),
+    "jaxcnn_xla_fwd": ("bench_jax.py", "kernels=xla,k=1,mode=forward"),
     "torch_cl_fwd": ("bench_torch.py", "channels_last_forward"),
     "keras_fwd": ("bench_keras.py", "predict_on_batch"),
 }
