@@ -164,7 +164,7 @@ def missing_distributions(modules) -> list[str]:
 DEVICES = r"""
 import importlib, json, shutil, subprocess
 import jax
-from jaxcnn import models, shapes
+from jaxcnn import footprint, models, shapes
 from jaxcnn.kernels import plan as plan_lib
 
 def version(name):
@@ -186,7 +186,7 @@ presets = {}
 for name in models.PRESETS:
     spec = models.preset(name)
     summary = shapes.summarize(spec)
-    est = shapes.memory_estimate(summary, 128)
+    est = footprint.memory_estimate(summary, 128)
     plans = {}
     for precision in ("float32", "bfloat16"):
         choice = plan_lib.KernelChoice(precision=precision)

@@ -1,4 +1,4 @@
-"""How much memory one training device can hold: the budget `shapes.check_fits` is given.
+"""How much memory one training device can hold: the budget `footprint.check_fits` is given.
 
 `shapes` stays free of JAX, so the question "how big is this device" lives here:
 

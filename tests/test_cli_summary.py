@@ -42,12 +42,12 @@ def test_summary_json(capsys):
 
 
 def test_summary_shows_the_training_memory_estimate(capsys):
-    from jaxcnn import models, shapes
+    from jaxcnn import footprint, models, shapes
 
     summary = shapes.infer(models.preset("keras_mnist"))
     code, out, _ = _run(capsys, "summary", "keras_mnist")
     assert code == 0
-    line = shapes.format_memory(shapes.memory_estimate(summary, 128), 128)
+    line = footprint.format_memory(footprint.memory_estimate(summary, 128), 128)
     assert line in out.splitlines()  # after the table, before the recipes
     assert line.startswith("Training memory at batch size 128 (estimate): 58.0 MiB")
     code, out, _ = _run(
@@ -56,7 +56,7 @@ def test_summary_shows_the_training_memory_estimate(capsys):
     assert code == 0
     assert json.loads(out)["memory"] == {
         "batch_size": 32,
-        **shapes.memory_estimate(summary, 32),
+        **footprint.memory_estimate(summary, 32),
     }
     code, _, err = _run(capsys, "summary", "keras_mnist", "--batch-size", "0")
     assert code == 2 and "batch_size must be an int >= 1, got 0" in err

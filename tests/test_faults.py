@@ -205,12 +205,14 @@ def test_an_eval_batch_larger_than_its_split_is_cut_to_the_split(tmp_path):
 def test_an_eval_batch_that_cannot_fit_is_refused_naming_one_that_does(
     tmp_path, monkeypatch
 ):
-    from jaxcnn import memory, models, shapes
+    from jaxcnn import footprint, memory, models, shapes
 
     config = _digits(**{"train.epochs": 1, "train.eval_batch_size": 512})
     summary = shapes.infer(models.preset(config.model.name))
-    train_needs = shapes.memory_estimate(summary, config.train.batch_size)["total"]
-    val_needs = shapes.eval_memory_estimate(summary, 150)["total"]  # 150 val, 297 test
+    train_needs = footprint.memory_estimate(summary, config.train.batch_size)["total"]
+    val_needs = footprint.eval_memory_estimate(summary, 150)[
+        "total"
+    ]  # 150 val, 297 test
     assert val_needs > train_needs  # so a limit between them stops evaluation only
     monkeypatch.setattr(
         memory, "device_memory_bytes", lambda: (train_needs + val_needs) // 2

@@ -24,6 +24,7 @@ RANKS = {
     "jaxcnn.cputune": 1,
     "jaxcnn.filters": 1,
     "jaxcnn.shapes": 2,
+    "jaxcnn.footprint": 2.1,
     "jaxcnn.architectures": 2,
     "jaxcnn.precision": 2.5,
     "jaxcnn.kernels.windows": 3.0,

@@ -46,10 +46,10 @@ def test_host_memory_is_the_lower_of_ram_and_the_cgroup_limit(tmp_path, monkeypa
 
 def _xla_over_estimate(spec, batch_size: int) -> float:
     """XLA's memory analysis of the compiled train step (temporaries, arguments and
-    outputs) over `shapes.memory_estimate` (Adam, the default optimiser)."""
+    outputs) over `footprint.memory_estimate` (Adam, the default optimiser)."""
     from flax import nnx
 
-    from jaxcnn import models, optim, shapes, train
+    from jaxcnn import footprint, models, optim, shapes, train
     from jaxcnn.spec import RunConfig
 
     config = RunConfig()
@@ -59,7 +59,7 @@ def _xla_over_estimate(spec, batch_size: int) -> float:
     steps.compile_train(batch_size, spec.input_shape)
     xla = steps.memory()
     measured = xla["temp_bytes"] + xla["argument_bytes"] + xla["output_bytes"]
-    return measured / shapes.memory_estimate(shapes.infer(spec), batch_size)["total"]
+    return measured / footprint.memory_estimate(shapes.infer(spec), batch_size)["total"]
 
 
 def _generated(conv: dict, *more: dict):

@@ -7,7 +7,7 @@ import sys
 import pytest
 from flax import nnx
 
-from jaxcnn import models, shapes
+from jaxcnn import footprint, models, shapes
 from jaxcnn.errors import SpecError
 from jaxcnn.layers import make_norm
 from jaxcnn.spec import (
@@ -378,7 +378,7 @@ def _small():
 
 def test_memory_estimate_by_hand():
     # the largest activation: the conv's 144 values; its patches: 6 * 6 * (3 * 3 * 1)
-    estimate = shapes.memory_estimate(_small(), 2)
+    estimate = footprint.memory_estimate(_small(), 2)
     assert estimate == {
         "params": 1490 * 4,
         "gradients": 1490 * 4,
@@ -388,13 +388,13 @@ def test_memory_estimate_by_hand():
         "workspace": 2 * 324 * 4,
         "total": 4 * 1490 * 4 + 2 * 218 * 4 + 4 * 144 * 4 + 2 * 324 * 4,
     }
-    sgd = shapes.memory_estimate(_small(), 3, optimizer_slots=0)
+    sgd = footprint.memory_estimate(_small(), 3, optimizer_slots=0)
     assert sgd["optimizer_state"] == 0 and sgd["activations"] == 3 * 218 * 4
 
 
 def test_eval_memory_estimate_by_hand():
     # live at once: the conv's input and output (64 + 144), then its patches (324)
-    estimate = shapes.eval_memory_estimate(_small(), 5)
+    estimate = footprint.eval_memory_estimate(_small(), 5)
     assert estimate == {
         "params": 1490 * 4,
         "activations": 5 * 208 * 4,
@@ -405,20 +405,20 @@ def test_eval_memory_estimate_by_hand():
 
 def test_an_eval_batch_that_cannot_fit_names_the_largest_that_does():
     summary = _small()
-    limit = shapes.eval_memory_estimate(summary, 100)["total"]
-    assert shapes.check_eval_fits(summary, 100, limit)["total"] == limit
+    limit = footprint.eval_memory_estimate(summary, 100)["total"]
+    assert footprint.check_eval_fits(summary, 100, limit)["total"] == limit
     with pytest.raises(
         SpecError, match=r"batch of 100,000 images .*eval_batch_size <= 100\b"
     ):
-        shapes.check_eval_fits(summary, 100_000, limit)
+        footprint.check_eval_fits(summary, 100_000, limit)
     with pytest.raises(SpecError, match="parameters alone do not fit"):
-        shapes.check_eval_fits(summary, 1, 1000)
+        footprint.check_eval_fits(summary, 1, 1000)
 
 
 def test_memory_estimate_counts_batch_norm_statistics_as_params_only():
     summary = shapes.infer(_model((4, 4, 2), NormSpec(norm="batch")))
     # norm: 4 trainable + 4 statistics; dense (32 + 1) * 10 = 330
-    estimate = shapes.memory_estimate(summary, 1)
+    estimate = footprint.memory_estimate(summary, 1)
     assert estimate["params"] == (334 + 4) * 4
     assert estimate["gradients"] == 334 * 4
 
@@ -426,15 +426,15 @@ def test_memory_estimate_counts_batch_norm_statistics_as_params_only():
 @pytest.mark.parametrize("batch_size", [0, -1, 2.0, True, "8"])
 def test_memory_estimate_rejects_bad_batch_sizes(batch_size):
     with pytest.raises(SpecError, match="batch_size must be an int >= 1"):
-        shapes.memory_estimate(_small(), batch_size)
+        footprint.memory_estimate(_small(), batch_size)
 
 
 def test_check_fits_returns_the_estimate_or_names_what_is_too_big():
     summary = _small()
-    estimate = shapes.memory_estimate(summary, 2)
-    assert shapes.check_fits(summary, 2, estimate["total"]) == estimate
+    estimate = footprint.memory_estimate(summary, 2)
+    assert footprint.check_fits(summary, 2, estimate["total"]) == estimate
     with pytest.raises(SpecError) as excinfo:
-        shapes.check_fits(summary, 2, estimate["total"] - 1)
+        footprint.check_fits(summary, 2, estimate["total"] - 1)
     message = str(excinfo.value)
     for text in (
         "model 'custom' needs about 29.8 KiB per training step at batch size 2",
@@ -451,10 +451,10 @@ def test_absurd_sizes_within_the_bounds_do_not_fit_a_device():
     # 2**19 and 2**20 filters pass the size bound; the estimate says why training cannot run.
     spec = models.preset("simple_cnn", filters=2**19, depth=2)
     summary = shapes.infer(spec)
-    estimate = shapes.memory_estimate(summary, 128)
+    estimate = footprint.memory_estimate(summary, 128)
     assert estimate["total"] > 2**40  # over a TiB
     with pytest.raises(SpecError, match=r"needs about .* TiB .* over the 80\.0 GiB"):
-        shapes.check_fits(summary, 128, 80 * 2**30)
+        footprint.check_fits(summary, 128, 80 * 2**30)
 
 
 @pytest.mark.parametrize(
@@ -462,4 +462,4 @@ def test_absurd_sizes_within_the_bounds_do_not_fit_a_device():
     [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 2**30, "3.0 GiB")],
 )
 def test_format_bytes(n, text):
-    assert shapes.format_bytes(n) == text
+    assert footprint.format_bytes(n) == text

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxcnn import cli, models, shapes, spec
+from jaxcnn import cli, footprint, models, shapes, spec
 from jaxcnn.errors import JaxcnnError, SpecError
 from jaxcnn.spec import (
     MAX_NESTING,
@@ -584,7 +584,7 @@ def test_fuzzed_spec_files_fail_only_with_jaxcnn_errors(data):
         path.write_text(json.dumps(document))
         try:
             summary = shapes.infer(models.load_spec(str(path)))
-            shapes.memory_estimate(summary, 128)
+            footprint.memory_estimate(summary, 128)
         except JaxcnnError:
             pass
         _summary_of(path)

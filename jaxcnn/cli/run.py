@@ -47,13 +47,13 @@ def add_summary(sub, common) -> None:
 def cmd_summary(args: argparse.Namespace) -> int:
     """Prints the per-layer table (or JSON) of a preset, family or spec file, and the
     preset's published training recipes."""
-    from jaxcnn import models, recipes, shapes
+    from jaxcnn import footprint, models, recipes, shapes
 
     spec = models.load_spec(
         args.model, input_shape=args.input_shape, num_classes=args.classes
     )
     summary = shapes.summarize(spec)
-    memory = shapes.memory_estimate(summary, args.batch_size)
+    memory = footprint.memory_estimate(summary, args.batch_size)
     if args.json:
         data = summary.to_dict()
         data["memory"] = {"batch_size": args.batch_size, **memory}
@@ -61,7 +61,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps(data))
     else:
         print(shapes.format_table(summary))
-        print(shapes.format_memory(memory, args.batch_size))
+        print(footprint.format_memory(memory, args.batch_size))
         if text := recipes.format_recipes(args.model):
             print(text)
     return 0

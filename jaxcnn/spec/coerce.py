@@ -23,7 +23,7 @@ from jaxcnn.errors import SpecError
 
 # The largest size a spec may name (filters, units, kernel, stride, padding, groups, each
 # input_shape axis, num_classes): far above real networks, and small enough that the
-# static memory estimate (shapes.memory_estimate) can say how far over budget a net is.
+# static memory estimate (footprint.memory_estimate) can say how far over budget a net is.
 MAX_SIZE = 2**20
 # How deep residual and branch blocks may nest inside one another.
 MAX_NESTING = 32

@@ -18,7 +18,7 @@ from jaxcnn.spec.model import ModelSpec
 Optimizer = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop"]
 OPTIMIZERS = get_args(Optimizer)
 # Per-parameter state each optimiser keeps (optax): momentum traces, Adam's two moments,
-# RMSprop's mean square plus its momentum trace (shapes.memory_estimate uses these).
+# RMSprop's mean square plus its momentum trace (footprint.memory_estimate uses these).
 OPTIMIZER_SLOTS = {
     "sgd": 0,
     "momentum": 1,

@@ -32,6 +32,7 @@ from jaxcnn import (
     data,
     distributed,
     errors,
+    footprint,
     memory,
     metrics,
     models,
@@ -211,14 +212,14 @@ def _build_state(run: _Run) -> tuple[step.Steps, Callable]:
     """Model, optimiser (transfer and freezing included) and their compiled steps."""
     cfg = run.config.train
     summary, limit = shapes.infer(run.spec), memory.device_memory_bytes()
-    shapes.check_fits(  # refuse what cannot fit before anything is allocated
+    footprint.check_fits(  # refuse what cannot fit before anything is allocated
         summary,
         cfg.batch_size // jax.device_count(),
         limit,
         optimizer_slots=spec_lib.OPTIMIZER_SLOTS[run.config.optim.optimizer],
     )
     evaluated = batches.eval_batch_size(cfg, run.dataset.val, run.dataset.test)
-    shapes.check_eval_fits(summary, evaluated // jax.device_count(), limit)
+    footprint.check_eval_fits(summary, evaluated // jax.device_count(), limit)
     model = models.build_run_model(run.spec, cfg)
     if cfg.init_from and not run.resume:
         for note in transfer.init_from_run(
