@@ -149,7 +149,10 @@ def _assert_resumes_as_fresh(tmp_path, config: RunConfig) -> None:
     )
 
 
-@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize(
+    "name, status",
+    [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)],
+)
 def test_signal_checkpoints_mid_epoch_and_resumes_bit_identically(
     tmp_path, name, status
 ):
@@ -160,6 +163,7 @@ def test_signal_checkpoints_mid_epoch_and_resumes_bit_identically(
     _assert_resumes_as_fresh(tmp_path, _digits())
 
 
+@pytest.mark.slow  # ~25 s: trains, kills mid-epoch, resumes and trains again
 def test_step_checkpoints_resume_mid_epoch_bit_identically(tmp_path):
     killed = _run_script(_FAULT_AT_CALL, tmp_path / "a", 17, "SIGKILL", 10)
     assert killed.returncode == 9, killed.stderr

@@ -42,6 +42,7 @@ def _batches(data: dict[str, np.ndarray], batch_size: int):
 
 
 # --------------------------------------------------------------------------- the tutorial
+@pytest.mark.slow  # real MNIST, trained
 def test_flax_mnist_tutorial_steps_train_a_jaxcnn_model(shared_data):
     # The steps of flax.readthedocs.io's "MNIST tutorial" (docs_nnx/mnist_tutorial),
     # copied as they are; only the model class is swapped for a jaxcnn preset.

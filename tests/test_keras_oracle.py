@@ -555,6 +555,7 @@ def _check_generated(spec: ModelSpec, training: bool, seed: int) -> None:
 _HYPOTHESIS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow  # ~25 s: 20 networks built and compiled in both frameworks
 @settings(max_examples=20, derandomize=True, **_HYPOTHESIS)
 @given(spec=_specs(), training=st.booleans(), seed=st.integers(0, 2**16))
 def test_generated_spec_matches_keras(spec, training, seed):

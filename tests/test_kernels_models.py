@@ -271,6 +271,7 @@ def resizable_specs(draw):
     derandomize=True,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
 )
+@pytest.mark.slow  # ~30 s: many small networks, each compiled at two sizes
 @given(resizable_specs())
 def test_a_model_called_at_another_size_gives_xla_logits_and_gradients(case):
     """Crop, padding and kernels follow the actual input, with every kernel setting:
