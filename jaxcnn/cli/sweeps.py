@@ -90,8 +90,16 @@ def _cmd_sweep(args) -> int:
         return 0
     if rest:
         raise JaxcnnError(f"jaxcnn sweep takes one CONFIG, got {args.target}")
+    _run_sweep(action, args)
+    return 0
+
+
+def _run_sweep(target: str, args) -> None:
+    """Runs or resumes the sweep `target` with the command line's settings."""
+    from jaxcnn import sweep
+
     sweep.run_sweep(
-        action,
+        target,
         args.workdir,
         storage=args.storage,
         workers=args.workers,
@@ -99,7 +107,6 @@ def _cmd_sweep(args) -> int:
         quiet=args.quiet,
         restart=args.restart,
     )
-    return 0
 
 
 def experiment_main(module_file: str, argv: Sequence[str] | None = None) -> int:
@@ -134,22 +141,12 @@ def experiment_main(module_file: str, argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_experiment(args) -> int:
-    from jaxcnn import sweep
     from jaxcnn.sweep import config
 
     if not args.workdir:  # under runs/ whatever the file is called
         name = config.check_name(pathlib.Path(args.module_file).stem)
         args.workdir = f"runs/sweeps/{name}{'-smoke' if args.smoke else ''}"
-
-    sweep.run_sweep(
-        args.module_file,
-        args.workdir,
-        storage=args.storage,
-        workers=args.workers,
-        smoke=args.smoke,
-        quiet=args.quiet,
-        restart=args.restart,
-    )
+    _run_sweep(args.module_file, args)
     if not args.no_report:
         from jaxcnn.sweep import report
 
