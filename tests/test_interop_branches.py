@@ -304,85 +304,55 @@ def test_densenet121_from_keras_gives_keras_logits(tmp_path, fmt):
     assert scale > 0 and np.abs(got - reference).max() / scale <= 1e-4
 
 
+# Keras's variants of three networks: preset arguments its runs record, input size (the
+# smallest Keras builds them at, or near it) and channel order of its preprocessing.
+KERAS_VARIANTS = {
+    # ResNet v1: stride on a stage's first 1x1 conv, convs with biases, batch norm's
+    # epsilon 1.001e-5, the projection's layers between the body's in the file;
+    # "caffe"-mode input (BGR, 0..255 minus the ImageNet means)
+    "resnet50": (
+        64,
+        {"stride_on": "1x1", "conv_bias": True, "epsilon": 1.001e-5},
+        "bgr",
+    ),
+    # batch norms without a scale, average pools that leave the padding out of the
+    # mean, the nested splits' convs before the 1x1 and pool branches' in the file;
+    # "tf"-mode input (RGB, x / 127.5 - 1)
+    "inception_v3": (75, {"bn_scale": False, "count_padding": False}, "rgb"),
+    # alpha 1.0: stride-2 convs padded at the bottom and right only (TF's "same";
+    # ZeroPadding2D(correct_pad) before its depthwise convs), batch norm's epsilon 1e-3,
+    # depthwise kernels [3, 3, C, 1] numbered apart from the convs in Keras 3 files;
+    # "tf"-mode input
+    "mobilenet_v2": (
+        96,
+        {"padding": "same", "epsilon": 1e-3, "momentum": 0.999},
+        "rgb",
+    ),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["keras3", "keras2"])
-def test_resnet50_from_keras_gives_keras_logits(tmp_path, fmt):
-    """Keras's ResNet50: ResNet v1 (stride on a stage's first 1x1 conv), convs with
-    biases, batch norm's epsilon 1.001e-5, the projection's layers between the body's
-    in the file; "caffe"-mode input (BGR, 0..255 minus the ImageNet means)."""
-    from keras.applications import resnet50
+@pytest.mark.parametrize("arch", list(KERAS_VARIANTS))
+def test_keras_variant_from_keras_gives_keras_logits(tmp_path, arch, fmt):
+    """Keras's ResNet50, InceptionV3 and MobileNetV2 files (Keras 3 and Keras 2 formats)
+    import into the preset built as Keras's variant, and give Keras's logits."""
+    import importlib
 
-    net = _keras_net("resnet50", 64)
-    path = tmp_path / ("r.weights.h5" if fmt == "keras3" else "r.h5")
+    size, args, channels = KERAS_VARIANTS[arch]
+    application = importlib.import_module(f"keras.applications.{arch}")
+    net = _keras_net(arch, size)
+    path = tmp_path / ("w.weights.h5" if fmt == "keras3" else "w.h5")
     _save_keras(net, path, fmt)
     done = importer.import_weights(
-        path, "resnet50", tmp_path / "r", source="keras", input_shape=(64, 64, 3)
+        path, arch, tmp_path / "run", source="keras", input_shape=(size, size, 3)
     )
     assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
-    config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["run"]["model"]["args"] == {
-        "stride_on": "1x1",
-        "conv_bias": True,
-        "epsilon": 1.001e-5,
-        "input_shape": [64, 64, 3],
-    }
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["run"]["model"]["args"] == {**args, "input_shape": [size, size, 3]}
     record = config["dataset"]
-    assert record["resize"] is None and record["channels"] == "bgr"
-    _check_keras_run(tmp_path / "r", net, resnet50.preprocess_input, 64)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
-def test_inception_v3_from_keras_gives_keras_logits(tmp_path, fmt):
-    """Keras's InceptionV3: batch norms without a scale, average pools that leave the
-    padding out of the mean, the nested splits' convs before the 1x1 and pool
-    branches' in the file; "tf"-mode input (RGB, x / 127.5 - 1). At 75x75, the
-    smallest input Keras builds it at."""
-    from keras.applications import inception_v3
-
-    net = _keras_net("inception_v3", 75)
-    path = tmp_path / ("i.weights.h5" if fmt == "keras3" else "i.h5")
-    _save_keras(net, path, fmt)
-    done = importer.import_weights(
-        path, "inception_v3", tmp_path / "i", source="keras", input_shape=(75, 75, 3)
-    )
-    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
-    config = json.loads((tmp_path / "i" / "config.json").read_text())
-    assert config["run"]["model"]["args"] == {
-        "bn_scale": False,
-        "count_padding": False,
-        "input_shape": [75, 75, 3],
-    }
-    record = config["dataset"]
-    assert record["resize"] is None and record["channels"] == "rgb"
-    _check_keras_run(tmp_path / "i", net, inception_v3.preprocess_input, 75)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
-def test_mobilenet_v2_from_keras_gives_keras_logits(tmp_path, fmt):
-    """Keras's MobileNetV2 (alpha 1.0): stride-2 convs padded at the bottom and right
-    only (TF's "same"; ZeroPadding2D(correct_pad) before its depthwise convs), batch
-    norm's epsilon 1e-3, depthwise kernels [3, 3, C, 1] numbered apart from the convs
-    in Keras 3 files; "tf"-mode input (RGB, x / 127.5 - 1)."""
-    from keras.applications import mobilenet_v2
-
-    net = _keras_net("mobilenet_v2", 96)
-    path = tmp_path / ("m.weights.h5" if fmt == "keras3" else "m.h5")
-    _save_keras(net, path, fmt)
-    done = importer.import_weights(
-        path, "mobilenet_v2", tmp_path / "m", source="keras", input_shape=(96, 96, 3)
-    )
-    assert done.values == sum(int(np.prod(w.shape)) for w in net.weights)
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["run"]["model"]["args"] == {
-        "padding": "same",
-        "epsilon": 1e-3,
-        "momentum": 0.999,
-        "input_shape": [96, 96, 3],
-    }
-    assert config["dataset"]["channels"] == "rgb"
-    _check_keras_run(tmp_path / "m", net, mobilenet_v2.preprocess_input, 96)
+    assert record["resize"] is None and record["channels"] == channels
+    _check_keras_run(tmp_path / "run", net, application.preprocess_input, size)
 
 
 @pytest.mark.slow
