@@ -221,7 +221,10 @@ def bench_model(
     early = [start(name) for name in names] if start_together else None
     for i, name in enumerate(names):
         w = early[i] if start_together else start(name)
-        ready = w.recv()
+        try:
+            ready = w.recv()
+        except RuntimeError as e:  # it died before its first step (out of memory, ...)
+            ready = {"error": str(e)}
         if "error" in ready:
             print(f"  {name:22s} FAILED: {ready['error']}", flush=True)
             results[name] = {"error": ready["error"]}
@@ -233,9 +236,16 @@ def bench_model(
     for r in range(rounds):
         order = workers[r % len(workers) :] + workers[: r % len(workers)]
         for w in order:
-            results[w.name]["windows"].append(w.ask(cmd="window", seconds=window))
+            try:
+                results[w.name]["windows"].append(w.ask(cmd="window", seconds=window))
+            except (
+                RuntimeError
+            ) as e:  # it died (the OOM killer, a crash): the rest go on
+                print(f"  {w.name:22s} FAILED in round {r + 1}: {e}", flush=True)
+                results[w.name] = {"error": f"{e}, in round {r + 1} of {rounds}"}
+                workers.remove(w)
         line = ", ".join(
-            f"{w.name} {results[w.name]['windows'][-1]['images_per_s']:.0f}"
+            f"{w.name} {_rate(results[w.name]['windows'][-1]['images_per_s'])}"
             for w in workers
         )
         print(f"  round {r + 1}/{rounds}: {line}", flush=True)
@@ -340,7 +350,8 @@ def markdown(report: dict) -> str:
     ]
     for model, res in report["models"].items():
         lines += [
-            f"## {model} ({res['train_mflops_per_image']:.1f} MFLOP per image per step, "
+            f"## {model} ({res['train_mflops_per_image']:.1f} MFLOP per image per train "
+            f"step, {res['train_mflops_per_image'] / 3:.1f} per forward pass, "
             f"{res['window_s']} s windows)",
             "",
             "| framework | images/s median | min-max | vs best peer | first step s "
@@ -363,8 +374,9 @@ def markdown(report: dict) -> str:
             s = fw["summary"]
             ratio = f"{s['images_per_s_median'] / best_peer:.2f}x" if best_peer else "-"
             lines.append(
-                f"| {name} | {s['images_per_s_median']:,.0f} | "
-                f"{s['images_per_s_min']:,.0f}-{s['images_per_s_max']:,.0f} | {ratio} | "
+                f"| {name} | {_rate(s['images_per_s_median'])} | "
+                f"{_rate(s['images_per_s_min'])}-{_rate(s['images_per_s_max'])} | "
+                f"{ratio} | "
                 f"{s['first_step_s']:.2f} | {s['since_start_s']:.2f} | "
                 f"{s['peak_rss_mb']:,.0f} | "
                 + " | ".join(
@@ -409,6 +421,14 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rate(images_per_s: float) -> str:
+    """Images/s with three significant digits below 100 (the ImageNet-size presets
+    run a few images a second on a CPU), whole numbers above."""
+    if images_per_s >= 100:
+        return f"{images_per_s:,.0f}"
+    return f"{images_per_s:.3g}"
 
 
 def _paired_table(pairs: dict) -> list[str]:

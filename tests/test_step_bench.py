@@ -90,3 +90,28 @@ def test_a_short_run_times_train_and_forward_rows(tmp_path):
         assert rows[name]["summary"]["images_per_s_median"] > 0, name
     assert set(report["models"]["keras_mnist"]["paired"]) == {"jaxcnn_fwd/keras_fwd"}
     assert "| jaxcnn_fwd |" in (tmp_path / "short.md").read_text()
+
+
+def test_a_worker_that_dies_is_recorded_and_the_others_go_on(tmp_path):
+    """A worker killed mid-run (the OOM killer at 224x224) fails its row, not the run."""
+    bench = REPO / "benchmarks"
+    (tmp_path / "ok.py").write_text(
+        f"import sys, time\nsys.path.insert(0, {str(bench)!r})\nimport bench_common\n"
+        "bench_common.serve(lambda: (lambda n: time.sleep(0.001 * n), 1, 0.0, {}))\n"
+    )
+    (tmp_path / "dies.py").write_text(
+        "import json, os, sys\n"
+        'print(json.dumps({"ready": True, "first_step_s": 0.1}), flush=True)\n'
+        "sys.stdin.readline()\nos._exit(9)\n"
+    )
+    table = {
+        "ok": (str(tmp_path / "ok.py"), "-"),
+        "dies": (str(tmp_path / "dies.py"), "-"),
+    }
+    results = step_bench.bench_model(
+        sys.executable, "keras_mnist", ["ok", "dies"], table, 2, 0.05, env=None
+    )
+    assert "in round 1 of 2" in results["dies"]["error"]
+    assert "windows" not in results["dies"]
+    assert len(results["ok"]["windows"]) == 2
+    assert results["ok"]["windows"][0]["images_per_s"] > 0
