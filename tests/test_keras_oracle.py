@@ -23,7 +23,8 @@ reduction order decide which near-ties flip). In the cases where this happens (t
 large presets on real digits, ResNet-20 training on a random batch) kernels="auto" is
 checked twice: with its convolutions forced to im2col at the tolerances above, and as
 it runs by default (Winograd) with gradients allowed WINOGRAD_GRAD_RTOL of their largest
-entry. Mutation tests show that this wider check still fails for a wrong batch-norm
+entry; on real digits kernels="xla" gets the same allowance (XLA's convolution flips
+near-ties on some CPUs too). Mutation tests show that this wider check still fails for a wrong batch-norm
 epsilon and for a ReLU whose derivative at 0 is 1.
 
 Cases: every preset (eval mode; training mode with dropout rate 0 where the preset has
@@ -94,11 +95,15 @@ KERNELS = ("auto", "xla")
 # kernels="auto" with every convolution forced to im2col: the fast kernels (pooling,
 # fusion, cropping) without Winograd's larger rounding
 IM2COL = "auto-im2col"
-# where Winograd meets near-ties: each choice and its gradient tolerance
+# where a real batch meets near-ties: each choice and its gradient tolerance. XLA's own
+# convolution flips them too on some CPUs (its reduction order is the CPU's): ResNet-20
+# in eval mode on MNIST moved conv_0's kernel gradient by 2.5e-3 of its largest entry on
+# an Intel Xeon with AVX-512 (none on AMD Zen 3 and Zen 5), while im2col's products
+# stayed within the case's own tolerance there.
 NEAR_TIE_KERNELS = {
     "auto": WINOGRAD_GRAD_RTOL,
     IM2COL: None,  # the case's own tolerance
-    "xla": None,
+    "xla": WINOGRAD_GRAD_RTOL,
 }
 BATCH = 8
 
