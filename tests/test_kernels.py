@@ -579,6 +579,30 @@ def _plan(spec, kernels_setting="auto", backend="cpu", input_shape=None, **overr
     return kernels.model_plan(spec, tuple(shape), choice, backend)
 
 
+def test_a_single_image_forward_pass_plans_xla_kernels_on_cpu():
+    """At batch 1 a forward-only pass with "auto" kernels runs XLA's convs and pools on
+    CPU; a second image, a backward pass, "fast" and overrides keep their plans."""
+    spec = models.preset("keras_mnist")
+
+    def impls(batch, backend="cpu", **choice):
+        plan = kernels.input_plan(
+            spec, (batch, 28, 28, 1), kernels.KernelChoice(**choice), backend
+        )
+        return [p.conv or p.pool for p in plan.walk() if p.conv or p.pool]
+
+    xla = ["xla"] * 5
+    assert impls(1, forward_only=True) == xla
+    eval_plan = ["im2col", "fast", "xla", "fast", "winograd"]
+    assert impls(2, forward_only=True) == eval_plan
+    training = ["im2col", "fast", "winograd", "fast", "winograd"]
+    assert impls(1) == impls(2) == training
+    assert impls(1, kernels="fast", forward_only=True) == training
+    assert impls(1, forward_only=True, conv="im2col") == [
+        "im2col", "xla", "im2col", "xla", "im2col"
+    ]
+    assert impls(1, "gpu", forward_only=True) == xla
+
+
 def test_plan_per_backend_for_keras_mnist():
     spec = models.preset("keras_mnist")
     cpu = _plan(spec)

@@ -182,6 +182,7 @@ def test_eval_mode_runs_the_forward_only_plan():
     reference.eval()
     model.eval()
     _assert_close(model(x), reference(x))
+    _assert_close(model(x[:1]), reference(x[:1]))  # one image: XLA's kernels on CPU
     # the call in eval mode is the call with that plan forced
     forced = models.build_model(spec, seed=0, kernels="auto")
     models.set_kernels(

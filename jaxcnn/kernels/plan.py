@@ -16,7 +16,9 @@ backend, the ACTUAL input shape), per layer:
   "auto" then runs a 3x3 stride-1 conv with fewer than EVAL_WINOGRAD_MIN_CHANNELS
   input channels with XLA's convolution instead of Winograd (without a backward pass,
   XLA's forward convolution runs those as fast and compiles several times faster:
-  benchmarks/results/eval_kernels.md);
+  benchmarks/results/eval_kernels.md), and a forward pass of a single image runs XLA's
+  kernels everywhere (at batch 1 the hand-written kernels' reshapes and tile
+  transforms cost more than the convolution: benchmarks/results/batch1_kernels.md);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).
@@ -583,11 +585,17 @@ def input_plan(
 ) -> ModelPlan:
     """`model_plan` for a batch of shape `x_shape` ([batch, H, W, C]), checked first.
 
+    A forward-only pass ("auto" kernels) of one image on CPU plans XLA's kernels
+    everywhere; overrides (`conv`, `pool`, `conv_layers`, `crop`) still apply.
+
     Raises:
       SpecError: `x_shape` is not a batch of images the model can take.
     """
     if len(x_shape) != 4 or x_shape[3] != spec.input_shape[2]:
         raise SpecError(_input_message(spec, tuple(x_shape)))
+    single = isinstance(x_shape[0], int) and x_shape[0] == 1  # not a symbolic batch
+    if single and _forward_only(choice) and _backend(choice, backend) == "cpu":
+        choice = dataclasses.replace(choice, kernels="xla")
     return model_plan(spec, tuple(int(d) for d in x_shape[1:]), choice, backend)
 
 
