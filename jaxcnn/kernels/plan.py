@@ -17,8 +17,8 @@ backend, the ACTUAL input shape), per layer:
   input channels with XLA's convolution instead of Winograd (without a backward pass,
   XLA's forward convolution runs those as fast and compiles several times faster:
   benchmarks/results/eval_kernels.md), and a forward pass of a single image runs XLA's
-  kernels everywhere (at batch 1 the hand-written kernels' reshapes and tile
-  transforms cost more than the convolution: benchmarks/results/batch1_kernels.md);
+  kernels everywhere (at batch 1 they run faster and compile several times faster:
+  benchmarks/results/batch1_kernels.md);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).
