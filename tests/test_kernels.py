@@ -554,18 +554,27 @@ def test_choose_impl_per_backend():
     assert kernels.choose_impl("cpu", "pool", kind="max") == "fast"
     # the fast path is a max-pool gradient: the other kinds run flax's pools
     assert kernels.choose_impl("cpu", "pool", kind="avg") == "xla"
-    # a forward pass only: Winograd from 64 input channels, XLA's conv below
+    # a forward pass only: Winograd from 64 input channels, XLA's conv below; im2col
+    # from 16 input channels, XLA's conv below; XLA's pool where windows tile
     forward = dict(forward_only=True)
-    assert kernels.choose_impl("cpu", "conv", **forward) == "im2col"
-    for channels, impl in ((3, "im2col"), (32, "xla"), (64, "winograd")):
+    assert kernels.choose_impl("cpu", "conv", **forward) == "xla"
+    for channels, impl in ((3, "xla"), (32, "xla"), (64, "winograd")):
         got = kernels.choose_impl(
             "cpu", "conv", in_channels=channels, **conv3, **forward
         )
         assert got == impl
-    assert kernels.choose_impl("cpu", "conv", in_channels=64, **strided, **forward) == (
-        "im2col"
-    )
-    assert kernels.choose_impl("cpu", "pool", kind="max", **forward) == "fast"
+    for channels, impl in ((3, "xla"), (16, "im2col"), (64, "im2col")):
+        got = kernels.choose_impl(
+            "cpu", "conv", in_channels=channels, **strided, **forward
+        )
+        assert got == impl
+    pool = dict(kind="max", window=(2, 2), **forward)
+    assert kernels.choose_impl("cpu", "pool", **pool) == "xla"
+    assert kernels.choose_impl("cpu", "pool", **pool, pool_stride=2) == "xla"
+    assert kernels.choose_impl("cpu", "pool", **pool, pool_stride=1) == "fast"
+    assert kernels.choose_impl("cpu", "pool", **pool, padded=True) == "fast"
+    assert kernels.choose_impl("cpu", "pool", kind="max", window=2) == "fast"
+    assert kernels.choose_impl("gpu", "pool", **pool, pool_stride=1) == "xla"
     for backend in ("gpu", "cuda", "rocm", "tpu"):
         assert kernels.choose_impl(backend, "conv") == "xla"
         assert kernels.choose_impl(backend, "conv", in_channels=64, **conv3) == "xla"
@@ -592,7 +601,7 @@ def test_a_single_image_forward_pass_plans_xla_kernels_on_cpu():
 
     xla = ["xla"] * 5
     assert impls(1, forward_only=True) == xla
-    eval_plan = ["im2col", "fast", "xla", "fast", "winograd"]
+    eval_plan = ["xla", "xla", "xla", "xla", "winograd"]
     assert impls(2, forward_only=True) == eval_plan
     training = ["im2col", "fast", "winograd", "fast", "winograd"]
     assert impls(1) == impls(2) == training

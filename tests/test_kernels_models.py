@@ -157,8 +157,8 @@ def test_xla_kernels_keep_plain_flax_and_auto_follows_backend():
 
 def test_eval_mode_runs_the_forward_only_plan():
     """In eval mode "auto" plans a forward pass: on CPU a 3x3 conv with fewer than 64
-    input channels runs XLA's conv, not Winograd; "fast" keeps the hand-written
-    kernels."""
+    input channels runs XLA's conv, not Winograd or im2col, and a tiling max pool
+    XLA's; "fast" keeps the hand-written kernels."""
     spec = ModelSpec(
         (16, 16, 3),
         10,
@@ -174,7 +174,8 @@ def test_eval_mode_runs_the_forward_only_plan():
     model = models.build_model(spec, seed=0, kernels="auto")
     convs = ("conv_0", "conv_1", "conv_2")
     forward = model.kernel_plan(backend="cpu", forward_only=True)
-    assert [forward.layer(n).conv for n in convs] == ["im2col", "xla", "winograd"]
+    assert [forward.layer(n).conv for n in convs] == ["xla", "xla", "winograd"]
+    assert forward.layer("pool_3").pool == "xla"
     training = model.kernel_plan(backend="cpu")
     assert [training.layer(n).conv for n in convs] == ["im2col", "winograd", "winograd"]
     x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 16, 16, 3)), jnp.float32)
@@ -187,7 +188,7 @@ def test_eval_mode_runs_the_forward_only_plan():
     forced = models.build_model(spec, seed=0, kernels="auto")
     models.set_kernels(
         forced,
-        conv_layers={"conv_0": "im2col", "conv_1": "xla", "conv_2": "winograd"},
+        conv_layers={"conv_0": "xla", "conv_1": "xla", "conv_2": "winograd"},
     )
     forced.eval()
     fast = models.build_model(spec, seed=0, kernels="fast")

@@ -13,12 +13,14 @@ backend, the ACTUAL input shape), per layer:
   their products (`product_dtype`) and of the activations it hands on
   (`jaxcnn.precision` has the policy);
 - forward only: a model in eval mode plans with `KernelChoice.forward_only`; on CPU,
-  "auto" then runs a 3x3 stride-1 conv with fewer than EVAL_WINOGRAD_MIN_CHANNELS
-  input channels with XLA's convolution instead of Winograd (without a backward pass,
-  XLA's forward convolution runs those as fast and compiles several times faster:
-  benchmarks/results/eval_kernels.md), and a forward pass of a single image runs XLA's
-  kernels everywhere (at batch 1 they run faster and compile several times faster:
-  benchmarks/results/batch1_kernels.md);
+  "auto" then runs XLA's convolution for a 3x3 stride-1 conv with fewer than
+  EVAL_WINOGRAD_MIN_CHANNELS input channels instead of Winograd, and for every conv
+  with fewer than WINOGRAD_MIN_CHANNELS input channels instead of im2col, and XLA's
+  reduce_window for a max pool whose windows tile its input (window == stride, no
+  padding) instead of the "fast" pool, whose reason is its backward pass (without a
+  backward pass those run as fast or faster and compile several times faster:
+  benchmarks/results/eval_kernels.md, eval_batch1000_kernels.md); a forward pass of a
+  single image runs XLA's kernels everywhere (eval_batch1_kernels.md);
 - for the whole model, `rolls_steps`: whether k train steps per dispatch may run as a
   rolled `lax.fori_loop` (not on CPU when a conv runs XLA's lax.conv: XLA:CPU runs it
   far slower inside a loop body, jax-ml/jax#12868).
@@ -43,7 +45,7 @@ from jaxcnn import shapes
 from jaxcnn.errors import SpecError
 from jaxcnn.kernels import conv as conv_lib
 from jaxcnn.kernels import pool as pool_lib
-from jaxcnn.kernels.windows import Pads, out_size
+from jaxcnn.kernels.windows import Pads, out_size, pair
 from jaxcnn.spec import (
     KERNELS,
     PRECISIONS,
@@ -179,6 +181,9 @@ def choose_impl(
     stride: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
     in_channels: int = 0,
+    window: int | Sequence[int] = 2,
+    pool_stride: int | Sequence[int] | None = None,
+    padded: bool = False,
     forward_only: bool = False,
 ) -> str:
     """The default implementation of one layer on one backend.
@@ -186,9 +191,10 @@ def choose_impl(
     On CPU: "winograd" for 3x3 stride-1 convolutions with at least
     WINOGRAD_MIN_CHANNELS input channels, "im2col" for the other ungrouped ones, and
     "fast" max pooling (the other pool kinds run flax's pools). For a forward pass
-    only, a 3x3 stride-1 conv with fewer than EVAL_WINOGRAD_MIN_CHANNELS input
-    channels runs "xla" instead of "winograd". On GPU/TPU, XLA's convolution (cuDNN)
-    and reduce_window.
+    only: "xla" for a conv with fewer than WINOGRAD_MIN_CHANNELS input channels and
+    for a 3x3 stride-1 conv with fewer than EVAL_WINOGRAD_MIN_CHANNELS, and "xla" for
+    a max pool whose windows tile its input. On GPU/TPU, XLA's convolution (cuDNN) and
+    reduce_window.
 
     Args:
       backend: jax.default_backend() or a device platform: "cpu", "gpu", "cuda",
@@ -197,6 +203,8 @@ def choose_impl(
       kind: the pool kind (pool only).
       groups, kernel, stride, dilation, in_channels: the conv's (conv only); grouped
         convs stay on XLA.
+      window, pool_stride, padded: the pool's window, stride (default the window) and
+        whether it pads its input (pool only).
       forward_only: no backward pass will run through the layer (eval mode).
 
     Returns:
@@ -206,14 +214,20 @@ def choose_impl(
     if op == "conv":
         if not cpu or groups != 1:
             return "xla"
-        winograd = conv_lib.winograd_applies(kernel, stride, dilation)
-        if not winograd or in_channels < conv_lib.WINOGRAD_MIN_CHANNELS:
+        few = in_channels < conv_lib.WINOGRAD_MIN_CHANNELS
+        if forward_only and (few or in_channels < EVAL_WINOGRAD_MIN_CHANNELS):
+            # few channels: XLA's conv; more, below EVAL_WINOGRAD_MIN_CHANNELS: XLA's
+            # instead of Winograd only (strided im2col convs stay im2col)
+            if few or conv_lib.winograd_applies(kernel, stride, dilation):
+                return "xla"
+        if few or not conv_lib.winograd_applies(kernel, stride, dilation):
             return "im2col"
-        if forward_only and in_channels < EVAL_WINOGRAD_MIN_CHANNELS:
-            return "xla"
         return "winograd"
     if op == "pool":
-        return "fast" if cpu and kind == "max" else "xla"
+        if not cpu or kind != "max":
+            return "xla"
+        tiles = pair(window) == pair(window if pool_stride is None else pool_stride)
+        return "xla" if forward_only and tiles and not padded else "fast"
     raise ValueError(f"choose_impl op must be 'conv' or 'pool', got {op!r}")
 
 
@@ -438,7 +452,15 @@ def _pool_plan(spec: PoolSpec, name, shape, choice, backend) -> LayerPlan:
     elif choice.kernels == "xla":
         impl = "xla"
     else:
-        impl = choose_impl(_backend(choice, backend), "pool", kind=spec.pool)
+        impl = choose_impl(
+            _backend(choice, backend),
+            "pool",
+            kind=spec.pool,
+            window=spec.window,
+            pool_stride=spec.stride,
+            padded=any(any(side) for side in padding),
+            forward_only=_forward_only(choice),
+        )
     return LayerPlan(name, spec, tuple(shape), padding=padding, pool=impl)
 
 
@@ -447,6 +469,10 @@ def _pair(conv: LayerPlan, pool: LayerPlan, choice, backend):
     crop = choice.crop
     if crop is None:  # on with the hand-written kernels
         crop = choice.kernels != "xla" and _backend(choice, backend) == "cpu"
+        # a forward pass with XLA's conv and pool: the crop's slice only keeps XLA
+        # from fusing the two
+        both_xla = conv.conv == "xla" and pool.pool == "xla"
+        crop = crop and not (_forward_only(choice) and both_xla)
     if crop:
         plan = border_crop(
             conv.input_shape[:2],
