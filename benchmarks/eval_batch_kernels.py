@@ -13,7 +13,7 @@ call, as evaluation and serving do) under these kernel variants:
 - `xla`: XLA's kernels everywhere (kernels="xla").
 - `fast`: the hand-written kernels everywhere, as in training (kernels="fast").
 - `hand`: the plan of a forward pass of two or more images, forced at any batch (each
-  conv's implementation per layer, the pools', border crops on): at batch 1, what the
+  conv's implementation per layer, the pools', the border crops'): at batch 1, what the
   plan would run without its single-image rule.
 
 The variants alternate window by window, `--rounds` times; per-round ratios to `plan`
@@ -68,8 +68,9 @@ def build(name: str):
 
 def hand_kernels(model) -> dict:
     """set_kernels arguments that force the plan of a forward pass of two or more
-    images at any batch (one `pool` override sets every pool: a plan whose pools
-    differ cannot be forced)."""
+    images at any batch (one `pool` and one `crop` override set every pool and every
+    conv -> pool pair: a plan whose pools, or whose pairs' crops, differ cannot be
+    forced; tests/test_eval_batch_kernels.py checks the models here)."""
     plan = model.kernel_plan(backend="cpu", forward_only=True)
     pools = {p.pool for p in plan.walk() if p.pool}
     if len(pools) > 1:
@@ -77,7 +78,7 @@ def hand_kernels(model) -> dict:
     return {
         "conv_layers": {p.name: p.conv for p in plan.walk() if p.conv},
         "pool": pools.pop() if pools else None,
-        "crop": True,
+        "crop": any(p.crop is not None for p in plan.walk()),
     }
 
 
