@@ -215,14 +215,11 @@ def choose_impl(
         if not cpu or groups != 1:
             return "xla"
         few = in_channels < conv_lib.WINOGRAD_MIN_CHANNELS
-        if forward_only and (few or in_channels < EVAL_WINOGRAD_MIN_CHANNELS):
-            # few channels: XLA's conv; more, below EVAL_WINOGRAD_MIN_CHANNELS: XLA's
-            # instead of Winograd only (strided im2col convs stay im2col)
-            if few or conv_lib.winograd_applies(kernel, stride, dilation):
-                return "xla"
-        if few or not conv_lib.winograd_applies(kernel, stride, dilation):
-            return "im2col"
-        return "winograd"
+        winograd = conv_lib.winograd_applies(kernel, stride, dilation) and not few
+        eval_winograd = winograd and in_channels >= EVAL_WINOGRAD_MIN_CHANNELS
+        if forward_only and (few or (winograd and not eval_winograd)):
+            return "xla"  # strided convs from WINOGRAD_MIN_CHANNELS up stay im2col
+        return "winograd" if winograd else "im2col"
     if op == "pool":
         if not cpu or kind != "max":
             return "xla"
